@@ -1,0 +1,86 @@
+"""Turn rows ``{image, text, prompt}`` into model batches.
+
+Training batches are prompt (with the family's image placeholders) + target + EOS, right padded.
+Labels are -100 on the prompt, the placeholders and the padding. Masking is decided by position,
+never by token id: when a tokenizer's pad id equals its EOS id, the EOS that ends the target is
+still learned, so the model learns to stop.
+Generation batches hold the prompt only, left padded, so every row's next token is at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class EncodedPrompt:
+    input_ids: list[int]
+    pixel_values: torch.Tensor  # (1, 3, H, W) global view
+    pixel_values_local: torch.Tensor | None  # (n_tiles, 3, h, w)
+    num_local_patches: int
+
+
+class OcrCollator:
+    """Collator for native DeepSeek-OCR-2 families (``tiny``, ``deepseek-ocr-2``)."""
+
+    def __init__(self, processor, family, for_generation: bool = False):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.family = family
+        self.for_generation = for_generation
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token; the model could never learn to stop")
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = self.tokenizer.eos_token_id if pad is None else pad
+
+    def encode_prompt(self, image, prompt: str) -> EncodedPrompt:
+        out = self.processor(
+            images=image.convert("RGB"), text=prompt, return_tensors="pt", **self.family.image_kwargs
+        )
+        n_local = int(out["num_local_patches"][0])
+        return EncodedPrompt(
+            input_ids=out["input_ids"][0].tolist(),
+            pixel_values=out["pixel_values"],
+            pixel_values_local=out.get("pixel_values_local") if n_local else None,
+            num_local_patches=n_local,
+        )
+
+    def target_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        prompts = [self.encode_prompt(r["image"], r["prompt"]) for r in rows]
+        if self.for_generation:
+            sequences = [p.input_ids for p in prompts]
+            labels = None
+        else:
+            targets = [self.target_ids(r["text"]) for r in rows]
+            sequences = [p.input_ids + t for p, t in zip(prompts, targets)]
+            labels = [[IGNORE_INDEX] * len(p.input_ids) + t for p, t in zip(prompts, targets)]
+        width = max(len(s) for s in sequences)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        label_tensor = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        for i, seq in enumerate(sequences):
+            # Left padding for generation, right padding for training.
+            span = slice(width - len(seq), width) if self.for_generation else slice(0, len(seq))
+            input_ids[i, span] = torch.tensor(seq)
+            attention_mask[i, span] = 1
+            if labels is not None:
+                label_tensor[i, span] = torch.tensor(labels[i])
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "pixel_values": torch.cat([p.pixel_values for p in prompts]),
+            "num_local_patches": torch.tensor([p.num_local_patches for p in prompts]),
+        }
+        local = [p.pixel_values_local for p in prompts if p.pixel_values_local is not None]
+        if local:
+            batch["pixel_values_local"] = torch.cat(local)
+        if labels is not None:
+            batch["labels"] = label_tensor
+        return batch

@@ -1,0 +1,264 @@
+"""Run configuration: one dataclass per concern, help text on every field, YAML in and out.
+
+Every user entry point (notebook parameters cell, ``deepsynth-ocr`` CLI, papermill) builds one
+``RunConfig``. Notebook parameters use flat names ``<section>_<field>`` (``train_learning_rate``)
+so they stay plain literals; ``RunConfig.from_flat`` maps them back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field (``section.field``)."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {message}")
+
+
+@dataclass
+class ModelConfig:
+    family: str = _f("tiny", "Checkpoint family: 'tiny' (random DeepSeek-OCR-2, CPU), 'deepseek-ocr-2'.")
+    name_or_path: str = _f(
+        "", "Hub id or local directory of the checkpoint. Empty for the 'tiny' family (built locally)."
+    )
+    revision: str = _f("", "Hub revision (commit, tag or branch) to load; empty for the default branch.")
+    backend: str = _f("auto", "'auto' (unsloth when importable with CUDA, else hf), 'hf' or 'unsloth'.")
+    dtype: str = _f("float32", "Weight dtype: 'float32', 'bfloat16' or 'float16'.")
+    load_in_4bit: bool = _f(False, "Quantise the language model to 4-bit NF4 (QLoRA) with bitsandbytes.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+
+    def validate(self) -> None:
+        from deepsynth_ocr.models.families import FAMILIES
+
+        _check(self.family in FAMILIES, "model.family", f"must be one of {sorted(FAMILIES)}, got {self.family!r}")
+        _check(self.backend in ("auto", "hf", "unsloth"), "model.backend", f"must be auto, hf or unsloth, got {self.backend!r}")
+        _check(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unsupported dtype {self.dtype!r}")
+        _check(
+            self.family == "tiny" or bool(self.name_or_path),
+            "model.name_or_path",
+            f"family {self.family!r} needs a hub id or local checkpoint directory",
+        )
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = _f(True, "Train LoRA adapters on the language model; false means full fine-tuning.")
+    r: int = _f(16, "LoRA rank.")
+    alpha: int = _f(16, "LoRA alpha (scaling = alpha / r).")
+    dropout: float = _f(0.0, "Dropout on the LoRA branch.")
+
+    def validate(self) -> None:
+        _check(self.r > 0, "lora.r", f"must be > 0, got {self.r}")
+        _check(self.alpha > 0, "lora.alpha", f"must be > 0, got {self.alpha}")
+        _check(0.0 <= self.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class DataConfig:
+    train_path: str = _f("data/samples/train.jsonl", "JSONL manifest of training rows {image, text, prompt?}.")
+    eval_path: str = _f("data/samples/eval.jsonl", "JSONL manifest of evaluation rows; empty to split from train.")
+    eval_size: int = _f(0, "When eval_path is empty: how many training rows to hold out for evaluation.")
+    prompt: str = _f("", "Prompt for rows that carry none; empty means the family's OCR prompt.")
+    max_target_tokens: int = _f(512, "Rows whose text tokenises longer than this are rejected.")
+    min_image_side: int = _f(8, "Rows whose image has a side shorter than this (pixels) are rejected.")
+    max_image_pixels: int = _f(40_000_000, "Rows whose image has more pixels than this are rejected.")
+
+    def validate(self) -> None:
+        _check(bool(self.train_path), "data.train_path", "is required")
+        _check(self.eval_size >= 0, "data.eval_size", f"must be >= 0, got {self.eval_size}")
+        _check(self.max_target_tokens > 0, "data.max_target_tokens", f"must be > 0, got {self.max_target_tokens}")
+        _check(self.min_image_side > 0, "data.min_image_side", f"must be > 0, got {self.min_image_side}")
+        _check(self.max_image_pixels > 0, "data.max_image_pixels", f"must be > 0, got {self.max_image_pixels}")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = _f(200, "Optimizer steps to train.")
+    learning_rate: float = _f(2e-4, "Peak learning rate.")
+    per_device_batch_size: int = _f(2, "Training batch size per device.")
+    gradient_accumulation_steps: int = _f(4, "Batches accumulated per optimizer step.")
+    warmup_steps: int = _f(5, "Linear warmup steps.")
+    lr_scheduler: str = _f("linear", "Learning-rate schedule after warmup (any transformers scheduler name).")
+    optim: str = _f("paged_adamw_8bit", "Optimizer (transformers name); bitsandbytes pages it on CUDA only.")
+    weight_decay: float = _f(0.0, "Weight decay.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
+    logging_steps: int = _f(10, "Log the loss every N steps.")
+    save_steps: int = _f(100, "Write a checkpoint every N steps (0: only at the end).")
+    save_total_limit: int = _f(2, "Keep at most this many checkpoints.")
+    resume: bool = _f(False, "Resume from the last checkpoint in the run directory.")
+
+    def validate(self) -> None:
+        for name in ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "logging_steps", "save_total_limit"):
+            _check(getattr(self, name) > 0, f"train.{name}", f"must be > 0, got {getattr(self, name)}")
+        _check(self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _check(self.save_steps >= 0, "train.save_steps", f"must be >= 0, got {self.save_steps}")
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = _f(True, "Score the eval set before and after training.")
+    batch_size: int = _f(16, "Generation batch size.")
+    max_new_tokens: int = _f(0, "Generation bound; 0 derives it from the longest reference plus margin.")
+    max_new_tokens_margin: float = _f(0.5, "With max_new_tokens 0: extra fraction of the longest reference.")
+    no_repeat_ngram_size: int = _f(0, "Repetition guard: forbid repeating n-grams of this size (0 off).")
+    max_samples: int = _f(0, "Score at most this many eval rows (0: all).")
+    num_logged_samples: int = _f(16, "Sample predictions (image, reference, prediction) logged per eval.")
+
+    def validate(self) -> None:
+        _check(self.batch_size > 0, "eval.batch_size", f"must be > 0, got {self.batch_size}")
+        _check(self.max_new_tokens >= 0, "eval.max_new_tokens", f"must be >= 0, got {self.max_new_tokens}")
+        _check(self.max_new_tokens_margin >= 0, "eval.max_new_tokens_margin", "must be >= 0")
+        _check(self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size", "must be >= 0")
+        _check(self.max_samples >= 0, "eval.max_samples", f"must be >= 0, got {self.max_samples}")
+
+
+@dataclass
+class TrackingConfig:
+    wandb: str = _f("offline", "W&B mode: 'online', 'offline' (no network; written in the run dir) or 'disabled'.")
+    project: str = _f("deepsynth-ocr", "W&B project name.")
+    log_images: bool = _f(True, "Privacy switch: false keeps images and texts out of W&B, only metrics go.")
+
+    def validate(self) -> None:
+        _check(self.wandb in ("online", "offline", "disabled"), "tracking.wandb", f"must be online, offline or disabled, got {self.wandb!r}")
+
+
+@dataclass
+class RunConfig:
+    name: str = _f("run", "Run name; the run directory is <output_root>/<name>_<timestamp>.")
+    output_root: str = _f("runs", "Directory that holds run directories.")
+    seed: int = _f(0, "Seed for model init, data order and training.")
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Model and backend."})
+    lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA adapters."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training and evaluation data."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimisation."})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
+    tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata={"help": "W&B and privacy."})
+
+    def validate(self) -> RunConfig:
+        _check(bool(self.name) and "/" not in self.name, "name", f"must be non-empty without '/', got {self.name!r}")
+        for section in SECTIONS:
+            getattr(self, section).validate()
+        return self
+
+    # --- dict / YAML ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> RunConfig:
+        return _build(cls, data or {}, "").validate()
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RunConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    # --- flat names for notebook parameters --------------------------------------------------
+    def to_flat(self) -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                flat.update({f"{key}_{k}": v for k, v in value.items()})
+            else:
+                flat[key] = value
+        return flat
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
+        """Overlay flat ``section_field`` values (notebook parameters) on ``base`` (or defaults)."""
+        data = (base or cls()).to_dict()
+        for key, value in flat.items():
+            section, _, rest = key.partition("_")
+            if section in SECTIONS and rest:
+                data[section][rest] = value
+            else:
+                data[key] = value
+        return cls.from_dict(data)
+
+
+SECTIONS = ("model", "lora", "data", "train", "eval", "tracking")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = prefix.rstrip(".") or "top level"
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown field in {where}; known fields: {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name}: expected a mapping, got {value!r}")
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    if get_origin(hint) is not None and type(None) in get_args(hint):
+        if value is None:
+            return None
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 2e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{name}: expected {hint.__name__}, got {value!r}")
+
+
+def field_help(cls: type = RunConfig, prefix: str = "") -> dict[str, str]:
+    """Flat ``section.field -> help`` map, for docs and the CLI."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        hint = get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            out.update(field_help(hint, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = f.metadata["help"]
+    return out

@@ -1,0 +1,101 @@
+"""Save and load LoRA adapters with a verified round trip.
+
+Why not ``PeftModel.from_pretrained``: with peft 0.21 and transformers 5.x, loading applies
+transformers' checkpoint renaming for deepseek_ocr2 to the adapter keys. Its rule
+``(^|model\\.)layers\\. -> \\1language_model.layers.`` also matches inside
+``language_model.layers.`` and doubles it, so not one adapter weight loads and peft only warns.
+The kit therefore loads adapter files by exact key and fails loudly on any key that does not land.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from peft import PeftConfig, get_peft_model
+from safetensors.torch import load_file
+
+log = logging.getLogger(__name__)
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+class AdapterError(RuntimeError):
+    pass
+
+
+def _param_name(file_key: str, adapter_name: str) -> str:
+    # Files store ".lora_A.weight"; the live module holds ".lora_A.<adapter>.weight".
+    stem, _, leaf = file_key.rpartition(".")
+    return f"{stem}.{adapter_name}.{leaf}"
+
+
+def copy_adapter_weights(model, state: dict[str, torch.Tensor], adapter_name: str, source: str) -> int:
+    """Copy adapter tensors into ``model``'s adapter ``adapter_name``; every key on both sides must match."""
+    params = dict(model.named_parameters())
+    wanted = {n for n in params if ".lora_" in n and f".{adapter_name}." in n}
+    loaded = set()
+    for key, tensor in state.items():
+        name = _param_name(key, adapter_name)
+        if name not in params:
+            raise AdapterError(f"{source}: adapter key {key!r} matches no parameter of the model ({name!r})")
+        if params[name].shape != tensor.shape:
+            raise AdapterError(f"{source}: {key!r} has shape {tuple(tensor.shape)}, the model expects {tuple(params[name].shape)}")
+        with torch.no_grad():
+            params[name].copy_(tensor.to(params[name].dtype))
+        loaded.add(name)
+    missing = sorted(wanted - loaded)
+    if missing:
+        raise AdapterError(f"{source}: {len(missing)} adapter weights of the model were not in the file, e.g. {missing[:3]}")
+    return len(loaded)
+
+
+def load_adapter(base_model, adapter_dir: str | Path, trainable: bool = False):
+    """Attach the adapter saved in ``adapter_dir`` to ``base_model``; every weight is checked to land."""
+    adapter_dir = Path(adapter_dir)
+    weights = adapter_dir / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise AdapterError(f"no adapter weights at {weights}; pass the directory written by save_adapter")
+    config = PeftConfig.from_pretrained(str(adapter_dir))
+    config.inference_mode = not trainable
+    model = get_peft_model(base_model, config)
+    n = copy_adapter_weights(model, load_file(str(weights)), "default", str(weights))
+    log.info("adapter loaded from %s: %d tensors", adapter_dir, n)
+    if not trainable:
+        model.requires_grad_(False)
+        model.eval()
+    return model
+
+
+@torch.no_grad()
+def _logits(model, batch: dict) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    finally:
+        model.train(was_training)
+
+
+def save_adapter(model, adapter_dir: str | Path, batch: dict) -> float:
+    """Save ``model``'s adapter and prove the file reproduces it on ``batch``.
+
+    The file is loaded as a second adapter on the same base, and its logits must equal the live
+    adapter's exactly. Returns the max absolute difference (0.0), raises ``AdapterError`` otherwise.
+    """
+    adapter_dir = Path(adapter_dir)
+    model.save_pretrained(str(adapter_dir))
+    expected = _logits(model, batch)
+    model.add_adapter("verify", PeftConfig.from_pretrained(str(adapter_dir)))
+    try:
+        copy_adapter_weights(model, load_file(str(adapter_dir / ADAPTER_WEIGHTS)), "verify", str(adapter_dir))
+        model.set_adapter("verify")
+        diff = (expected - _logits(model, batch)).abs().max().item()
+    finally:
+        model.set_adapter("default")
+        model.delete_adapter("verify")
+    if diff != 0.0:
+        raise AdapterError(f"saved adapter at {adapter_dir} does not reproduce the model (max logit diff {diff})")
+    log.info("adapter saved to %s and verified (reloaded logits identical)", adapter_dir)
+    return diff

@@ -1,0 +1,68 @@
+"""Weights & Biases logging (online or offline), always inside the run directory.
+
+With no API key an ``online`` request falls back to offline mode, so a run never blocks on a
+login prompt or a network. All of W&B's directories are pointed into the run directory so nothing
+is written in the home directory. The per-sample rows are also on disk (``eval/*.jsonl``) because
+wandb has no public reader for offline runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from deepsynth_ocr.config import TrackingConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_mode(requested: str) -> str:
+    if requested == "online" and not os.environ.get("WANDB_API_KEY"):
+        log.warning("tracking.wandb is 'online' but WANDB_API_KEY is not set: logging offline instead")
+        return "offline"
+    return requested
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, cfg: TrackingConfig, run_name: str, config: dict):
+        self.cfg = cfg
+        self.mode = resolve_mode(cfg.wandb)
+        self.run = None
+        if self.mode == "disabled":
+            return
+        import wandb
+
+        wandb_dir = run_dir / "wandb"
+        wandb_dir.mkdir(parents=True, exist_ok=True)
+        for var, sub in (("WANDB_DIR", ""), ("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
+            os.environ[var] = str(wandb_dir / sub)
+        # wandb.init puts its "wandb/" folder inside ``dir``.
+        self.run = wandb.init(project=cfg.project, name=run_name, dir=str(run_dir), mode=self.mode,
+                              config=config, reinit="finish_previous")
+        log.info("W&B %s run in %s", self.mode, wandb_dir)
+
+    def log(self, values: dict, step: int | None = None) -> None:
+        if self.run is not None:
+            self.run.log(values, step=step)
+
+    def log_samples(self, key: str, rows: list[dict], step: int | None = None) -> None:
+        """Rows ``{image, reference, prediction, cer}``; with the privacy switch only CER goes out."""
+        if self.run is None or not rows:
+            return
+        import wandb
+
+        if self.cfg.log_images:
+            table = wandb.Table(columns=["image", "reference", "prediction", "cer"])
+            for r in rows:
+                table.add_data(wandb.Image(r["image"]), r["reference"], r["prediction"], r["cer"])
+        else:
+            table = wandb.Table(columns=["cer"])
+            for r in rows:
+                table.add_data(r["cer"])
+        self.run.log({key: table}, step=step)
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None

@@ -1,0 +1,162 @@
+"""``run(cfg)``: load, evaluate, fine-tune, evaluate again, save a verified adapter.
+
+Everything the run produces lands in its run directory (see ``runs.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from deepsynth_ocr.collate import OcrCollator
+from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.data.prepare import prepare_manifest, write_report
+from deepsynth_ocr.evaluate import evaluate
+from deepsynth_ocr.models.adapters import save_adapter
+from deepsynth_ocr.models.backends import load_model
+from deepsynth_ocr.runs import Run
+from deepsynth_ocr.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    before: dict | None
+    after: dict | None
+    train_loss: float | None
+
+
+def load_data(cfg: RunConfig, tokenizer, family, run_dir: Path):
+    """Validated train and eval datasets; rejections are reported, written and never silent."""
+    train_ds, train_report = prepare_manifest(cfg.data.train_path, cfg.data, tokenizer, family.default_prompt)
+    reports = [train_report]
+    if cfg.data.eval_path:
+        eval_ds, eval_report = prepare_manifest(cfg.data.eval_path, cfg.data, tokenizer, family.default_prompt)
+        reports.append(eval_report)
+    elif cfg.data.eval_size:
+        if cfg.data.eval_size >= len(train_ds):
+            raise ValueError(f"data.eval_size={cfg.data.eval_size} leaves no training rows out of {len(train_ds)}")
+        split = train_ds.train_test_split(test_size=cfg.data.eval_size, seed=cfg.seed)
+        train_ds, eval_ds = split["train"], split["test"]
+    else:
+        eval_ds = None
+    for report in reports:
+        (log.warning if report.rejected else log.info)("data %s", report.summary())
+    write_report(reports, run_dir / "data_report.json")
+    return train_ds, eval_ds
+
+
+class MetricsCallback(TrainerCallback):
+    """Mirror the trainer's logs into metrics.jsonl and W&B."""
+
+    def __init__(self, run: Run, tracker: Tracker):
+        self.run, self.tracker = run, tracker
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        record = {"step": state.global_step, "epoch": state.epoch, **logs}
+        self.run.log_metrics(record)
+        self.tracker.log({f"train/{k}": v for k, v in logs.items()}, step=state.global_step)
+
+
+def training_arguments(cfg: RunConfig, run_dir: Path) -> TrainingArguments:
+    t = cfg.train
+    if t.optim.startswith("paged_") and not torch.cuda.is_available():
+        log.warning("optimizer %s: no CUDA, so bitsandbytes keeps the 8-bit states unpaged in CPU memory", t.optim)
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler,
+        optim=t.optim,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or None,
+        save_total_limit=t.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=cfg.model.dtype == "bfloat16" and torch.cuda.is_available(),
+        fp16=cfg.model.dtype == "float16" and torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def _sample_rows(eval_ds, path: Path, n: int) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:n]]
+    return [{"image": eval_ds[i]["image"], **r} for i, r in enumerate(rows)]
+
+
+def _evaluate(loaded, eval_ds, cfg: RunConfig, run: Run, tracker: Tracker, tag: str, step: int) -> dict:
+    start = time.time()
+    out = run.dir / "eval" / f"{tag}.jsonl"
+    summary = evaluate(loaded.model, loaded.processor, loaded.family, eval_ds, cfg.eval, out, tag)
+    run.timing(f"eval_{tag}_s", time.time() - start)
+    run.log_metrics({"step": step, "eval": tag, **summary})
+    tracker.log({f"eval_{tag}/{k}": v for k, v in summary.items()}, step=step)
+    tracker.log_samples(f"eval_{tag}/samples", _sample_rows(eval_ds, out, cfg.eval.num_logged_samples), step=step)
+    return summary
+
+
+def run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunResult:
+    cfg.validate()
+    run_ = Run.create(cfg, run_dir)
+    tracker = None
+    try:
+        set_seed(cfg.seed)
+        start = time.time()
+        loaded = load_model(cfg)
+        run_.update(backend=loaded.backend, backend_reason=loaded.backend_reason,
+                    parameters={"frozen": loaded.frozen_params, "trainable": loaded.trainable_params})
+        run_.timing("load_s", time.time() - start)
+        train_ds, eval_ds = load_data(cfg, loaded.processor.tokenizer, loaded.family, run_.dir)
+        tracker = Tracker(run_.dir, cfg.tracking, run_.dir.name, cfg.to_dict())
+        do_eval = cfg.eval.enabled and eval_ds is not None
+        before = _evaluate(loaded, eval_ds, cfg, run_, tracker, "before", 0) if do_eval else None
+
+        collator = OcrCollator(loaded.processor, loaded.family)
+        trainer = Trainer(model=loaded.model, args=training_arguments(cfg, run_.dir), train_dataset=train_ds,
+                          data_collator=collator, callbacks=[MetricsCallback(run_, tracker)])
+        resume = get_last_checkpoint(str(run_.dir / "checkpoints")) if cfg.train.resume and (run_.dir / "checkpoints").is_dir() else None
+        if cfg.train.resume:
+            log.info("resuming from %s", resume or "scratch (no checkpoint found)")
+        start = time.time()
+        output = trainer.train(resume_from_checkpoint=resume)
+        run_.timing("train_s", time.time() - start)
+        step = trainer.state.global_step
+        after = _evaluate(loaded, eval_ds, cfg, run_, tracker, "after", step) if do_eval else None
+
+        fixed_batch = collator([train_ds[i] for i in range(min(2, len(train_ds)))])
+        if cfg.lora.enabled:
+            save_adapter(loaded.model, run_.dir / "adapter", fixed_batch)
+        else:
+            loaded.model.save_pretrained(run_.dir / "model")
+        loaded.processor.save_pretrained(run_.dir / ("adapter" if cfg.lora.enabled else "model"))
+        run_.update(metrics={"before": before, "after": after, "train_loss": output.training_loss, "steps": step})
+        run_.finish("ok")
+        return RunResult(run_.dir, before, after, output.training_loss)
+    except BaseException as e:
+        log.exception("run failed")
+        run_.finish("failed", e)
+        raise
+    finally:
+        if tracker is not None:
+            tracker.finish()

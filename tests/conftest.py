@@ -1,0 +1,35 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "data" / "samples"
+
+# W&B must never prompt, sync or write outside the run directory during tests.
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.pop("WANDB_API_KEY", None)
+
+
+@pytest.fixture(scope="session")
+def tiny_parts():
+    """Tokenizer, processor and family of the tiny model (cheap; build a model per test)."""
+    from deepsynth_ocr.models import tiny
+    from deepsynth_ocr.models.families import get_family
+
+    family = get_family("tiny")
+    tokenizer = tiny.build_tiny_tokenizer()
+    processor = tiny.build_tiny_processor(tokenizer, family.tiny_geometry)
+    return tokenizer, processor, family
+
+
+@pytest.fixture
+def smoke_cfg(tmp_path):
+    """The smoke config, shortened, writing into a temporary runs directory."""
+    from deepsynth_ocr.config import RunConfig
+
+    cfg = RunConfig.from_yaml(ROOT / "configs" / "smoke.yaml")
+    cfg.output_root = str(tmp_path / "runs")
+    cfg.data.train_path = str(SAMPLES / "train.jsonl")
+    cfg.data.eval_path = str(SAMPLES / "eval.jsonl")
+    return cfg
