@@ -20,7 +20,7 @@ from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.data.prepare import prepare_manifest, write_report
 from deepsynth_ocr.evaluate import evaluate
 from deepsynth_ocr.models.adapters import save_adapter
-from deepsynth_ocr.models.backends import load_model
+from deepsynth_ocr.models.backends import LoadedModel, load_model
 from deepsynth_ocr.runs import Run
 from deepsynth_ocr.tracking import Tracker
 
@@ -33,6 +33,7 @@ class RunResult:
     before: dict | None
     after: dict | None
     train_loss: float | None
+    loaded: LoadedModel  # the fine-tuned model, processor and family, for further use in a notebook
 
 
 def load_data(cfg: RunConfig, tokenizer, family, run_dir: Path):
@@ -152,7 +153,7 @@ def run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunResult:
         loaded.processor.save_pretrained(run_.dir / ("adapter" if cfg.lora.enabled else "model"))
         run_.update(metrics={"before": before, "after": after, "train_loss": output.training_loss, "steps": step})
         run_.finish("ok")
-        return RunResult(run_.dir, before, after, output.training_loss)
+        return RunResult(run_.dir, before, after, output.training_loss, loaded)
     except BaseException as e:
         log.exception("run failed")
         run_.finish("failed", e)
