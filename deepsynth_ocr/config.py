@@ -34,7 +34,7 @@ def _check(ok: bool, name: str, message: str) -> None:
 class ModelConfig:
     family: str = _f("tiny", "Checkpoint family: 'tiny' (random DeepSeek-OCR-2, CPU), 'deepseek-ocr-2'.")
     name_or_path: str = _f(
-        "", "Hub id or local directory of the checkpoint. Empty for the 'tiny' family (built locally)."
+        "", "Hub id or local checkpoint directory. For 'tiny', empty builds a random model in code."
     )
     revision: str = _f("", "Hub revision (commit, tag or branch) to load; empty for the default branch.")
     backend: str = _f("auto", "'auto' (unsloth when importable with CUDA, else hf), 'hf' or 'unsloth'.")

@@ -55,9 +55,13 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def load_base(cfg: RunConfig):
-    """Model and processor for ``cfg.model``, before any freezing or adapters."""
+    """Model and processor for ``cfg.model``, before any freezing or adapters.
+
+    A checkpoint directory or hub id (any family, the tiny one included) goes through
+    ``from_pretrained``; only the ``tiny`` family with no path is built in code, randomly initialised.
+    """
     family = get_family(cfg.model.family)
-    if family.tiny_geometry is not None:
+    if family.tiny_geometry is not None and not cfg.model.name_or_path:
         from deepsynth_ocr.models import tiny
 
         tokenizer = tiny.build_tiny_tokenizer()
