@@ -42,6 +42,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    import logging
+
+    from deepsynth_ocr.data.prepare import prepare
+
+    cfg = build_config(args.config, args.set)
+    cfg.prepare.sources = args.sources or cfg.prepare.sources
+    cfg.prepare.output_dir = args.out or cfg.prepare.output_dir
+    cfg.data.source_type = args.type or cfg.data.source_type
+    cfg.data.strict = args.strict or cfg.data.strict
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    result = prepare(cfg)  # validates the config again, with the flags applied
+    print(result.summary())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="deepsynth-ocr", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -50,6 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a config field, e.g. -s train.max_steps=20 (repeatable)")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("prepare", help="validate, normalise and split data sources into a saved dataset + report")
+    p.add_argument("sources", nargs="*", help="paths, globs of shards or hub names (else prepare.sources from the config)")
+    p.add_argument("--config", "-c", help="YAML run config (its data and prepare sections apply)")
+    p.add_argument("--out", "-o", help="output directory (prepare.output_dir; default data/prepared/<name>)")
+    p.add_argument("--type", help="source type instead of inferring it: jsonl, csv, parquet, folder, webdataset, hf_disk, hub")
+    p.add_argument("--strict", action="store_true", help="fail on the first bad row instead of reporting it")
+    p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field, e.g. -s prepare.test_size=200 (repeatable)")
+    p.set_defaults(func=cmd_prepare)
     args = ap.parse_args(argv)
     try:
         return args.func(args)

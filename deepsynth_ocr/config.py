@@ -70,20 +70,95 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    train_path: str = _f("data/samples/train.jsonl", "JSONL manifest of training rows {image, text, prompt?}.")
-    eval_path: str = _f("data/samples/eval.jsonl", "JSONL manifest of evaluation rows; empty to split from train.")
+    train_path: str = _f(
+        "data/samples/train.jsonl",
+        "Training rows: a JSONL/CSV/Parquet manifest, image folder, .tar shards, a saved datasets directory, "
+        "or a `deepsynth-ocr prepare` output directory (its 'train' split is used).",
+    )
+    eval_path: str = _f(
+        "data/samples/eval.jsonl",
+        "Evaluation rows (any train_path kind; a prepare output directory gives its 'validation' split); "
+        "empty to split from train.",
+    )
     eval_size: int = _f(0, "When eval_path is empty: how many training rows to hold out for evaluation.")
-    prompt: str = _f("", "Prompt for rows that carry none; empty means the family's OCR prompt.")
+    source_type: str = _f(
+        "auto", "How to read train/eval/prepare sources: 'auto' (inferred from the path) or one of "
+        "jsonl, csv, parquet, folder, webdataset, hf_disk, hub."
+    )
+    task: str = _f(
+        "ocr", "Task of rows without a task column: 'ocr' (image -> text), 'markdown' (image -> markdown), "
+        "'qa' (image or rendered document + question -> answer), 'summarize' (rendered document -> summary)."
+    )
+    prompt: str = _f("", "Prompt for OCR rows that carry none; empty means the family's OCR prompt.")
+    image_column: str = _f("image", "Source column with the image (a path relative to the source, bytes, or {bytes, path}).")
+    text_column: str = _f("text", "Source column with the transcription (ocr/markdown) or the document text (qa/summarize).")
+    prompt_column: str = _f("prompt", "Source column with a per-row prompt (optional; overrides the task's prompt).")
+    id_column: str = _f("id", "Source column with a stable row id (optional; default '<file name>:<row>').")
+    task_column: str = _f("task", "Source column with a per-row task (optional), so one dataset can mix tasks.")
+    question_column: str = _f("question", "Source column with the question of 'qa' rows.")
+    answer_column: str = _f("answer", "Source column with the answer (the target) of 'qa' rows.")
+    summary_column: str = _f("summary", "Source column with the summary (the target) of 'summarize' rows.")
+    collapse_whitespace: bool = _f(False, "Collapse every whitespace run (newlines included) of the target text to one space.")
     max_target_tokens: int = _f(512, "Rows whose text tokenises longer than this are rejected.")
     min_image_side: int = _f(8, "Rows whose image has a side shorter than this (pixels) are rejected.")
-    max_image_pixels: int = _f(40_000_000, "Rows whose image has more pixels than this are rejected.")
+    max_image_side: int = _f(20_000, "Rows whose image has a side longer than this (pixels) are rejected.")
+    max_image_pixels: int = _f(
+        40_000_000, "Rows whose image has more pixels than this are rejected before decoding (decompression bombs)."
+    )
+    strict: bool = _f(False, "Fail on the first bad row (its location and reason in the error) instead of reporting it.")
 
     def validate(self) -> None:
+        from deepsynth_ocr.data.sources import SOURCE_TYPES
+        from deepsynth_ocr.data.tasks import TASKS
+
         _check(bool(self.train_path), "data.train_path", "is required")
         _check(self.eval_size >= 0, "data.eval_size", f"must be >= 0, got {self.eval_size}")
+        _check(self.source_type == "auto" or self.source_type in SOURCE_TYPES, "data.source_type",
+               f"must be 'auto' or one of {list(SOURCE_TYPES)}, got {self.source_type!r}")
+        _check(self.task in TASKS, "data.task", f"must be one of {list(TASKS)}, got {self.task!r}")
+        for name in ("image", "text", "prompt", "id", "task", "question", "answer", "summary"):
+            _check(bool(getattr(self, f"{name}_column")), f"data.{name}_column", "must be a non-empty column name")
         _check(self.max_target_tokens > 0, "data.max_target_tokens", f"must be > 0, got {self.max_target_tokens}")
         _check(self.min_image_side > 0, "data.min_image_side", f"must be > 0, got {self.min_image_side}")
+        _check(self.max_image_side >= self.min_image_side, "data.max_image_side",
+               f"must be >= data.min_image_side={self.min_image_side}, got {self.max_image_side}")
         _check(self.max_image_pixels > 0, "data.max_image_pixels", f"must be > 0, got {self.max_image_pixels}")
+
+
+@dataclass
+class PrepareConfig:
+    sources: list = _f([], "Sources to prepare (paths, globs of shards, or hub dataset names); read as data.source_type says.")
+    output_dir: str = _f("", "Where the prepared dataset, report.json and manifest.json go; empty: data/prepared/<name>.")
+    validation_size: float = _f(
+        0.1, "Validation split: a fraction in [0, 1) of the kept rows, or a whole number >= 1 of rows."
+    )
+    test_size: float = _f(0.0, "Test split: a fraction in [0, 1) of the kept rows, or a whole number >= 1 of rows.")
+    split_salt: str = _f("", "Mixed into the id hash that assigns splits; change it only to draw different splits.")
+    source_split: str = _f("train", "Split to read from a saved datasets directory or a hub dataset.")
+    dpi: int = _f(100, "Resolution at which document text (qa/summarize rows without an image) is rendered.")
+    page_width_mm: float = _f(210.0, "Width of a rendered document page in millimetres (A4 by default).")
+    page_height_mm: float = _f(297.0, "Height of a rendered document page in millimetres.")
+    margin_mm: float = _f(15.0, "Page margin in millimetres.")
+    font: str = _f("DejaVuSans", "Font of rendered documents (a name from synthetic.available_fonts()).")
+    font_size_pt: float = _f(11.0, "Font size of rendered documents in points.")
+    max_pages: int = _f(
+        3, "A document rendering to more pages than this is rejected: pages are stacked into one tall image, "
+        "and the model's tiles (at most 6) leave too few pixels per line beyond about 3 A4 pages."
+    )
+
+    def validate(self) -> None:
+        _check(isinstance(self.sources, list) and all(isinstance(s, str) and s for s in self.sources),
+               "prepare.sources", f"must be a list of paths or dataset names, got {self.sources!r}")
+        for name in ("validation_size", "test_size"):
+            v = getattr(self, name)
+            _check(0 <= v < 1 or float(v).is_integer(), f"prepare.{name}",
+                   f"must be a fraction in [0, 1) or a whole number of rows, got {v}")
+        _check(self.dpi >= 10, "prepare.dpi", f"must be >= 10, got {self.dpi}")
+        _check(self.page_width_mm > 2 * self.margin_mm and self.page_height_mm > 2 * self.margin_mm,
+               "prepare.margin_mm", "leaves no room on the page")
+        _check(self.margin_mm >= 0, "prepare.margin_mm", f"must be >= 0, got {self.margin_mm}")
+        _check(self.font_size_pt > 0, "prepare.font_size_pt", f"must be > 0, got {self.font_size_pt}")
+        _check(self.max_pages > 0, "prepare.max_pages", f"must be > 0, got {self.max_pages}")
 
 
 @dataclass
@@ -146,6 +221,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Model and backend."})
     lora: LoraConfig = field(default_factory=LoraConfig, metadata={"help": "LoRA adapters."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Training and evaluation data."})
+    prepare: PrepareConfig = field(default_factory=PrepareConfig, metadata={"help": "`deepsynth-ocr prepare`: sources, splits, output, document pages."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimisation."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
     tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata={"help": "W&B and privacy."})
@@ -203,7 +279,7 @@ class RunConfig:
         return cls.from_dict(data)
 
 
-SECTIONS = ("model", "lora", "data", "train", "eval", "tracking")
+SECTIONS = ("model", "lora", "data", "prepare", "train", "eval", "tracking")
 
 
 def _build(cls: type, data: dict, prefix: str) -> Any:

@@ -38,10 +38,12 @@ class RunResult:
 
 def load_data(cfg: RunConfig, tokenizer, family, run_dir: Path):
     """Validated train and eval datasets; rejections are reported, written and never silent."""
-    train_ds, train_report = prepare_manifest(cfg.data.train_path, cfg.data, tokenizer, family.default_prompt)
+    train_ds, train_report = prepare_manifest(cfg.data.train_path, cfg.data, tokenizer, family.default_prompt,
+                                                 prepare_cfg=cfg.prepare)
     reports = [train_report]
     if cfg.data.eval_path:
-        eval_ds, eval_report = prepare_manifest(cfg.data.eval_path, cfg.data, tokenizer, family.default_prompt)
+        eval_ds, eval_report = prepare_manifest(cfg.data.eval_path, cfg.data, tokenizer, family.default_prompt,
+                                                   split="validation", prepare_cfg=cfg.prepare)
         reports.append(eval_report)
     elif cfg.data.eval_size:
         if cfg.data.eval_size >= len(train_ds):

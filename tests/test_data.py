@@ -26,7 +26,7 @@ def _write_manifest(tmp_path):
         {"id": "e", "image": "img/tiny.png", "text": "small"},                # 6 image_too_small
         {"id": "f", "text": "no image"},                                      # 7 missing_field
         {"id": "a", "image": "img/good2.png", "text": "dup"},                 # 8 duplicate_id
-        {"id": "g", "image": "img/truncated.png", "text": "cut"},             # 9 undecodable_image
+        {"id": "g", "image": "img/truncated.png", "text": "cut"},             # 9 truncated_image
         {"id": "h", "image": "img/good2.png", "text": "ok2", "prompt": "<image>\nRead."},  # 10 kept
     ]
     path = tmp_path / "m.jsonl"
@@ -44,7 +44,7 @@ def test_bad_rows_are_reported_with_line_and_reason(tmp_path, tiny_parts):
     got = {r.location.rsplit(":", 1)[1]: r.reason for r in report.rejections}
     assert got == {
         "2": "missing_image", "3": "undecodable_image", "4": "empty_text", "5": "unparseable_row",
-        "6": "image_too_small", "7": "missing_field", "8": "duplicate_id", "9": "undecodable_image",
+        "6": "image_too_small", "7": "missing_field", "8": "duplicate_id", "9": "truncated_image",
     }
     assert all(r.location.startswith(str(path)) for r in report.rejections)
     assert ds["text"] == ["ok1", "ok2"]

@@ -1,25 +1,63 @@
 """Validate raw rows into a ``datasets.Dataset``; every rejected row is counted with its reason.
 
 ``read == kept + rejected`` always holds, and each rejection names its source location, so a user
-can find and fix the bad row.
+can find and fix the bad row. Two entry points share one validator (``RowValidator``):
+
+- ``prepare(cfg)``: the ``deepsynth-ocr prepare`` step. Streams any number of sources into a saved
+  ``DatasetDict`` (train / validation / test by id hash) with ``report.json`` and ``manifest.json``.
+- ``prepare_manifest(path, ...)``: what a training run uses for ``data.train_path`` /
+  ``data.eval_path``: any source validated in process, or a ``prepare`` output directory loaded.
+
+Reason codes: unparseable_row, unreadable_file, missing_field, invalid_field, missing_image,
+missing_text, undecodable_image, truncated_image, decompression_bomb, image_too_small,
+image_too_large, unsupported_image_mode, empty_text, invalid_text, text_too_long, unknown_task,
+bad_prompt, document_too_long, duplicate_id.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
+import re
+import shutil
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import datasets
-from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
-from deepsynth_ocr.config import DataConfig
-from deepsynth_ocr.data.sources import RawRow, read_jsonl
+from deepsynth_ocr.config import ConfigError, DataConfig, PrepareConfig, RunConfig
+from deepsynth_ocr.data.documents import DocumentTooLong, PageStyle, render_document
+from deepsynth_ocr.data.images import RowError, check_image
+from deepsynth_ocr.data.sources import RawRow, SourceError, columns_from, count_rows, read_source
+from deepsynth_ocr.data.splits import assign_splits
+from deepsynth_ocr.data.tasks import IMAGE, TASKS, task_prompt
 
 log = logging.getLogger(__name__)
+
+__all__ = ["PrepareError", "PrepareReport", "PrepareResult", "Rejection", "RowError", "RowValidator",
+           "is_prepared_dir", "load_prepared", "prepare", "prepare_manifest", "write_report"]
+
+PREPARED_KIND = "deepsynth-ocr-prepared"
+FEATURES = datasets.Features({
+    "id": datasets.Value("string"),
+    "image": datasets.Image(),
+    "text": datasets.Value("string"),
+    "prompt": datasets.Value("string"),
+    "task": datasets.Value("string"),
+    "source": datasets.Value("string"),  # where the row came from, to trace a bad prediction back
+})
+_WHITESPACE = re.compile(r"\s+")
+
+
+class PrepareError(ValueError):
+    """Preparation stopped: a bad row under ``data.strict``, or nothing usable; the message says where."""
 
 
 @dataclass
@@ -32,9 +70,11 @@ class Rejection:
 @dataclass
 class PrepareReport:
     source: str
+    source_type: str = ""
     read: int = 0
     kept: int = 0
     rejections: list[Rejection] = field(default_factory=list)
+    normalised: Counter = field(default_factory=Counter)  # what was fixed in kept images (exif_rotated, CMYK->RGB)
 
     @property
     def rejected(self) -> int:
@@ -46,10 +86,12 @@ class PrepareReport:
     def to_dict(self) -> dict:
         return {
             "source": self.source,
+            "source_type": self.source_type,
             "read": self.read,
             "kept": self.kept,
             "rejected": self.rejected,
             "by_reason": self.by_reason(),
+            "normalised": dict(sorted(self.normalised.items())),
             "rejections": [vars(r) for r in self.rejections],
         }
 
@@ -59,78 +101,314 @@ class PrepareReport:
         lines += [f"  {r.location}: {r.reason} ({r.detail})" for r in self.rejections[:10]]
         if self.rejected > 10:
             lines.append(f"  ... {self.rejected - 10} more in report.json")
+        if self.normalised:
+            lines.append("  normalised: " + ", ".join(f"{k} {v}" for k, v in sorted(self.normalised.items())))
         return "\n".join(lines)
 
 
-class RowError(Exception):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
-
-
-def _check_image(path: Path, cfg: DataConfig) -> None:
-    if not path.is_file():
-        raise RowError("missing_image", f"file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > cfg.max_image_pixels:
-                raise RowError("image_too_large", f"{w}x{h} exceeds data.max_image_pixels={cfg.max_image_pixels}")
-            im.load()  # full decode: catches truncated files that open() alone accepts
-    except RowError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise RowError("undecodable_image", f"{path.name}: {e}") from None
-    if min(w, h) < cfg.min_image_side:
-        raise RowError("image_too_small", f"{w}x{h} has a side below data.min_image_side={cfg.min_image_side}")
-
-
-def validate_row(row: RawRow, cfg: DataConfig, tokenizer, default_prompt: str) -> dict:
-    """Return the normalised row ``{id, image, text, prompt}`` or raise ``RowError``."""
-    if row.error:
-        raise RowError("unparseable_row", row.error)
-    image, text = row.fields.get("image"), row.fields.get("text")
-    if not isinstance(image, str) or not image:
-        raise RowError("missing_field", "field 'image' (a path) is missing or not a string")
-    if not isinstance(text, str):
-        raise RowError("missing_field", "field 'text' is missing or not a string")
-    text = unicodedata.normalize("NFC", text).strip()
-    if not text:
-        raise RowError("empty_text", "field 'text' is empty or whitespace only")
-    n_tokens = len(tokenizer(text, add_special_tokens=False).input_ids)
-    if n_tokens > cfg.max_target_tokens:
-        raise RowError("text_too_long", f"{n_tokens} tokens > data.max_target_tokens={cfg.max_target_tokens}")
-    path = (row.base_dir / image).resolve()
-    _check_image(path, cfg)
-    prompt = row.fields.get("prompt") or cfg.prompt or default_prompt
-    if "<image>" not in prompt:
-        raise RowError("bad_prompt", f"prompt {prompt!r} has no <image> placeholder")
-    return {"id": str(row.fields.get("id", row.location)), "image": str(path), "text": text, "prompt": prompt}
-
-
-def prepare_manifest(path: str | Path, cfg: DataConfig, tokenizer, default_prompt: str) -> tuple[datasets.Dataset, PrepareReport]:
-    """Validate a JSONL manifest into a dataset whose ``image`` column decodes to PIL images."""
-    report = PrepareReport(source=str(path))
-    rows: list[dict] = []
-    seen_ids: dict[str, str] = {}
-    for raw in read_jsonl(path):
-        report.read += 1
+def _text(fields: dict, name: str, column: str, collapse: bool = False) -> str:
+    """Field ``name`` as clean text: UTF-8, NFC, no BOM, ``\\n`` line ends, stripped, non-empty."""
+    value = fields.get(name)
+    if value is None:
+        raise RowError("missing_field", f"field '{name}' (column '{column}') is missing")
+    if isinstance(value, (bytes, bytearray)):  # sidecar files and tar members
         try:
-            row = validate_row(raw, cfg, tokenizer, default_prompt)
-            if row["id"] in seen_ids:
-                raise RowError("duplicate_id", f"id {row['id']!r} already used at {seen_ids[row['id']]}")
-        except RowError as e:
-            report.rejections.append(Rejection(raw.location, e.reason, e.detail))
-            continue
-        seen_ids[row["id"]] = raw.location
-        rows.append(row)
-    report.kept = len(rows)
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RowError("invalid_text", f"'{name}' is not valid UTF-8 (byte {e.start}); re-save it as UTF-8") from None
+    if not isinstance(value, str):
+        raise RowError("invalid_field", f"field '{name}' must be text, got {type(value).__name__} {value!r:.40}")
+    text = unicodedata.normalize("NFC", value.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")).strip()
+    if collapse:
+        text = _WHITESPACE.sub(" ", text)
+    if not text:
+        raise RowError("empty_text", f"field '{name}' is empty or whitespace only")
+    bad = next((c for c in text if c == "\ufffd" or (unicodedata.category(c) in ("Cc", "Cs") and c not in "\n\t")), None)
+    if bad is not None:
+        raise RowError("invalid_text", f"field '{name}' holds U+{ord(bad):04X} (a decoding error or control character)")
+    return text
+
+
+class RowValidator:
+    """Turns a ``RawRow`` into a sample ``{id, image, text, prompt, task, source}`` or raises ``RowError``.
+
+    Keeps the ids seen so far, so duplicates are caught across every source it validates.
+    """
+
+    def __init__(self, cfg: DataConfig, tokenizer, default_prompt: str, page_style: PageStyle | None = None,
+                 max_pages: int = 3, embed: bool = True):
+        self.cfg, self.tokenizer, self.page_style, self.max_pages, self.embed = cfg, tokenizer, page_style or PageStyle(), max_pages, embed
+        self.ocr_prompt = cfg.prompt or default_prompt
+        self.columns = columns_from(cfg)
+        self.seen_ids: dict[str, str] = {}
+        self.changes: list[str] = []  # normalisations of the last kept image
+
+    def __call__(self, raw: RawRow) -> dict:
+        if raw.error:
+            raise RowError(raw.error_reason, raw.error)
+        fields, cfg = raw.fields, self.cfg
+        task_name = fields.get("task") or cfg.task
+        task = TASKS.get(task_name) if isinstance(task_name, str) else None
+        if task is None:
+            raise RowError("unknown_task", f"task {task_name!r} (column '{cfg.task_column}') is not one of {list(TASKS)}")
+        target = _text(fields, task.target, self.columns[task.target], cfg.collapse_whitespace)
+        n_tokens = len(self.tokenizer(target, add_special_tokens=False).input_ids)
+        if n_tokens > cfg.max_target_tokens:
+            raise RowError("text_too_long", f"'{task.target}' is {n_tokens} tokens > data.max_target_tokens={cfg.max_target_tokens}")
+        question = _text(fields, "question", cfg.question_column) if "question" in task.needs else ""
+        prompt = fields.get("prompt") or task_prompt(task, self.ocr_prompt, question)
+        if not isinstance(prompt, str) or prompt.count(IMAGE) != 1:
+            raise RowError("bad_prompt", f"prompt {prompt!r:.60} must hold exactly one {IMAGE} placeholder")
+        image = self._image(raw, task)
+        row_id = fields.get("id")
+        row_id = raw.default_id if row_id is None or row_id == "" else str(row_id)
+        if row_id in self.seen_ids:
+            raise RowError("duplicate_id", f"id {row_id!r} already used at {self.seen_ids[row_id]}")
+        self.seen_ids[row_id] = raw.location
+        self.changes = image.changes
+        return {"id": row_id, "image": image.stored, "text": target, "prompt": unicodedata.normalize("NFC", prompt),
+                "task": task_name, "source": raw.location}
+
+    def _image(self, raw: RawRow, task):
+        value = raw.fields.get("image")
+        if value is None or value == "":
+            if not task.renders_document:
+                raise RowError("missing_field", f"field 'image' (column '{self.cfg.image_column}') is missing")
+            document = _text(raw.fields, "text", self.cfg.text_column)
+            try:
+                value = render_document(document, self.page_style, self.max_pages)
+            except DocumentTooLong as e:
+                raise RowError("document_too_long", str(e)) from None
+        return check_image(value, raw.base_dir, self.cfg, embed=self.embed)
+
+    def run(self, rows: Iterable[RawRow], report: PrepareReport, strict: bool) -> Iterator[dict]:
+        """Validated samples of ``rows``; rejections go to ``report`` (or raise under ``strict``)."""
+        for raw in rows:
+            report.read += 1
+            try:
+                sample = self(raw)
+            except RowError as e:
+                if strict:
+                    raise PrepareError(f"{raw.location}: {e.reason}: {e.detail} (data.strict stops at the first bad row)") from None
+                report.rejections.append(Rejection(raw.location, e.reason, e.detail))
+                continue
+            report.kept += 1
+            report.normalised.update(self.changes)
+            yield sample
+
+
+def _rows(spec: str, cfg: DataConfig, validator: RowValidator, report: PrepareReport, source_split: str,
+          progress: bool) -> Iterator[dict]:
+    kind, raw_rows = read_source(spec, cfg.source_type, columns_from(cfg), source_split)
+    report.source_type = kind
+    bar = tqdm(raw_rows, desc=f"prepare {Path(spec).name}", unit="row", total=count_rows(spec, kind),
+               disable=not progress, mininterval=1.0)
+    yield from validator.run(bar, report, cfg.strict)
+
+
+# --- in-process: what a training run reads ------------------------------------------------------
+
+def is_prepared_dir(path: str | Path) -> bool:
+    """Whether ``path`` is an output directory of ``prepare``."""
+    manifest = Path(path) / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("kind") == PREPARED_KIND
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+def load_prepared(path: str | Path, split: str = "train") -> tuple[datasets.Dataset, PrepareReport]:
+    """One split of a ``prepare`` output directory (validated when it was prepared)."""
+    dd = datasets.load_from_disk(str(path))
+    if split not in dd:
+        raise PrepareError(f"{path}: no {split!r} split (it has {list(dd)}); prepare it with a non-zero "
+                           f"prepare.{split}_size, or point data.eval_path elsewhere")
+    ds = dd[split]
+    return ds, PrepareReport(f"{path} [{split}]", "prepared", read=len(ds), kept=len(ds))
+
+
+def prepare_manifest(path: str | Path, cfg: DataConfig, tokenizer, default_prompt: str, *, split: str = "train",
+                     prepare_cfg: PrepareConfig | None = None, progress: bool = False) -> tuple[datasets.Dataset, PrepareReport]:
+    """Validate one source (JSONL, CSV, Parquet, folder, tar shards, saved dataset) into a dataset whose
+    ``image`` column decodes to RGB PIL images; or load ``split`` of a ``prepare`` output directory.
+
+    Images that need no change stay references to their files; run ``deepsynth-ocr prepare`` first
+    for large byte-holding sources (Parquet, tar), so they are streamed to disk once.
+    """
+    if is_prepared_dir(path):
+        return load_prepared(path, split)
+    prepare_cfg = prepare_cfg or PrepareConfig()
+    validator = RowValidator(cfg, tokenizer, default_prompt, PageStyle.from_config(prepare_cfg),
+                             prepare_cfg.max_pages, embed=False)
+    report = PrepareReport(source=str(path))
+    rows = list(_rows(str(path), cfg, validator, report, prepare_cfg.source_split, progress))
     if not rows:
-        raise ValueError(f"{path}: no usable rows\n{report.summary()}")
-    columns = {k: [r[k] for r in rows] for k in ("id", "image", "text", "prompt")}
-    ds = datasets.Dataset.from_dict(columns).cast_column("image", datasets.Image())
-    return ds, report
+        raise PrepareError(f"{path}: no usable rows\n{report.summary()}")
+    return datasets.Dataset.from_list(rows, features=FEATURES), report
 
 
 def write_report(reports: list[PrepareReport], path: Path) -> None:
     path.write_text(json.dumps([r.to_dict() for r in reports], indent=2, ensure_ascii=False))
+
+
+# --- the prepare step -----------------------------------------------------------------------
+
+@dataclass
+class PrepareResult:
+    """What ``prepare`` wrote: ``output_dir`` (a ``DatasetDict`` + report.json + manifest.json)."""
+
+    output_dir: Path
+    reports: list[PrepareReport]
+    splits: dict[str, int]
+    config_hash: str
+
+    @property
+    def read(self) -> int:
+        return sum(r.read for r in self.reports)
+
+    @property
+    def kept(self) -> int:
+        return sum(r.kept for r in self.reports)
+
+    @property
+    def rejected(self) -> int:
+        return sum(r.rejected for r in self.reports)
+
+    def summary(self) -> str:
+        lines = [r.summary() for r in self.reports]
+        lines.append(f"total: read {self.read} = kept {self.kept} + rejected {self.rejected}")
+        lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in self.splits.items()))
+        lines.append(f"written to {self.output_dir} (report.json, manifest.json)")
+        return "\n".join(lines)
+
+
+def load_tokenizer(cfg: RunConfig):
+    """The family's tokenizer, used to bound target lengths (``data.max_target_tokens``)."""
+    from deepsynth_ocr.models.families import get_family
+
+    family = get_family(cfg.model.family)
+    if family.tiny_geometry is not None and not cfg.model.name_or_path:
+        from deepsynth_ocr.models.tiny import build_tiny_tokenizer
+
+        return build_tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(cfg.model.name_or_path, revision=cfg.model.revision or None,
+                                             trust_remote_code=family.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise PrepareError(f"model.name_or_path={cfg.model.name_or_path!r}: cannot load its tokenizer, which prepare "
+                           f"needs to count target tokens ({e})") from None
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Hash of everything that decides the prepared rows (not where they are written)."""
+    prepare = {k: v for k, v in dataclasses.asdict(cfg.prepare).items() if k != "output_dir"}
+    model = {k: getattr(cfg.model, k) for k in ("family", "name_or_path", "revision")}
+    blob = json.dumps({"data": dataclasses.asdict(cfg.data), "prepare": prepare, "model": model}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _output_dir(cfg: RunConfig) -> Path:
+    out = Path(cfg.prepare.output_dir or f"data/prepared/{cfg.name}")
+    if out.exists() and any(out.iterdir()) and not is_prepared_dir(out):
+        raise PrepareError(f"prepare.output_dir={out} exists and is not a prepare output; choose an empty or new directory")
+    return out
+
+
+def prepare(cfg: RunConfig, progress: bool = True) -> PrepareResult:
+    """Read, validate, normalise and split ``cfg.prepare.sources``; write them as one dataset.
+
+    Rows stream from each source through the validator straight to disk, so memory stays flat
+    however many images there are. The output directory (``prepare.output_dir``, default
+    ``data/prepared/<name>``) holds a ``datasets.DatasetDict`` (``datasets.load_from_disk`` reads
+    it; ``data.train_path`` can point at it), ``report.json`` (per source: read = kept + rejected,
+    every rejection with its location and reason code) and ``manifest.json`` (sources, counts,
+    split sizes, config hash, versions). A previous output in the same directory is replaced
+    only once the new one is complete.
+
+    Raises ``PrepareError`` (bad row under ``data.strict``, no usable rows), ``SourceError``
+    (a source cannot be read) or ``ConfigError``.
+    """
+    from deepsynth_ocr.models.families import get_family
+    from deepsynth_ocr.runs import git_commit, package_versions
+
+    cfg.validate()
+    if not cfg.prepare.sources:
+        raise ConfigError("prepare.sources: give at least one source (a path, glob or hub dataset name)")
+    out = _output_dir(cfg)
+    tokenizer = load_tokenizer(cfg)
+    validator = RowValidator(cfg.data, tokenizer, get_family(cfg.model.family).default_prompt,
+                             PageStyle.from_config(cfg.prepare), cfg.prepare.max_pages, embed=True)
+    reports = [PrepareReport(source=s) for s in cfg.prepare.sources]
+    ids: list[str] = []
+
+    def generate():
+        for spec, report in zip(cfg.prepare.sources, reports, strict=True):
+            for row in _rows(spec, cfg.data, validator, report, cfg.prepare.source_split, progress):
+                ids.append(row["id"])
+                yield row
+
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # the kit's own bars say what is happening
+    try:
+        try:
+            # A fresh cache directory and an explicit fingerprint: nothing stale is reused, and
+            # datasets does not hash the validator (with its tokenizer) to name the cache.
+            ds = datasets.Dataset.from_generator(generate, features=FEATURES, cache_dir=str(partial / "cache"),
+                                                 fingerprint=hashlib.sha256(str(partial).encode()).hexdigest()[:16])
+        except datasets.exceptions.DatasetGenerationError as e:
+            if isinstance(e.__cause__, (PrepareError, SourceError, FileNotFoundError)):
+                raise e.__cause__ from None
+            raise
+        except ValueError:
+            if ids:
+                raise
+            ds = None  # datasets refuses an empty split; reported below with the rejections
+        total = PrepareResult(out, reports, {}, config_hash(cfg))
+        if not ids or ds is None:
+            raise PrepareError("no usable rows\n" + total.summary())
+        sizes = {"test": cfg.prepare.test_size, "validation": cfg.prepare.validation_size}
+        names = assign_splits(ids, sizes, cfg.prepare.split_salt)
+        wanted = ["train"] + [n for n in ("validation", "test") if sizes[n] > 0]
+        dd = datasets.DatasetDict({n: ds.select([i for i, s in enumerate(names) if s == n]) for n in wanted})
+        dd.save_to_disk(str(partial / "dataset"))
+        splits = {n: len(dd[n]) for n in wanted}
+        del dd, ds
+        shutil.rmtree(partial / "cache")
+        for item in (partial / "dataset").iterdir():  # the DatasetDict at the top of the output directory
+            item.rename(partial / item.name)
+        (partial / "dataset").rmdir()
+        result = PrepareResult(out, reports, splits, total.config_hash)
+        (partial / "report.json").write_text(json.dumps({
+            "read": result.read, "kept": result.kept, "rejected": result.rejected, "splits": splits,
+            "sources": [r.to_dict() for r in reports]}, indent=2, ensure_ascii=False))
+        (partial / "manifest.json").write_text(json.dumps({
+            "kind": PREPARED_KIND,
+            "created_at": datetime.now().isoformat(timespec="seconds"),
+            "sources": [{"source": r.source, "source_type": r.source_type, "read": r.read, "kept": r.kept,
+                         "rejected": r.rejected} for r in reports],
+            "splits": splits,
+            "config_hash": result.config_hash,
+            "config": {"data": dataclasses.asdict(cfg.data), "prepare": dataclasses.asdict(cfg.prepare),
+                       "model": {k: getattr(cfg.model, k) for k in ("family", "name_or_path", "revision")}},
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+        }, indent=2, ensure_ascii=False))
+        if out.exists():
+            shutil.rmtree(out)
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    for report in reports:
+        (log.warning if report.rejected else log.info)("prepare %s", report.summary())
+    return result
