@@ -193,7 +193,28 @@ class EvalConfig:
     max_new_tokens_margin: float = _f(0.5, "With max_new_tokens 0: extra fraction of the longest reference.")
     no_repeat_ngram_size: int = _f(0, "Repetition guard: forbid repeating n-grams of this size (0 off).")
     max_samples: int = _f(0, "Score at most this many eval rows (0: all).")
-    num_logged_samples: int = _f(16, "Sample predictions (image, reference, prediction) logged per eval.")
+    num_logged_samples: int = _f(0, "Per-sample rows (image, reference, prediction, CER, WER, failure) sent to W&B per eval; 0: all.")
+    normalize_unicode: str = _f("NFC", "Unicode normalisation before scoring: '' (none), 'NFC' or 'NFKC' (also folds ligatures).")
+    normalize_case: bool = _f(False, "Lowercase reference and prediction before scoring.")
+    normalize_whitespace: bool = _f(True, "Collapse every whitespace run (tabs, no-break spaces, newlines) to one space before scoring.")
+    normalize_punctuation: bool = _f(False, "Remove punctuation (Unicode categories P*) before scoring.")
+    normalize_arabic: bool = _f(False, "Unify Arabic/Persian look-alike letters (yeh, kaf, digits) and drop tatweel before scoring.")
+    loop_guard: bool = _f(True, "Repetition guard: stop a row whose output ends in a repeating loop (counted as a failure).")
+    loop_max_period: int = _f(32, "Repetition guard: longest repeating unit, in tokens, that is detected.")
+    loop_min_repeats: int = _f(4, "Repetition guard: the unit must repeat at least this many times in a row.")
+    loop_min_span: int = _f(64, "Repetition guard: and the repetition must cover at least this many tokens (spares '0000', dot leaders).")
+    every_steps: int = _f(50, "During training, score a fixed eval subset every N steps for the CER-over-steps curve (0: off).")
+    periodic_samples: int = _f(16, "Size of the fixed eval subset scored every eval.every_steps.")
+    baselines: list = _f(["tesseract", "rapidocr"], "Non-DeepSeek engines scored on the same eval set when installed (skipped with a notice otherwise).")
+    tesseract_lang: str = _f("eng", "Tesseract language(s), e.g. 'eng', 'fas', 'eng+ara' (Debian tesseract-ocr-<lang>).")
+
+    def normalization(self):
+        """The ``metrics.TextNormalization`` these fields describe."""
+        from deepsynth_ocr.metrics import TextNormalization
+
+        return TextNormalization(unicode=self.normalize_unicode, lowercase=self.normalize_case,
+                                 collapse_whitespace=self.normalize_whitespace,
+                                 remove_punctuation=self.normalize_punctuation, unify_arabic=self.normalize_arabic)
 
     def validate(self) -> None:
         _check(self.batch_size > 0, "eval.batch_size", f"must be > 0, got {self.batch_size}")
@@ -201,6 +222,17 @@ class EvalConfig:
         _check(self.max_new_tokens_margin >= 0, "eval.max_new_tokens_margin", "must be >= 0")
         _check(self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size", "must be >= 0")
         _check(self.max_samples >= 0, "eval.max_samples", f"must be >= 0, got {self.max_samples}")
+        _check(self.num_logged_samples >= 0, "eval.num_logged_samples", f"must be >= 0, got {self.num_logged_samples}")
+        _check(self.normalize_unicode in ("", "NFC", "NFKC"), "eval.normalize_unicode",
+               f"must be '', 'NFC' or 'NFKC', got {self.normalize_unicode!r}")
+        for name in ("loop_max_period", "loop_min_repeats", "loop_min_span"):
+            _check(getattr(self, name) > 0, f"eval.{name}", f"must be > 0, got {getattr(self, name)}")
+        _check(self.loop_min_repeats >= 2, "eval.loop_min_repeats", f"must be >= 2, got {self.loop_min_repeats}")
+        _check(self.every_steps >= 0, "eval.every_steps", f"must be >= 0, got {self.every_steps}")
+        _check(self.periodic_samples > 0, "eval.periodic_samples", f"must be > 0, got {self.periodic_samples}")
+        known = ("tesseract", "rapidocr")
+        _check(isinstance(self.baselines, list) and all(b in known for b in self.baselines), "eval.baselines",
+               f"must be a list of {list(known)}, got {self.baselines!r}")
 
 
 @dataclass

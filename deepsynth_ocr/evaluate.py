@@ -1,15 +1,30 @@
-"""Batched greedy generation over an eval set, scored with CER/WER, written as per-sample JSONL."""
+"""Batched greedy generation over an eval set, scored with CER/WER, written as per-sample JSONL.
+
+The repetition guard. OCR models fall into loops ("the the the ...", a table row forever); the
+published Unsloth notebook reports mean CER above 100% because of them. The kit's default guard
+*stops* a row whose output ends in a unit of at most ``eval.loop_max_period`` tokens repeated at
+least ``eval.loop_min_repeats`` times and covering at least ``eval.loop_min_span`` tokens, and
+flags the row as a loop, which counts as a catastrophic failure. Why not ``no_repeat_ngram_size``
+(still available): it rewrites the model's output instead of reporting the loop, and with
+character- or byte-level tokens a small n forbids legitimate text such as "1000" or "llama"; the
+official DeepSeek-OCR vLLM recipe needs n = 30 within a 90-token window for the same reason.
+Stopping leaves normal text untouched; the span bound spares long runs such as "0000" or short
+dot leaders, and the loop stays visible in the metrics instead of being papered over.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList, TrainerCallback
 
 from deepsynth_ocr import metrics
 from deepsynth_ocr.collate import OcrCollator
@@ -22,6 +37,33 @@ log = logging.getLogger(__name__)
 class Prediction:
     text: str
     stopped: bool  # emitted EOS before the token bound
+    looped: bool = False  # the output ends in a repetition loop (stopped by the guard, or ran to the bound)
+    n_tokens: int = 0
+
+
+def loop_mask(ids: torch.Tensor, max_period: int, min_repeats: int, min_span: int) -> torch.Tensor:
+    """Per row of ``ids`` (batch, length): does it end in a unit of <= max_period tokens repeated
+    >= min_repeats times, the repetition covering >= min_span tokens?"""
+    batch, length = ids.shape
+    out = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+    for period in range(1, max_period + 1):
+        span = max(min_span, period * min_repeats)
+        if span > length:
+            break  # span never shrinks as the period grows
+        tail = ids[:, length - span:]
+        out |= (tail[:, period:] == tail[:, :-period]).all(dim=1)
+    return out
+
+
+class RepetitionGuard(StoppingCriteria):
+    """Stop rows whose generated tokens (after ``prompt_len``) end in a loop (see ``loop_mask``)."""
+
+    def __init__(self, prompt_len: int, cfg: EvalConfig):
+        self.prompt_len = prompt_len
+        self.args = (cfg.loop_max_period, cfg.loop_min_repeats, cfg.loop_min_span)
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return loop_mask(input_ids[:, self.prompt_len:], *self.args)
 
 
 def max_new_tokens_for(references: list[str], tokenizer, cfg: EvalConfig) -> int:
@@ -32,61 +74,108 @@ def max_new_tokens_for(references: list[str], tokenizer, cfg: EvalConfig) -> int
     return int(longest * (1 + cfg.max_new_tokens_margin)) + 2
 
 
+def _decode(row: list[int], tokenizer, pad_id: int, cfg: EvalConfig) -> Prediction:
+    eos = tokenizer.eos_token_id
+    stopped = eos in row
+    if stopped:
+        row = row[: row.index(eos)]
+    else:
+        while row and row[-1] == pad_id:  # rows finished by the guard are padded while others go on
+            row = row[:-1]
+    looped = not stopped and bool(row) and bool(
+        loop_mask(torch.tensor([row]), cfg.loop_max_period, cfg.loop_min_repeats, cfg.loop_min_span)[0])
+    return Prediction(tokenizer.decode(row, skip_special_tokens=True), stopped, looped, len(row))
+
+
 @torch.no_grad()
+def generate_batch(model, collator: OcrCollator, rows: list[dict], cfg: EvalConfig, max_new_tokens: int) -> list[Prediction]:
+    """One batch of {image, prompt} rows: greedy, left padded, with the repetition guard."""
+    tokenizer = collator.tokenizer
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in collator(rows).items()}
+    width = batch["input_ids"].shape[1]
+    guard = StoppingCriteriaList([RepetitionGuard(width, cfg)] if cfg.loop_guard else [])
+    generated = model.generate(
+        **batch,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        no_repeat_ngram_size=cfg.no_repeat_ngram_size or None,
+        stopping_criteria=guard,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=collator.pad_id,
+    )[:, width:]
+    return [_decode(row, tokenizer, collator.pad_id, cfg) for row in generated.tolist()]
+
+
 def generate(model, processor, family, rows, cfg: EvalConfig, max_new_tokens: int, desc: str = "generate") -> list[Prediction]:
     """Greedy, batched, left-padded generation for ``rows`` (a sequence of {image, prompt} dicts)."""
     collator = OcrCollator(processor, family, for_generation=True)
-    tokenizer = processor.tokenizer
-    loader = DataLoader(rows, batch_size=cfg.batch_size, collate_fn=collator, shuffle=False)
+    loader = DataLoader(rows, batch_size=cfg.batch_size, collate_fn=list, shuffle=False)
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     out: list[Prediction] = []
     try:
-        for batch in tqdm(loader, desc=desc, leave=False):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            width = batch["input_ids"].shape[1]
-            generated = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                no_repeat_ngram_size=cfg.no_repeat_ngram_size or None,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=collator.pad_id,
-            )[:, width:]
-            for row in generated.tolist():
-                stopped = tokenizer.eos_token_id in row
-                if stopped:
-                    row = row[: row.index(tokenizer.eos_token_id)]
-                out.append(Prediction(tokenizer.decode(row, skip_special_tokens=True), stopped))
+        for chunk in tqdm(loader, desc=desc, leave=False):
+            out.extend(generate_batch(model, collator, chunk, cfg, max_new_tokens))
     finally:
         model.train(was_training)
     return out
 
 
-def evaluate(model, processor, family, dataset, cfg: EvalConfig, out_path: Path, tag: str) -> dict:
-    """Score ``dataset`` (rows with image, text, prompt, id); write per-sample JSONL to ``out_path``."""
+def eval_rows(dataset, cfg: EvalConfig) -> list[dict]:
+    """The rows scored (``eval.max_samples`` applied), each with ``image_path`` for the report."""
     if cfg.max_samples:
         dataset = dataset.select(range(min(cfg.max_samples, len(dataset))))
-    rows = list(dataset)
-    references = [r["text"] for r in rows]
-    bound = max_new_tokens_for(references, processor.tokenizer, cfg)
-    preds = generate(model, processor, family, rows, cfg, bound, desc=f"eval {tag}")
-    summary = metrics.aggregate(references, [p.text for p in preds])
-    summary["stopped_rate"] = sum(p.stopped for p in preds) / len(preds)
-    summary["max_new_tokens"] = bound
+    paths = [(im or {}).get("path") for im in dataset.cast_column("image", datasets.Image(decode=False))["image"]]
+    return [{**row, "image_path": path} for row, path in zip(dataset, paths)]
+
+
+def score_and_write(rows: list[dict], preds: list[Prediction], cfg: EvalConfig, out_path: Path) -> dict:
+    """Per-sample JSONL (reference, prediction, CER, WER, failure flag, ...) and the summary."""
+    norm = cfg.normalization()
+    scores = [metrics.SampleScore.of(r["text"], p.text, norm, p.looped) for r, p in zip(rows, preds)]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.open("w", encoding="utf-8") as f:
-        for row, pred in zip(rows, preds):
-            f.write(json.dumps({
-                "id": row["id"],
-                "reference": row["text"],
-                "prediction": pred.text,
-                "cer": metrics.cer(row["text"], pred.text),
-                "wer": metrics.wer(row["text"], pred.text),
-                "stopped": pred.stopped,
-            }, ensure_ascii=False) + "\n")
-    log.info("eval %s: CER %.4f WER %.4f exact %.3f stopped %.3f (n=%d)", tag, summary.get("cer", float("nan")),
-             summary.get("wer", float("nan")), summary["exact_match"], summary["stopped_rate"], summary["n"])
+        for row, pred, score in zip(rows, preds, scores):
+            f.write(json.dumps({"id": row["id"], "image": row.get("image_path"), "reference": row["text"],
+                                "prediction": pred.text, "stopped": pred.stopped, "n_tokens": pred.n_tokens,
+                                **score.to_dict()}, ensure_ascii=False) + "\n")
+    summary = metrics.summarize(scores, norm)
+    summary["stopped_rate"] = sum(p.stopped for p in preds) / len(preds)
     return summary
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def evaluate(model, processor, family, dataset, cfg: EvalConfig, out_path: Path, tag: str) -> dict:
+    """Score ``dataset`` (rows with image, text, prompt, id); write per-sample JSONL to ``out_path``."""
+    rows = eval_rows(dataset, cfg)
+    bound = max_new_tokens_for([r["text"] for r in rows], processor.tokenizer, cfg)
+    preds = generate(model, processor, family, rows, cfg, bound, desc=f"eval {tag}")
+    summary = score_and_write(rows, preds, cfg, out_path)
+    summary["max_new_tokens"] = bound
+    log.info("eval %s: CER %s WER %s exact %.3f stopped %.3f catastrophic %.3f (n=%d)", tag, _fmt(summary["cer"]),
+             _fmt(summary["wer"]), summary["exact_match"], summary["stopped_rate"], summary["catastrophic_rate"],
+             summary["n"])
+    return summary
+
+
+class PeriodicEvalCallback(TrainerCallback):
+    """Score a fixed eval subset every ``eval.every_steps`` steps: the CER/WER-over-steps curve."""
+
+    def __init__(self, model, processor, family, dataset, cfg: EvalConfig, log_fn: Callable[[dict, int], None]):
+        self.model, self.processor, self.family, self.cfg, self.log_fn = model, processor, family, cfg, log_fn
+        self.rows = list(dataset.select(range(min(cfg.periodic_samples, len(dataset)))))
+        self.bound = max_new_tokens_for([r["text"] for r in self.rows], processor.tokenizer, cfg)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.cfg.every_steps:
+            return
+        preds = generate(self.model, self.processor, self.family, self.rows, self.cfg, self.bound,
+                         desc=f"eval step {state.global_step}")
+        summary = metrics.aggregate([r["text"] for r in self.rows], [p.text for p in preds],
+                                    self.cfg.normalization(), [p.looped for p in preds])
+        self.log_fn({k: v for k, v in summary.items() if k != "normalization"}, state.global_step)

@@ -1,52 +1,187 @@
-"""CER and WER through jiwer, per sample and aggregated.
+"""CER and WER through jiwer, with explicit normalisation, per sample and aggregated.
 
 Definitions the kit commits to (jiwer's own behaviour differs between versions):
-- an empty reference scores 0 when the hypothesis is empty too, else 1 per sample (jiwer 4
-  returns a raw edit count there, which would not be a rate);
-- corpus CER/WER is total edits / total reference length over non-empty references, i.e. what
-  jiwer computes for lists; the per-sample mean weights every sample equally instead.
-No normalisation is applied beyond stripping the ends: scores are on the text as given.
+- Scores are computed twice: ``raw`` on the text as given (ends stripped), and normalised with a
+  ``TextNormalization`` that is recorded next to the numbers, so a reader knows what was forgiven.
+- Empty reference: a sample scores 0 when the hypothesis is empty too, else 1 (every hypothesis
+  character is an insertion, but a rate over zero reference characters is undefined; jiwer 4
+  returns the raw count there). Empty hypothesis with a non-empty reference: 1 (all deletions).
+- Corpus CER/WER = total edits / total reference length over all samples, so insertions against
+  an empty reference still count in the numerator. The per-sample mean/median/p90 weight every
+  sample equally instead.
+- Catastrophic failure: CER > 1 or a detected repetition loop (see ``evaluate.RepetitionGuard``).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+import unicodedata
+from dataclasses import asdict, dataclass
 
 import jiwer
 
-
-def _rate(fn, reference: str, hypothesis: str) -> float:
-    if not reference.strip():
-        return 0.0 if not hypothesis.strip() else 1.0
-    return float(fn(reference, hypothesis))
-
-
-def cer(reference: str, hypothesis: str) -> float:
-    return _rate(jiwer.cer, reference, hypothesis)
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    return _rate(jiwer.wer, reference, hypothesis)
+# Arabic/Persian letters that look alike and are often typed interchangeably: Arabic yeh and alef
+# maksura vs Persian yeh, Arabic kaf vs keheh, Arabic-Indic vs Persian digits; tatweel (a
+# stretching stroke) carries no text. A Persian reference typed with Arabic letters would
+# otherwise score every such letter as an error.
+ARABIC_UNIFICATION = str.maketrans(
+    {"\u064a": "\u06cc", "\u0649": "\u06cc", "\u0643": "\u06a9", "\u0640": None}
+    | {chr(0x0660 + d): chr(0x06F0 + d) for d in range(10)}
+)
 
 
-def aggregate(references: list[str], hypotheses: list[str]) -> dict[str, float]:
-    """Corpus and per-sample aggregates of CER/WER plus the exact-match rate."""
-    if len(references) != len(hypotheses):
-        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    if not references:
+@dataclass(frozen=True)
+class TextNormalization:
+    """What is forgiven before scoring. The default changes nothing but the ends (jiwer's strip)."""
+
+    unicode: str = ""  # "", "NFC" or "NFKC" (NFKC also folds ligatures and presentation forms)
+    lowercase: bool = False
+    collapse_whitespace: bool = False  # any run of Unicode whitespace (tab, no-break space) -> " "
+    remove_punctuation: bool = False  # Unicode categories P*
+    unify_arabic: bool = False  # ARABIC_UNIFICATION
+
+    def __post_init__(self):
+        if self.unicode not in ("", "NFC", "NFKC"):
+            raise ValueError(f"unicode normalisation must be '', 'NFC' or 'NFKC', got {self.unicode!r}")
+
+    def __call__(self, text: str) -> str:
+        if self.unicode:
+            text = unicodedata.normalize(self.unicode, text)
+        if self.unify_arabic:
+            text = text.translate(ARABIC_UNIFICATION)
+        steps = []
+        if self.lowercase:
+            steps.append(jiwer.ToLowerCase())
+        if self.remove_punctuation:
+            steps.append(jiwer.RemovePunctuation())
+        if self.collapse_whitespace:
+            steps.append(jiwer.SubstituteRegexes({r"\s+": " "}))
+        steps.append(jiwer.Strip())
+        return jiwer.Compose(steps)(text)
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+RAW = TextNormalization()
+
+
+def _edits(reference: str, hypothesis: str, unit: str) -> tuple[int, int]:
+    """(edit count, reference length) in characters or words."""
+    if unit == "char":
+        if not reference:
+            return len(hypothesis), 0
+        out = jiwer.process_characters(reference, hypothesis)
+    else:
+        ref_words = reference.split()
+        if not ref_words:
+            return len(hypothesis.split()), 0
+        # jiwer splits on " " only; an explicit split makes tabs and no-break spaces separate words.
+        out = jiwer.process_words(" ".join(ref_words), " ".join(hypothesis.split()))
+    return out.substitutions + out.deletions + out.insertions, out.substitutions + out.deletions + out.hits
+
+
+def _rate(edits: int, length: int) -> float:
+    if length == 0:
+        return 0.0 if edits == 0 else 1.0
+    return edits / length
+
+
+def cer(reference: str, hypothesis: str, norm: TextNormalization = RAW) -> float:
+    return _rate(*_edits(norm(reference), norm(hypothesis), "char"))
+
+
+def wer(reference: str, hypothesis: str, norm: TextNormalization = RAW) -> float:
+    return _rate(*_edits(norm(reference), norm(hypothesis), "word"))
+
+
+@dataclass
+class SampleScore:
+    """One sample's scores; the edit counts let corpus scores be recomputed from stored rows."""
+
+    cer: float
+    wer: float
+    cer_raw: float
+    wer_raw: float
+    char_edits: int
+    ref_chars: int
+    word_edits: int
+    ref_words: int
+    exact: bool
+    looped: bool
+    failure: bool
+
+    @classmethod
+    def of(cls, reference: str, hypothesis: str, norm: TextNormalization, looped: bool = False) -> SampleScore:
+        ref, hyp = norm(reference), norm(hypothesis)
+        char_edits, ref_chars = _edits(ref, hyp, "char")
+        word_edits, ref_words = _edits(ref, hyp, "word")
+        c = _rate(char_edits, ref_chars)
+        return cls(
+            cer=c, wer=_rate(word_edits, ref_words),
+            cer_raw=cer(reference, hypothesis), wer_raw=wer(reference, hypothesis),
+            char_edits=char_edits, ref_chars=ref_chars, word_edits=word_edits, ref_words=ref_words,
+            exact=ref == hyp, looped=looped, failure=c > 1.0 or looped,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100): always one of the observed values."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def summarize(scores: list[SampleScore], norm: TextNormalization = RAW) -> dict:
+    """Corpus and per-sample aggregates, with the normalisation that produced them."""
+    if not scores:
         raise ValueError("no samples to score")
-    cers = [cer(r, h) for r, h in zip(references, hypotheses)]
-    wers = [wer(r, h) for r, h in zip(references, hypotheses)]
-    pairs = [(r, h) for r, h in zip(references, hypotheses) if r.strip()]
-    out = {
-        "n": len(references),
+    cers = [s.cer for s in scores]
+    ref_chars = sum(s.ref_chars for s in scores)
+    ref_words = sum(s.ref_words for s in scores)
+    n = len(scores)
+    return {
+        "n": n,
+        # None when every reference is empty: a corpus rate over zero characters is undefined.
+        "cer": sum(s.char_edits for s in scores) / ref_chars if ref_chars else None,
+        "wer": sum(s.word_edits for s in scores) / ref_words if ref_words else None,
         "cer_mean": statistics.fmean(cers),
         "cer_median": statistics.median(cers),
-        "wer_mean": statistics.fmean(wers),
-        "exact_match": sum(r.strip() == h.strip() for r, h in zip(references, hypotheses)) / len(references),
+        "cer_p90": percentile(cers, 90),
+        "wer_mean": statistics.fmean(s.wer for s in scores),
+        "cer_raw_mean": statistics.fmean(s.cer_raw for s in scores),
+        "wer_raw_mean": statistics.fmean(s.wer_raw for s in scores),
+        "exact_match": sum(s.exact for s in scores) / n,
+        "catastrophic_rate": sum(s.failure for s in scores) / n,
+        "loop_rate": sum(s.looped for s in scores) / n,
+        "normalization": norm.describe(),
     }
-    if pairs:
-        refs, hyps = [p[0] for p in pairs], [p[1] for p in pairs]
-        out["cer"] = float(jiwer.cer(refs, hyps))
-        out["wer"] = float(jiwer.wer(refs, hyps))
+
+
+def aggregate(references: list[str], hypotheses: list[str], norm: TextNormalization = RAW,
+              looped: list[bool] | None = None) -> dict:
+    """``summarize`` over reference/hypothesis pairs."""
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    looped = looped or [False] * len(references)
+    return summarize([SampleScore.of(r, h, norm, lp) for r, h, lp in zip(references, hypotheses, looped)], norm)
+
+
+
+def char_diff(reference: str, hypothesis: str) -> list[tuple[str, str]]:
+    """(op, text) runs turning ``reference`` into ``hypothesis``; op in equal/delete/insert."""
+    import difflib
+
+    out: list[tuple[str, str]] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, reference, hypothesis, autojunk=False).get_opcodes():
+        if op == "equal":
+            out.append(("equal", reference[i1:i2]))
+            continue
+        if i2 > i1:
+            out.append(("delete", reference[i1:i2]))
+        if j2 > j1:
+            out.append(("insert", hypothesis[j1:j2]))
     return out
