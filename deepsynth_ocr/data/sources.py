@@ -222,13 +222,16 @@ def _tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes], str | None
                 key = member_key
                 members[ext.lower()] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as e:
-        if key is not None:
-            yield key, members, f"shard ends early after this sample: {e}"
-        else:
-            yield "", {}, f"cannot read tar shard: {e}"
+        yield key or "", {}, f"the shard is damaged or cut short inside this sample: {e}"
         return
     if key is not None:
         yield key, members, None
+    # tarfile takes a file cut at a 512-byte block boundary for a complete archive; a real one
+    # ends in zero blocks, so anything else means samples were lost after the last one read.
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - 512))
+        if f.read().strip(b"\0"):
+            yield "end", {}, "the shard has no end-of-archive marker: it was cut short after the last sample read"
 
 
 def read_webdataset(spec: str) -> Iterator[RawRow]:
