@@ -24,6 +24,34 @@ class EncodedPrompt:
     num_local_patches: int
 
 
+def pad_rows(sequences: list[list[int]], labels: list[list[int]] | None, pad_id: int, left: bool):
+    """Pad token rows to one width: ``(input_ids, attention_mask, labels)`` tensors.
+
+    Left padding (generation) puts every row's next token at the end; right padding (training)
+    keeps positions aligned with labels. ``labels`` None gives a None label tensor.
+    """
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    label_tensor = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        input_ids[i, span] = torch.tensor(seq)
+        attention_mask[i, span] = 1
+        if labels is not None:
+            label_tensor[i, span] = torch.tensor(labels[i])
+    return input_ids, attention_mask, (label_tensor if labels is not None else None)
+
+
+def make_collator(processor, family, for_generation: bool = False):
+    """The family's collator: ``OcrCollator`` for native DeepSeek-OCR-2, ``V1Collator`` for DeepSeek-OCR v1."""
+    if family.v1_geometry is not None:
+        from deepsynth_ocr.models.deepseek_ocr_v1 import V1Collator
+
+        return V1Collator(processor, family, for_generation)
+    return OcrCollator(processor, family, for_generation)
+
+
 class OcrCollator:
     """Collator for native DeepSeek-OCR-2 families (``tiny``, ``deepseek-ocr-2``)."""
 
@@ -61,17 +89,7 @@ class OcrCollator:
             targets = [self.target_ids(r["text"]) for r in rows]
             sequences = [p.input_ids + t for p, t in zip(prompts, targets)]
             labels = [[IGNORE_INDEX] * len(p.input_ids) + t for p, t in zip(prompts, targets)]
-        width = max(len(s) for s in sequences)
-        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        label_tensor = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        for i, seq in enumerate(sequences):
-            # Left padding for generation, right padding for training.
-            span = slice(width - len(seq), width) if self.for_generation else slice(0, len(seq))
-            input_ids[i, span] = torch.tensor(seq)
-            attention_mask[i, span] = 1
-            if labels is not None:
-                label_tensor[i, span] = torch.tensor(labels[i])
+        input_ids, attention_mask, label_tensor = pad_rows(sequences, labels, self.pad_id, left=self.for_generation)
         batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,

@@ -15,7 +15,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from deepsynth_ocr.collate import OcrCollator
+from deepsynth_ocr.collate import make_collator
 from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.data.prepare import prepare_manifest, write_report
 from deepsynth_ocr.evaluate import evaluate
@@ -111,6 +111,7 @@ def _sample_rows(eval_ds, path: Path, n: int) -> list[dict]:
 def _evaluate(loaded, eval_ds, cfg: RunConfig, run: Run, tracker: Tracker, tag: str, step: int) -> dict:
     start = time.time()
     out = run.dir / "eval" / f"{tag}.jsonl"
+    loaded.for_inference()
     summary = evaluate(loaded.model, loaded.processor, loaded.family, eval_ds, cfg.eval, out, tag)
     run.timing(f"eval_{tag}_s", time.time() - start)
     run.log_metrics({"step": step, "eval": tag, **summary})
@@ -135,13 +136,14 @@ def run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunResult:
         do_eval = cfg.eval.enabled and eval_ds is not None
         before = _evaluate(loaded, eval_ds, cfg, run_, tracker, "before", 0) if do_eval else None
 
-        collator = OcrCollator(loaded.processor, loaded.family)
+        collator = make_collator(loaded.processor, loaded.family)
         trainer = Trainer(model=loaded.model, args=training_arguments(cfg, run_.dir), train_dataset=train_ds,
                           data_collator=collator, callbacks=[MetricsCallback(run_, tracker)])
         resume = get_last_checkpoint(str(run_.dir / "checkpoints")) if cfg.train.resume and (run_.dir / "checkpoints").is_dir() else None
         if cfg.train.resume:
             log.info("resuming from %s", resume or "scratch (no checkpoint found)")
         start = time.time()
+        loaded.for_training()
         output = trainer.train(resume_from_checkpoint=resume)
         run_.timing("train_s", time.time() - start)
         step = trainer.state.global_step

@@ -2,18 +2,25 @@
 
 Both backends share everything but loading and LoRA attachment. The ``hf`` backend (transformers
 + peft, bitsandbytes for 4-bit) runs anywhere; ``unsloth`` needs CUDA.
+
+Every keyword argument the kit passes to Unsloth, and to the transformers / bitsandbytes entry
+points, is built by one ``*_kwargs`` function here. ``deepsynth_ocr.drift`` checks those same
+dictionaries against the installed libraries' signatures, so a renamed argument fails a test.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import re
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.config import ConfigError, RunConfig
 from deepsynth_ocr.models.families import Family, get_family
 
 log = logging.getLogger(__name__)
@@ -28,6 +35,32 @@ class LoadedModel:
     backend_reason: str
     frozen_params: int = 0
     trainable_params: int = 0
+    # Unsloth's FastVisionModel class when backend is unsloth; it must switch train/inference modes.
+    fast_model: type | None = None
+    gradient_checkpointing: bool | str = False
+
+    def for_training(self) -> None:
+        """Call before training. Unsloth re-arms its gradient checkpointing and training kernels."""
+        if self.fast_model is not None:
+            self.fast_model.for_training(self.model, **unsloth_for_training_kwargs(self.gradient_checkpointing))
+
+    def for_inference(self) -> None:
+        """Call before generation. Unsloth switches to its inference path (and back via for_training)."""
+        if self.fast_model is not None:
+            self.fast_model.for_inference(self.model)
+
+    def save_merged(self, out_dir: str | Path) -> Path:
+        """Write the base model with the LoRA merged in, in 16 bits, plus the processor/tokenizer."""
+        out_dir = Path(out_dir)
+        if self.fast_model is not None:
+            self.model.save_pretrained_merged(str(out_dir), **unsloth_save_merged_kwargs(self.processor))
+            return out_dir
+        if getattr(self.model, "is_loaded_in_4bit", False) or getattr(self.model.base_model, "is_loaded_in_4bit", False):
+            raise RuntimeError("save_merged: the hf backend cannot merge into 4-bit weights without loss; "
+                               "reload the base with model.load_in_4bit: false and load the adapter, or use unsloth")
+        self.model.merge_and_unload().save_pretrained(str(out_dir))
+        self.processor.save_pretrained(str(out_dir))
+        return out_dir
 
 
 def choose_backend(requested: str) -> tuple[str, str]:
@@ -45,7 +78,11 @@ def choose_backend(requested: str) -> tuple[str, str]:
             )
         return "unsloth", "requested in config"
     if has_cuda and has_unsloth:
-        return "unsloth", "auto: unsloth is importable and CUDA is present"
+        try:
+            importlib.import_module("unsloth")
+        except Exception as e:  # a broken Unsloth install must not stop a run that hf can do
+            return "hf", f"auto: unsloth is installed but failed to import ({type(e).__name__}: {e}), using transformers + peft"
+        return "unsloth", "auto: unsloth imports and CUDA is present"
     why = "no CUDA device" if not has_cuda else "unsloth is not installed"
     return "hf", f"auto: {why}, using transformers + peft"
 
@@ -54,11 +91,83 @@ def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def resolve_revision(cfg: RunConfig, family: Family) -> str | None:
+    """The hub revision to load. Remote-code families always load at a pinned revision.
+
+    A local directory is loaded as it is on disk (its code is whatever the user put there).
+    """
+    if cfg.model.revision:
+        return cfg.model.revision
+    if not family.trust_remote_code or Path(cfg.model.name_or_path).is_dir():
+        return None
+    pinned = family.pinned_revisions.get(cfg.model.name_or_path)
+    if pinned is None:
+        raise ConfigError(
+            f"model.revision: family {family.name!r} runs the checkpoint's own Python code, so it loads only at a "
+            f"pinned revision; {cfg.model.name_or_path!r} has no pin in families.py: set model.revision to a commit "
+            f"(known pins: {family.pinned_revisions})"
+        )
+    return pinned
+
+
+def warn_remote_code(cfg: RunConfig, family: Family, revision: str | None) -> None:
+    if family.trust_remote_code:
+        log.warning("trust_remote_code is enabled for family %s only: %s at revision %s runs its own Python code",
+                    family.name, cfg.model.name_or_path, revision or "(local directory as on disk)")
+
+
+def bnb_config_kwargs(cfg: RunConfig, family: Family) -> dict:
+    """BitsAndBytesConfig arguments: NF4 on the language model, vision side and head left as they are."""
+    compute = torch.bfloat16 if cfg.model.dtype == "bfloat16" else (
+        torch.float16 if cfg.model.dtype == "float16" else torch.float32)
+    return {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": compute,
+        "llm_int8_skip_modules": list(family.quant_skip_modules),
+    }
+
+
+def hf_load_kwargs(cfg: RunConfig, family: Family) -> dict:
+    """Arguments for the family's transformers auto class ``from_pretrained``."""
+    kwargs = {"revision": resolve_revision(cfg, family), "dtype": _dtype(cfg.model.dtype)}
+    if family.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    if cfg.model.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(**bnb_config_kwargs(cfg, family))
+    return kwargs
+
+
+def _keep_cpu_4bit_trainable(model) -> int:
+    """bitsandbytes on CPU repacks 4-bit weights in place on the first no-grad forward (an eval
+    before training); backward then fails on "a view of a leaf Variable ... in-place". Turning the
+    repack off keeps eval-then-train working. Returns how many Linear4bit layers were changed."""
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for m in layers:
+        m.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def _wrap_processor(processor_or_tokenizer, family: Family, cfg: RunConfig):
+    if family.v1_geometry is None:
+        return processor_or_tokenizer
+    from deepsynth_ocr.models.deepseek_ocr_v1 import V1Processor
+
+    return V1Processor(processor_or_tokenizer, family.v1_geometry, _dtype(cfg.model.dtype))
+
+
 def load_base(cfg: RunConfig):
     """Model and processor for ``cfg.model``, before any freezing or adapters.
 
     A checkpoint directory or hub id (any family, the tiny one included) goes through
     ``from_pretrained``; only the ``tiny`` family with no path is built in code, randomly initialised.
+    4-bit loading needs ``from_pretrained`` (bitsandbytes quantises while loading), so a random tiny
+    model asked for in 4-bit is first written to a temporary checkpoint and loaded back from it.
     """
     family = get_family(cfg.model.family)
     if family.tiny_geometry is not None and not cfg.model.name_or_path:
@@ -67,15 +176,30 @@ def load_base(cfg: RunConfig):
         tokenizer = tiny.build_tiny_tokenizer()
         processor = tiny.build_tiny_processor(tokenizer, family.tiny_geometry)
         model = tiny.build_tiny_model(tokenizer, family.tiny_geometry, seed=cfg.seed)
-        return model.to(_dtype(cfg.model.dtype)), processor, family
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+        if not cfg.model.load_in_4bit:
+            return model.to(_dtype(cfg.model.dtype)), processor, family
+        with tempfile.TemporaryDirectory(prefix="deepsynth-tiny-") as tmp:
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+            return _from_pretrained(cfg, family, tmp)
+    return _from_pretrained(cfg, family, cfg.model.name_or_path)
 
-    kwargs = {"revision": cfg.model.revision or None}
-    processor = AutoProcessor.from_pretrained(cfg.model.name_or_path, **kwargs)
-    model = AutoModelForImageTextToText.from_pretrained(
-        cfg.model.name_or_path, dtype=_dtype(cfg.model.dtype), **kwargs
-    )
-    return model, processor, family
+
+def _from_pretrained(cfg: RunConfig, family: Family, path: str):
+    import transformers
+
+    kwargs = hf_load_kwargs(cfg, family)
+    warn_remote_code(cfg, family, kwargs["revision"])
+    auto_model = getattr(transformers, family.auto_model)
+    if family.v1_geometry is not None:
+        processor = transformers.AutoTokenizer.from_pretrained(
+            path, revision=kwargs["revision"], trust_remote_code=family.trust_remote_code)
+    else:
+        processor = transformers.AutoProcessor.from_pretrained(path, revision=kwargs["revision"])
+    model = auto_model.from_pretrained(path, **kwargs)
+    if cfg.model.load_in_4bit and not torch.cuda.is_available():
+        log.info("4-bit on CPU: in-place weight repacking disabled on %d Linear4bit layers", _keep_cpu_4bit_trainable(model))
+    return model, _wrap_processor(processor, family, cfg), family
 
 
 def is_vision_param(name: str, family: Family) -> bool:
@@ -84,20 +208,25 @@ def is_vision_param(name: str, family: Family) -> bool:
     return name.startswith(family.vision_prefixes)
 
 
+def lora_config_kwargs(cfg: RunConfig, family: Family) -> dict:
+    """peft ``LoraConfig`` arguments for the hf backend (the unsloth backend maps the same fields)."""
+    return {
+        "r": cfg.lora.r,
+        "lora_alpha": cfg.lora.alpha,
+        "lora_dropout": cfg.lora.dropout,
+        "target_modules": family.lora_target_pattern,
+        "bias": "none",
+    }
+
+
 def prepare_for_training(model, family: Family, cfg: RunConfig):
-    """Freeze the vision side, attach LoRA to the language model (or unfreeze it), count, assert."""
+    """hf backend: freeze the vision side, attach LoRA to the language model (or unfreeze it), count, assert."""
     for p in model.parameters():
         p.requires_grad_(False)
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(
-            r=cfg.lora.r,
-            lora_alpha=cfg.lora.alpha,
-            lora_dropout=cfg.lora.dropout,
-            target_modules=family.lora_target_pattern,
-            bias="none",
-        ))
+        model = get_peft_model(model, LoraConfig(**lora_config_kwargs(cfg, family)))
     else:
         for name, p in model.named_parameters():
             if not is_vision_param(name, family):
@@ -105,6 +234,11 @@ def prepare_for_training(model, family: Family, cfg: RunConfig):
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    return (model, *count_and_check_trainable(model, family, cfg))
+
+
+def count_and_check_trainable(model, family: Family, cfg: RunConfig) -> tuple[int, int]:
+    """Both backends: (frozen, trainable) counts; fails if vision trains or LoRA sits off the pattern."""
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trainable_vision = [n for n, p in model.named_parameters() if p.requires_grad and is_vision_param(n, family)]
@@ -118,18 +252,98 @@ def prepare_for_training(model, family: Family, cfg: RunConfig):
         off_target = [n for n in adapted if not pattern.fullmatch(n.removeprefix("base_model.model."))]
         if not adapted or off_target:
             raise RuntimeError(f"LoRA attached to unexpected modules: {sorted(off_target)[:5]} (adapted {len(adapted)})")
-    return model, frozen, trainable
+    return frozen, trainable
+
+
+# --- unsloth backend ---------------------------------------------------------------------------
+# The kit loads through ``FastVisionModel``. In Unsloth 2026.10.9 ``FastLanguageModel.from_pretrained``
+# hands model types it has no text fast path for to ``FastModel.from_pretrained`` (the class
+# ``FastVisionModel`` subclasses), but its own signature has no ``auto_model`` and no
+# ``unsloth_force_compile``, which DeepSeek-OCR's remote code needs; ``FastVisionModel`` names both.
+
+
+def unsloth_gradient_checkpointing(cfg: RunConfig) -> bool | str:
+    # "unsloth" is Unsloth's offloading checkpointing; False leaves activations in memory.
+    return "unsloth" if cfg.model.gradient_checkpointing else False
+
+
+def unsloth_load_kwargs(cfg: RunConfig, family: Family) -> dict:
+    """Arguments for ``FastVisionModel.from_pretrained``."""
+    kwargs = {
+        "model_name": cfg.model.name_or_path,
+        "revision": resolve_revision(cfg, family),
+        "dtype": _dtype(cfg.model.dtype),
+        "load_in_4bit": cfg.model.load_in_4bit,
+        "full_finetuning": not cfg.lora.enabled,
+        "use_gradient_checkpointing": unsloth_gradient_checkpointing(cfg),
+    }
+    if family.trust_remote_code:
+        import transformers
+
+        kwargs["trust_remote_code"] = True
+        kwargs["auto_model"] = getattr(transformers, family.auto_model)
+    if family.unsloth_force_compile:
+        kwargs["unsloth_force_compile"] = True
+    return kwargs
+
+
+def unsloth_peft_kwargs(cfg: RunConfig, family: Family) -> dict:
+    """Arguments for ``FastVisionModel.get_peft_model``: the language model's projections only.
+
+    A regex string reaches peft unchanged (Unsloth only rewrites lists), so both backends adapt
+    exactly the modules of ``family.lora_target_pattern``.
+    """
+    lora = lora_config_kwargs(cfg, family)
+    return {
+        **lora,
+        "finetune_vision_layers": False,
+        "finetune_language_layers": True,
+        "use_gradient_checkpointing": unsloth_gradient_checkpointing(cfg),
+        "random_state": cfg.seed,
+    }
+
+
+def unsloth_for_training_kwargs(gradient_checkpointing: bool | str) -> dict:
+    return {"use_gradient_checkpointing": gradient_checkpointing}
+
+
+def unsloth_save_merged_kwargs(processor) -> dict:
+    """Arguments for Unsloth's ``model.save_pretrained_merged`` (after the output directory)."""
+    from deepsynth_ocr.models.deepseek_ocr_v1 import V1Processor
+
+    # Unsloth saves whatever it is given as ``tokenizer``: the v1 wrapper is the kit's, not a tokenizer.
+    tokenizer = processor.tokenizer if isinstance(processor, V1Processor) else processor
+    return {"tokenizer": tokenizer, "save_method": "merged_16bit"}
+
+
+def load_unsloth(cfg: RunConfig, family: Family, reason: str, for_training: bool) -> LoadedModel:
+    from unsloth import FastVisionModel
+
+    kwargs = unsloth_load_kwargs(cfg, family)
+    warn_remote_code(cfg, family, kwargs["revision"])
+    model, processor = FastVisionModel.from_pretrained(**kwargs)
+    loaded = LoadedModel(model, _wrap_processor(processor, family, cfg), family, "unsloth", reason,
+                         fast_model=FastVisionModel, gradient_checkpointing=unsloth_gradient_checkpointing(cfg))
+    if not for_training:
+        loaded.for_inference()
+        return loaded
+    if cfg.lora.enabled:
+        loaded.model = FastVisionModel.get_peft_model(model, **unsloth_peft_kwargs(cfg, family))
+    loaded.frozen_params, loaded.trainable_params = count_and_check_trainable(loaded.model, family, cfg)
+    return loaded
 
 
 def load_model(cfg: RunConfig, for_training: bool = True) -> LoadedModel:
     backend, reason = choose_backend(cfg.model.backend)
     log.info("backend: %s (%s)", backend, reason)
     if backend == "unsloth":
-        raise NotImplementedError("the unsloth backend is not implemented yet; set model.backend: hf")
-    model, processor, family = load_base(cfg)
-    loaded = LoadedModel(model, processor, family, backend, reason)
+        loaded = load_unsloth(cfg, get_family(cfg.model.family), reason, for_training)
+    else:
+        model, processor, family = load_base(cfg)
+        loaded = LoadedModel(model, processor, family, backend, reason)
+        if for_training:
+            loaded.model, loaded.frozen_params, loaded.trainable_params = prepare_for_training(model, family, cfg)
     if for_training:
-        loaded.model, loaded.frozen_params, loaded.trainable_params = prepare_for_training(model, family, cfg)
         log.info("parameters: %d frozen, %d trainable (%.2f%%), vision frozen",
                  loaded.frozen_params, loaded.trainable_params,
                  100 * loaded.trainable_params / (loaded.frozen_params + loaded.trainable_params))

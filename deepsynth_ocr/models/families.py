@@ -40,6 +40,39 @@ class TinyGeometry:
         return self.image_size // 48
 
 
+# DeepSeek-OCR (v1, remote code): the language model is a DeepSeek-V2-style MoE whose routed
+# experts are separate Linear modules (unlike the fused native v2 experts), so they match too, as
+# the Unsloth notebook's name list does. The anchor on ``model.layers`` keeps SAM/CLIP out.
+V1_LM_LORA_PATTERN = (
+    r"(.*\.)?model\.layers\.\d+\."
+    r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+    r"|mlp\.((shared_experts|experts\.\d+)\.)?(gate_proj|up_proj|down_proj))"
+)
+
+
+@dataclass(frozen=True)
+class V1Geometry:
+    """DeepSeek-OCR (v1) "Gundam" geometry, as published in its remote code and Unsloth's notebook.
+
+    A global view padded to ``base_size`` and, when either side exceeds ``crop_threshold``, a grid
+    of ``image_size`` crops (``min_crops``..``max_crops`` tiles, aspect ratio chosen by
+    ``dynamic_preprocess``). Each view yields ``ceil(size / patch_size / downsample_ratio)``
+    queries per side, plus one newline token after every row and one view separator.
+    """
+
+    base_size: int = 1024
+    image_size: int = 640
+    crop_threshold: int = 640
+    patch_size: int = 16
+    downsample_ratio: int = 4
+    min_crops: int = 2
+    max_crops: int = 9
+    image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # The remote code hard-codes BOS id 0 for the prompt; a tokenizer's own BOS wins when it has one.
+    fallback_bos_id: int = 0
+
+
 @dataclass(frozen=True)
 class Family:
     """Everything the kit needs to know about one family of checkpoints."""
@@ -53,6 +86,16 @@ class Family:
     image_kwargs: dict = field(default_factory=dict)
     trust_remote_code: bool = False
     tiny_geometry: TinyGeometry | None = None
+    # transformers auto class the checkpoint loads with (remote-code families use AutoModel).
+    auto_model: str = "AutoModelForImageTextToText"
+    # Module-name prefixes bitsandbytes leaves unquantised with load_in_4bit (vision side, head).
+    quant_skip_modules: tuple[str, ...] = ()
+    # Pinned hub revisions of remote-code checkpoints: their Python code runs on load.
+    pinned_revisions: dict = field(default_factory=dict)
+    # Geometry of remote-code DeepSeek-OCR (v1); None for native DeepSeek-OCR-2 families.
+    v1_geometry: V1Geometry | None = None
+    # Unsloth's compiler pass for remote-code models, as the Unsloth DeepSeek-OCR notebook uses.
+    unsloth_force_compile: bool = False
 
 
 FAMILIES: dict[str, Family] = {
@@ -63,6 +106,7 @@ FAMILIES: dict[str, Family] = {
         vision_prefixes=("model.vision_tower.", "model.multi_modal_projector.", "model.view_separator"),
         image_kwargs={"crop_to_patches": False},
         tiny_geometry=TinyGeometry(image_size=48, sam_patch_size=4),
+        quant_skip_modules=("model.vision_tower", "model.multi_modal_projector", "lm_head"),
     ),
     "deepseek-ocr-2": Family(
         name="deepseek-ocr-2",
@@ -71,6 +115,23 @@ FAMILIES: dict[str, Family] = {
         vision_prefixes=("model.vision_tower.", "model.multi_modal_projector.", "model.view_separator"),
         # Published geometry: 1024 px global view, 768 px tiles (2-6) when the longer side > 768.
         image_kwargs={"crop_to_patches": True, "min_patches": 2, "max_patches": 6},
+        quant_skip_modules=("model.vision_tower", "model.multi_modal_projector", "lm_head"),
+    ),
+    # DeepSeek-OCR v1: remote code (DeepseekOCRForCausalLM), loaded with AutoModel at a pinned revision.
+    "deepseek-ocr": Family(
+        name="deepseek-ocr",
+        default_prompt="<image>\nFree OCR. ",
+        lora_target_pattern=V1_LM_LORA_PATTERN,
+        vision_prefixes=("model.sam_model.", "model.vision_model.", "model.projector.",
+                         "model.image_newline", "model.view_seperator"),
+        trust_remote_code=True,
+        auto_model="AutoModel",
+        quant_skip_modules=("model.sam_model", "model.vision_model", "model.projector", "lm_head"),
+        # A commit of deepseek-ai/DeepSeek-OCR (the "MPS support" commit). Other repos, such as
+        # unsloth/DeepSeek-OCR, need an explicit model.revision.
+        pinned_revisions={"deepseek-ai/DeepSeek-OCR": "1e3401a3d4603e9e71ea0ec850bfead602191ec4"},
+        v1_geometry=V1Geometry(),
+        unsloth_force_compile=True,
     ),
 }
 

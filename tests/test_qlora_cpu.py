@@ -1,0 +1,67 @@
+"""hf backend 4-bit QLoRA on CPU: NF4 language model, vision tower and head unquantised, and the
+eval -> train -> eval -> train sequence that trips bitsandbytes' CPU weight repacking."""
+
+import math
+
+import bitsandbytes as bnb
+import torch
+from transformers import Trainer
+
+from deepsynth_ocr.collate import make_collator
+from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.data.synthetic import random_strings, render_text
+from deepsynth_ocr.evaluate import generate
+from deepsynth_ocr.models.backends import load_model
+from deepsynth_ocr.train import training_arguments
+
+
+def _qlora_cfg() -> RunConfig:
+    cfg = RunConfig()
+    cfg.model.family, cfg.model.backend, cfg.model.load_in_4bit = "tiny", "hf", True
+    t = cfg.train
+    t.learning_rate, t.per_device_batch_size, t.gradient_accumulation_steps = 2e-3, 8, 1
+    t.warmup_steps, t.logging_steps, t.save_steps, t.optim = 0, 1, 0, "paged_adamw_8bit"
+    cfg.eval.batch_size = 8
+    return cfg
+
+
+def _train(loaded, rows, cfg, out_dir, steps: int) -> list[float]:
+    cfg.train.max_steps = steps
+    trainer = Trainer(model=loaded.model, args=training_arguments(cfg, out_dir), train_dataset=rows,
+                      data_collator=make_collator(loaded.processor, loaded.family))
+    loaded.for_training()
+    trainer.train()
+    return [r["loss"] for r in trainer.state.log_history if "loss" in r]
+
+
+def test_qlora_4bit_trains_after_an_eval_and_keeps_training(tmp_path):
+    cfg = _qlora_cfg()
+    loaded = load_model(cfg)
+    quantised = [n for n, m in loaded.model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    plain = [n for n, m in loaded.model.named_modules() if type(m) is torch.nn.Linear]
+    assert quantised and all(".language_model.layers." in n for n in quantised), quantised
+    assert any("vision_tower" in n for n in plain) and any(n.endswith("lm_head") for n in plain)
+    assert all(m.weight.quant_type == "nf4" for m in loaded.model.modules() if isinstance(m, bnb.nn.Linear4bit))
+
+    texts = random_strings(8, seed=7)
+    rows = [{"image": render_text(t), "text": t, "prompt": loaded.family.default_prompt} for t in texts]
+    lora = {n: p.detach().clone() for n, p in loaded.model.named_parameters() if ".lora_" in n}
+    base_4bit = {n: m.weight.data.clone() for n, m in loaded.model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+
+    # An evaluation (no-grad generation) before any backward: the CPU repacking pitfall.
+    loaded.for_inference()
+    assert len(generate(loaded.model, loaded.processor, loaded.family, rows, cfg.eval, max_new_tokens=4)) == 8
+    first = _train(loaded, rows, cfg, tmp_path / "a", steps=6)
+    loaded.for_inference()
+    assert len(generate(loaded.model, loaded.processor, loaded.family, rows, cfg.eval, max_new_tokens=4)) == 8
+    second = _train(loaded, rows, cfg, tmp_path / "b", steps=6)
+
+    losses = first + second
+    assert len(losses) == 12 and all(math.isfinite(x) for x in losses), losses
+    assert sum(second[-3:]) / 3 < sum(first[:3]) / 3 * 0.8, losses
+    changed = [n for n, p in loaded.model.named_parameters() if n in lora and not torch.equal(p, lora[n])]
+    assert len(changed) == len(lora), f"{len(lora) - len(changed)} adapter tensors never changed"
+    # QLoRA: the quantised base stays frozen.
+    for name, module in loaded.model.named_modules():
+        if name in base_4bit:
+            assert torch.equal(module.weight.data, base_4bit[name]), name
