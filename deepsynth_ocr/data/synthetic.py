@@ -10,17 +10,20 @@ import argparse
 import json
 import random
 import string
+import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+from tqdm.auto import tqdm
 
 SYSTEM_FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype/noto")
 DEFAULT_ALPHABET = string.ascii_lowercase + string.digits
 
 
-@lru_cache(maxsize=None)
+@cache
 def available_fonts() -> tuple[Path, ...]:
     """Regular (non-bold, non-italic) TrueType fonts found offline, sorted for reproducibility."""
     dirs = [Path(d) for d in SYSTEM_FONT_DIRS]
@@ -115,18 +118,99 @@ def write_sample_set(
     return manifests
 
 
+CORPUS_MODES = ("line", "paragraph", "document")
+
+
+def corpus_texts(path: str | Path, mode: str, paragraphs_per_document: int = 8) -> Iterator[str]:
+    """Texts of a UTF-8 corpus (a file, or a folder of .txt files), NFC-normalised.
+
+    ``line``: each non-empty line; ``paragraph``: blocks separated by blank lines; ``document``:
+    each file of a folder, or runs of ``paragraphs_per_document`` paragraphs of a single file.
+    """
+    if mode not in CORPUS_MODES:
+        raise ValueError(f"mode must be one of {CORPUS_MODES}, got {mode!r}")
+    path = Path(path)
+    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
+    if not files or not files[0].is_file():
+        raise FileNotFoundError(f"corpus not found or holds no .txt files: {path}")
+    for file in files:
+        text = unicodedata.normalize("NFC", file.read_text(encoding="utf-8"))
+        if mode == "line":
+            yield from (line.strip() for line in text.splitlines() if line.strip())
+            continue
+        paragraphs = [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
+        if mode == "paragraph":
+            yield from paragraphs
+        elif path.is_dir():
+            yield "\n".join(paragraphs)
+        else:
+            for i in range(0, len(paragraphs), paragraphs_per_document):
+                yield "\n".join(paragraphs[i:i + paragraphs_per_document])
+
+
+def render_corpus(corpus: str | Path, out_dir: str | Path, mode: str = "line", style=None, augmentations=None,
+                  seed: int = 0, limit: int = 0) -> Path:
+    """Render a text corpus to ``out_dir/images`` and write ``out_dir/manifest.jsonl``.
+
+    ``line`` and ``paragraph`` texts become one image each; a ``document`` becomes one sample per
+    page (id ``doc00003-p2``) whose text is what that page shows. Each sample's augmentations
+    come from its own seeded generator, so a sample is reproducible on its own.
+    """
+    # documents imports this module (for its fonts), so it is imported here, not at the top.
+    from deepsynth_ocr.data.augment import Augmentations, augment
+    from deepsynth_ocr.data.documents import PageStyle, render_block, render_pages
+
+    style = style or PageStyle()
+    augmentations = augmentations or Augmentations()
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / "manifest.jsonl"
+    texts = corpus_texts(corpus, mode)
+    with manifest.open("w", encoding="utf-8") as f:
+        for n, text in enumerate(tqdm(texts, desc=f"render {mode}s", unit=mode, total=limit or None)):
+            if limit and n >= limit:
+                break
+            if mode == "document":
+                samples = [(f"doc{n:05d}-p{k + 1}", page.image, page.text)
+                           for k, page in enumerate(render_pages(text, style)) if page.text.strip()]
+            else:
+                width = None if mode == "line" else style.width_mm - 2 * style.margin_mm
+                samples = [(f"{mode}{n:05d}", render_block(text, style, width), text)]
+            for sample_id, image, sample_text in samples:
+                image = augment(image, augmentations, random.Random(f"{seed}:{sample_id}"))
+                rel = Path("images") / f"{sample_id}.png"
+                image.save(out_dir / rel)
+                f.write(json.dumps({"id": sample_id, "image": rel.as_posix(), "text": sample_text}, ensure_ascii=False) + "\n")
+    return manifest
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Render a small OCR sample set (PNG + JSONL manifests).")
+    ap = argparse.ArgumentParser(description="Render OCR samples (PNG + JSONL manifests): a small random set, "
+                                             "or with --corpus, lines / paragraphs / document pages of any text.")
     ap.add_argument("--out", default="data/samples")
     ap.add_argument("--train", type=int, default=32, help="training rows")
     ap.add_argument("--eval", type=int, default=16, help="evaluation rows")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--corpus", help="UTF-8 text file or folder of .txt files to render instead of random strings")
+    ap.add_argument("--mode", choices=CORPUS_MODES, default="line", help="with --corpus: what one image holds")
+    ap.add_argument("--dpi", type=int, default=100, help="with --corpus: rendering resolution")
+    ap.add_argument("--font", default="DejaVuSans", help="with --corpus: font name (see available_fonts())")
+    ap.add_argument("--font-size", type=float, default=11.0, help="with --corpus: font size in points")
+    ap.add_argument("--augment", choices=("none", "scanned"), default="none", help="with --corpus: degradations")
+    ap.add_argument("--limit", type=int, default=0, help="with --corpus: render at most this many texts (0: all)")
     args = ap.parse_args(argv)
+    if args.corpus:
+        from deepsynth_ocr.data.augment import Augmentations
+        from deepsynth_ocr.data.documents import PageStyle
+
+        aug = Augmentations.scanned() if args.augment == "scanned" else Augmentations()
+        style = PageStyle(dpi=args.dpi, font=args.font, font_size_pt=args.font_size)
+        print(render_corpus(args.corpus, args.out, args.mode, style, aug, args.seed, args.limit))
+        return
     texts = random_strings(args.train + args.eval, args.seed)
     paths = write_sample_set(args.out, {"train": texts[: args.train], "eval": texts[args.train :]})
     for split, path in paths.items():
         print(f"{split}: {path}")
-
 
 if __name__ == "__main__":
     main()
