@@ -1,7 +1,8 @@
 """Render text to images with fonts available offline, and write sample sets as JSONL manifests.
 
-Fonts come from the system (Debian's fonts-dejavu-core) when present, else from the DejaVu files
-that matplotlib ships inside its wheel, so rendering works on any machine the kit installs on.
+Fonts come first from the files matplotlib ships inside its (pinned) wheel, so the same name is the
+same font file on every machine and rendered data is reproducible; system fonts (e.g. Debian's
+fonts-dejavu-core, fonts-noto-core) add the names matplotlib lacks.
 """
 
 from __future__ import annotations
@@ -26,20 +27,21 @@ DEFAULT_ALPHABET = string.ascii_lowercase + string.digits
 @cache
 def available_fonts() -> tuple[Path, ...]:
     """Regular (non-bold, non-italic) TrueType fonts found offline, sorted for reproducibility."""
-    dirs = [Path(d) for d in SYSTEM_FONT_DIRS]
+    dirs = []
     try:
         import matplotlib
 
         dirs.append(Path(matplotlib.get_data_path()) / "fonts" / "ttf")
     except ImportError:
         pass
+    dirs += [Path(d) for d in SYSTEM_FONT_DIRS]
     fonts: dict[str, Path] = {}
     for d in dirs:
         for p in sorted(d.glob("*.ttf")) if d.is_dir() else ():
             stem = p.stem
             if any(s in stem for s in ("Bold", "Oblique", "Italic", "Light", "Display")):
                 continue
-            fonts.setdefault(stem, p)  # first directory wins: system fonts before bundled
+            fonts.setdefault(stem, p)  # first directory wins: bundled fonts before system ones
     if not fonts:
         raise RuntimeError(
             "no TrueType font found offline; install Debian's fonts-dejavu-core or matplotlib"

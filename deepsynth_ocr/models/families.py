@@ -16,7 +16,7 @@ NATIVE_LM_LORA_PATTERN = (
 
 @dataclass(frozen=True)
 class TinyGeometry:
-    """Image geometry of the tiny model.
+    """Image geometry and sizes of a tiny DeepSeek-OCR-2.
 
     The vision tower appends 144 learned queries when a view has at most 144 patches after the
     SAM neck (which downsamples by 4), else 256. The processor counts
@@ -26,6 +26,12 @@ class TinyGeometry:
 
     image_size: int
     sam_patch_size: int
+    # SAM attention: windowed everywhere but the listed layers. Global attention over a large
+    # patch grid (48 x 48 at 192 px / patch 4) costs seconds per CPU step, so big grids stay windowed.
+    sam_window_size: int = 4
+    sam_global_layers: tuple[int, ...] = (1,)
+    text_hidden_size: int = 64  # >= 64 so bitsandbytes can quantise every language-model Linear on CPU
+    text_layers: int = 2  # the first is dense, the rest MoE, like the real model's stack
 
     @property
     def tile_size(self) -> int:
@@ -38,6 +44,14 @@ class TinyGeometry:
         if self.image_size % 48:
             raise ValueError(f"tiny image_size must be a multiple of 48, got {self.image_size}")
         return self.image_size // 48
+
+
+# The random tiny model used by tests: 48 px views, ~0.4M parameters, fast on CPU.
+TINY_RANDOM = TinyGeometry(image_size=48, sam_patch_size=4)
+# The bundled pretrained base (data/tiny-base): 192 px views so a line of a few words stays
+# legible after the square padding; 12 x 12 SAM features after the neck.
+TINY_BASE = TinyGeometry(image_size=192, sam_patch_size=4, sam_window_size=8, sam_global_layers=(),
+                         text_hidden_size=128, text_layers=2)
 
 
 # DeepSeek-OCR (v1, remote code): the language model is a DeepSeek-V2-style MoE whose routed
@@ -105,7 +119,7 @@ FAMILIES: dict[str, Family] = {
         lora_target_pattern=NATIVE_LM_LORA_PATTERN,
         vision_prefixes=("model.vision_tower.", "model.multi_modal_projector.", "model.view_separator"),
         image_kwargs={"crop_to_patches": False},
-        tiny_geometry=TinyGeometry(image_size=48, sam_patch_size=4),
+        tiny_geometry=TINY_RANDOM,
         quant_skip_modules=("model.vision_tower", "model.multi_modal_projector", "lm_head"),
     ),
     "deepseek-ocr-2": Family(

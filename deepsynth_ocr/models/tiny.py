@@ -51,7 +51,7 @@ def tiny_model_config(tokenizer: PreTrainedTokenizerFast, geometry) -> DeepseekO
     """Config of the tiny model. ``geometry`` is a ``families.TinyGeometry``."""
     sam_hidden = 32
     encoder_hidden = 64
-    text_hidden = 64  # >= 64 so bitsandbytes can quantise every language-model Linear on CPU
+    text_hidden = geometry.text_hidden_size
     return DeepseekOcr2Config(
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
         vision_config={
@@ -62,8 +62,8 @@ def tiny_model_config(tokenizer: PreTrainedTokenizerFast, geometry) -> DeepseekO
                 "num_attention_heads": 2,
                 "image_size": geometry.image_size,
                 "patch_size": geometry.sam_patch_size,
-                "window_size": 4,
-                "global_attn_indexes": [1],
+                "window_size": geometry.sam_window_size,
+                "global_attn_indexes": list(geometry.sam_global_layers),
                 # The DeepEncoder's hidden size must equal the last downsample channel count.
                 "downsample_channels": [48, encoder_hidden],
                 "mlp_ratio": 2.0,
@@ -81,17 +81,17 @@ def tiny_model_config(tokenizer: PreTrainedTokenizerFast, geometry) -> DeepseekO
         text_config={
             "vocab_size": len(tokenizer),
             "hidden_size": text_hidden,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
+            "intermediate_size": 2 * text_hidden,
+            "num_hidden_layers": geometry.text_layers,
             "num_attention_heads": 4,
             "num_key_value_heads": 4,
             "max_position_embeddings": 1024,
-            # One dense and one MoE layer, like the real model's dense-then-sparse stack.
-            "mlp_layer_types": ["dense", "sparse"],
+            # Dense first, then MoE layers, like the real model's dense-then-sparse stack.
+            "mlp_layer_types": ["dense"] + ["sparse"] * (geometry.text_layers - 1),
             "n_routed_experts": 4,
             "num_experts_per_tok": 2,
             "n_shared_experts": 1,
-            "moe_intermediate_size": 64,
+            "moe_intermediate_size": text_hidden,
             "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id,
