@@ -1,0 +1,144 @@
+"""What the notebooks call: config from parameters, and displays of a run's results.
+
+Notebooks hold a parameters cell of plain literals (flat ``RunConfig`` names such as
+``train_learning_rate``) and cells that each call one function from here or from the package.
+Precedence: ``RunConfig`` defaults < the YAML at ``config_path`` < parameters whose value differs
+from the default (so a parameter left at its default never overrides the YAML).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from deepsynth_ocr.config import ConfigError, RunConfig
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Notebook parameters that are not RunConfig fields, on purpose.
+EXTRA_PARAMETERS = {
+    "config_path": "YAML run config to start from ('' for the defaults).",
+    "run_dir": "Directory this notebook writes into ('' for a new runs/<name>_<timestamp>).",
+    "finetune_run_dir": "Run directory of a finished fine-tune, whose adapter is evaluated or used.",
+    "inputs": "Images, folders, globs or PDFs to read (inference).",
+}
+
+
+def use_project_root() -> Path:
+    """Move to the project root when started from ``notebooks/`` (Jupyter's default there), so config
+    paths such as ``data/samples/train.jsonl`` mean the same in Jupyter, papermill and the CLI."""
+    if Path.cwd().name == "notebooks" and (Path.cwd().parent / "deepsynth_ocr").is_dir():
+        os.chdir(Path.cwd().parent)
+    return Path.cwd()
+
+
+def config_from_parameters(namespace: dict, config_path: str = "") -> RunConfig:
+    """The run config from a notebook's parameters (pass ``globals()``) over ``config_path``'s YAML."""
+    use_project_root()
+    base = RunConfig.from_yaml(config_path) if config_path else RunConfig()
+    defaults = RunConfig().to_flat()
+    changed = {k: namespace[k] for k in defaults if k in namespace and namespace[k] != defaults[k]}
+    cfg = RunConfig.from_flat(changed, base=base)
+    check_inputs(cfg)
+    return cfg
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """Fail early, naming the parameter, when an input path does not exist."""
+    for section, name in (("data", "train_path"), ("data", "eval_path")):
+        value = getattr(getattr(cfg, section), name)
+        if value and not Path(value).exists() and "*" not in value:
+            raise ConfigError(
+                f"{section}.{name} (notebook parameter {section}_{name}): not found: {value} "
+                f"(relative paths are from {Path.cwd()})"
+            )
+
+
+def metrics_table(run_dir: str | Path):
+    """Before/after CER, WER and exact match of a run, as a table (pandas DataFrame)."""
+    import pandas as pd
+
+    manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
+    rows = {tag: m for tag, m in (manifest.get("metrics") or {}).items() if isinstance(m, dict)}
+    if not rows:
+        raise ValueError(f"{run_dir}: no evaluation metrics in manifest.json (was eval.enabled false?)")
+    cols = [c for c in ("cer", "wer", "cer_mean", "cer_median", "exact_match", "stopped_rate", "n")
+            if any(c in m for m in rows.values())]
+    return pd.DataFrame({tag: {c: m.get(c) for c in cols} for tag, m in rows.items()}).T
+
+
+def sample_predictions(run_dir: str | Path, tag: str = "after", n: int = 6):
+    """A figure of ``n`` eval images with reference and prediction (from ``eval/<tag>.jsonl``)."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    run_dir = Path(run_dir)
+    rows = [json.loads(line) for line in (run_dir / "eval" / f"{tag}.jsonl").read_text().splitlines()][:n]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(6, 1.4 * len(rows)), squeeze=False)
+    for ax, row in zip(axes[:, 0], rows):
+        if row.get("image") and Path(row["image"]).is_file():
+            ax.imshow(Image.open(row["image"]).convert("RGB"))
+        ax.set_axis_off()
+        ax.set_title(f"ref: {row['reference']!r}   pred: {row['prediction']!r}   CER {row['cer']:.2f}", fontsize=8, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(run_dir: str | Path):
+    """Loss (and eval CER when logged during training) against steps, from ``metrics.jsonl``."""
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    loss = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    cer = [(r["step"], r["cer"]) for r in records if "eval" in r and "cer" in r]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    if loss:
+        ax.plot(*zip(*loss), label="train loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if cer:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*cer), "o--", color="tab:red", label="eval CER")
+        ax2.set_ylabel("CER")
+        ax2.legend(loc="upper center")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def prepare_data(cfg: RunConfig, run_dir: str = ""):
+    """``data.prepare.prepare`` writing into ``<run_dir>/dataset`` unless ``prepare.output_dir`` is set."""
+    from deepsynth_ocr.data.prepare import prepare
+
+    if run_dir and not cfg.prepare.output_dir:
+        cfg.prepare.output_dir = str(Path(run_dir) / "dataset")
+    result = prepare(cfg)
+    print(result.summary())
+    return result
+
+
+def prepare_table(result):
+    """Per source: read, kept, rejected and the count of each rejection reason (pandas DataFrame)."""
+    import pandas as pd
+
+    return pd.DataFrame([{"source": r.source, "read": r.read, "kept": r.kept, "rejected": r.rejected, **r.by_reason()}
+                         for r in result.reports]).fillna(0)
+
+
+def dataset_samples(path: str | Path, split: str = "train", n: int = 6):
+    """A figure of ``n`` rows of a prepared dataset: image, prompt and target text."""
+    import datasets
+    import matplotlib.pyplot as plt
+
+    ds = datasets.load_from_disk(str(path))[split]
+    rows = ds.select(range(min(n, len(ds))))
+    fig, axes = plt.subplots(len(rows), 1, figsize=(6, 1.4 * len(rows)), squeeze=False)
+    for ax, row in zip(axes[:, 0], rows):
+        ax.imshow(row["image"].convert("RGB"))
+        ax.set_axis_off()
+        ax.set_title(f"{row['prompt']!r} -> {row['text']!r}", fontsize=8, loc="left")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,99 @@
+"""Run a kit notebook with papermill into a run directory (``deepsynth-ocr notebook``).
+
+The executed notebook is saved in the run directory whether or not a cell fails; on failure the
+run's ``manifest.json`` says ``failed`` and names the failing cell, and the caller exits non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.notebook import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+KERNEL_NAME = "deepsynth-ocr"  # registered in the venv by `make setup`
+
+
+class NotebookFailed(RuntimeError):
+    pass
+
+
+def find_notebook(name: str) -> Path:
+    """``02_finetune``, ``02_finetune.ipynb`` or a path."""
+    path = Path(name)
+    if path.suffix != ".ipynb":
+        path = path.with_suffix(".ipynb")
+    for candidate in (path, NOTEBOOKS_DIR / path.name):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in NOTEBOOKS_DIR.glob("*.ipynb"))
+    raise FileNotFoundError(f"notebook {name!r} not found; the kit's notebooks are {known}")
+
+
+def _kernel_name() -> str | None:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    # The kit's registered kernel runs this venv's Python; without it papermill uses the notebook's own.
+    return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else None
+
+
+def new_run_dir(parameters: dict, config_path: str | None) -> Path:
+    base = RunConfig.from_yaml(config_path) if config_path else RunConfig()
+    flat = base.to_flat()
+    name = parameters.get("name", flat["name"])
+    root = parameters.get("output_root", flat["output_root"])
+    return Path(root) / f"{name}_{datetime.now().strftime('%Y%m%d_%H%M%S')}"
+
+
+def _update_manifest(run_dir: Path, **fields) -> None:
+    path = run_dir / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.is_file() else {"created_at": datetime.now().isoformat(timespec="seconds")}
+    manifest.update(fields)
+    path.write_text(json.dumps(manifest, indent=2, default=str))
+
+
+def _failing_cell(executed: Path) -> dict:
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                return {"index": index, "execution_count": cell.get("execution_count"),
+                        "source": cell.source.splitlines()[:3], "error": f"{output['ename']}: {output['evalue']}"}
+    return {}
+
+
+def run_notebook(name: str, parameters: dict | None = None, config_path: str | None = None,
+                 run_dir: str | Path | None = None) -> Path:
+    """Execute notebook ``name`` with ``parameters`` into ``run_dir`` (new when None); returns the run dir."""
+    import papermill
+
+    notebook = find_notebook(name)
+    parameters = dict(parameters or {})
+    run_dir = Path(run_dir) if run_dir else new_run_dir(parameters, config_path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    executed = run_dir / notebook.name
+    parameters.update(run_dir=str(run_dir), config_path=config_path or "")
+    log.info("executing %s -> %s", notebook, executed)
+    try:
+        papermill.execute_notebook(str(notebook), str(executed), parameters=parameters, cwd=str(PROJECT_ROOT),
+                                   kernel_name=_kernel_name(), progress_bar=False)
+    except papermill.PapermillExecutionError as e:
+        cell = _failing_cell(executed)
+        _update_manifest(run_dir, status="failed", notebook=str(executed), failing_cell=cell,
+                         error=f"{e.ename}: {e.evalue}")
+        raise NotebookFailed(
+            f"{notebook.name} failed in cell {cell.get('index')} ({e.ename}: {e.evalue}); "
+            f"executed notebook with the error: {executed}"
+        ) from None
+    manifest = run_dir / "manifest.json"
+    status = json.loads(manifest.read_text()).get("status") if manifest.is_file() else None
+    _update_manifest(run_dir, notebook=str(executed), status=status or "ok")
+    return run_dir

@@ -1,0 +1,60 @@
+# %% [markdown]
+# Colab: `!git clone <this repository>` and `%cd` into it, open this notebook there, then *Runtime → Run all*.
+#
+# # 02 — Fine-tune DeepSeek-OCR-2 with LoRA
+#
+# Trains LoRA adapters on the language model, scores the same eval set before and after, and writes
+# everything to one run directory. Unattended: `deepsynth-ocr notebook 02_finetune -f configs/smoke.yaml`.
+
+# %%
+import subprocess
+import sys
+
+if "google.colab" in sys.modules:  # Colab only: install the GPU stack and this kit; elsewhere nothing
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", "requirements-training.txt", "-e", "."], check=True)
+
+# %% tags=["parameters"]
+config_path = ""
+run_dir = ""
+name = "run"
+output_root = "runs"
+seed = 0
+model_family = "tiny"
+model_name_or_path = ""
+model_backend = "auto"
+model_load_in_4bit = False
+model_gradient_checkpointing = False
+lora_r = 16
+lora_alpha = 16
+data_train_path = "data/samples/train.jsonl"
+data_eval_path = "data/samples/eval.jsonl"
+train_max_steps = 200
+train_learning_rate = 0.0002
+train_per_device_batch_size = 2
+train_gradient_accumulation_steps = 4
+train_warmup_steps = 5
+train_optim = "paged_adamw_8bit"
+eval_batch_size = 16
+tracking_wandb = "offline"
+tracking_log_images = True
+
+# %%
+from deepsynth_ocr import notebook as nb
+
+cfg = nb.config_from_parameters(globals(), config_path)
+cfg
+
+# %%
+from deepsynth_ocr.train import run
+
+result = run(cfg, run_dir=run_dir or None)
+result.run_dir
+
+# %%
+nb.metrics_table(result.run_dir)
+
+# %%
+nb.sample_predictions(result.run_dir, tag="after")
+
+# %%
+nb.training_curves(result.run_dir)
