@@ -105,3 +105,14 @@ def test_jsonl_manifest_gives_path_references_and_a_train_run_reads_a_prepared_d
     assert stored["bytes"] and not stored["path"]
     with pytest.raises(ValueError, match="no 'test' split"):
         prepare_manifest(tmp_path / "p", DataConfig(), tiny_parts[0], "", split="test")
+
+
+def test_hub_source_without_network_fails_with_advice(monkeypatch):
+    import huggingface_hub
+
+    from deepsynth_ocr.data.sources import read_hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SourceError, match="someone/not-here: cannot load the hub dataset.*save_to_disk"):
+        list(read_hub("someone/not-here", {"image": "image", "text": "text"}))
