@@ -5,9 +5,9 @@ BIN    := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export WANDB_SILENT := true
 
-.PHONY: setup test test-fast lint deepseek-ocr-smoke sample-data clean
+.PHONY: setup unsloth-src gpu-smoke test test-fast lint deepseek-ocr-smoke sample-data clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed unsloth-src
 
 # torch first and alone: `torch==2.13.0` resolves to the CPU wheel on this machine kind; asked for
 # through another package's range, pip could pick a multi-GB CUDA build instead.
@@ -18,6 +18,20 @@ $(VENV)/.installed: requirements-cpu.txt pyproject.toml
 	$(BIN)/pip install -q -r requirements-cpu.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
+
+# The pinned Unsloth release's source (wheels without dependencies, about 30 MB) for the API-drift
+# tests, which read it with ast: importing Unsloth needs a GPU. The version comes from
+# requirements-training.txt; the tests fail, never skip, when it is missing.
+unsloth-src: $(VENV)/.installed
+	$(BIN)/python -m deepsynth_ocr.drift fetch >/dev/null
+
+# GPU only, never in CI: 30 steps of real QLoRA on rendered lines; prints peak VRAM and s/step.
+# Run it in the training environment (docker/Dockerfile or `pip install -r requirements-training.txt`
+# then `pip install --no-deps -e .`). GPU_CONFIG=configs/deepseek-ocr-qlora.yaml for DeepSeek-OCR v1.
+GPU_PYTHON ?= python3
+GPU_CONFIG ?= configs/deepseek-ocr-2-qlora.yaml
+gpu-smoke:
+	$(GPU_PYTHON) -m deepsynth_ocr.gpu_smoke --config $(GPU_CONFIG) --steps 30
 
 # Everything, slow tests included (what CI runs); well under 15 minutes on 2 CPU cores.
 test: setup

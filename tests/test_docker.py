@@ -1,0 +1,183 @@
+"""No Docker engine runs here, so check statically that every command, module and path named in
+docker/Dockerfile, docker/Dockerfile.cpu, docker/compose.yaml and the Makefile exists and resolves
+(the class of bug where a container's CMD names a module that does not exist)."""
+
+import contextlib
+import importlib.util
+import io
+import json
+import re
+import shlex
+
+import pytest
+import tomllib
+import yaml
+
+from deepsynth_ocr.cli import main as cli_main
+
+from .conftest import ROOT
+
+DOCKERFILES = [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.cpu"]
+COMPOSE = ROOT / "docker" / "compose.yaml"
+SCRIPTS = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+# Executables the images get from pinned requirements (not console scripts of this repo).
+REQUIREMENT_BINARIES = {"papermill": "papermill", "pip": None, "python": None, "python3": None}
+REPO_PATH = re.compile(r"^(configs|benchmarks|notebooks|data|docker|deepsynth_ocr|requirements)[\w./-]*$")
+
+
+def _subcommand_exists(name: str) -> bool:
+    with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as exit_info:
+        cli_main([name, "--help"])
+    return exit_info.value.code == 0
+
+
+def check_command(argv: list[str], where: str) -> list[str]:
+    """Problems with one command line: unknown executable, module, subcommand, notebook or path."""
+    problems = []
+    if not argv:
+        return problems
+    exe = argv[0].rsplit("/", 1)[-1]
+    if exe not in SCRIPTS and exe not in REQUIREMENT_BINARIES:
+        problems.append(f"{where}: executable {argv[0]!r} is neither a console script of pyproject.toml nor a known binary")
+    binary_requirement = REQUIREMENT_BINARIES.get(exe)
+    if binary_requirement and binary_requirement not in (ROOT / "requirements-training.txt").read_text():
+        problems.append(f"{where}: {exe} is not pinned in requirements-training.txt")
+    for i, tok in enumerate(argv):
+        # python's own -m only (pytest's -m takes a marker expression)
+        if tok == "-m" and exe.startswith("python") and "-m" not in argv[1:i] and importlib.util.find_spec(argv[i + 1]) is None:
+            problems.append(f"{where}: module {argv[i + 1]!r} does not exist")
+        if REPO_PATH.match(tok) and argv[i - 1] != "-m" and not (ROOT / tok).exists():
+            problems.append(f"{where}: path {tok!r} does not exist in the repository")
+    if exe in SCRIPTS and len(argv) > 1 and not argv[1].startswith("-"):
+        if not _subcommand_exists(argv[1]):
+            problems.append(f"{where}: deepsynth-ocr has no subcommand {argv[1]!r}")
+        elif argv[1] == "notebook" and not (ROOT / "notebooks" / f"{argv[2]}.ipynb").is_file():
+            problems.append(f"{where}: notebook {argv[2]!r} does not exist")
+    return problems
+
+
+def _instructions(text: str):
+    joined = re.sub(r"\\\n", " ", text)
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            op, _, rest = line.partition(" ")
+            yield op.upper(), rest.strip()
+
+
+def check_dockerfile(text: str, name: str) -> list[str]:
+    problems, entrypoint, cmd, user = [], None, None, None
+    for op, rest in _instructions(text):
+        if op == "FROM" and (":" not in rest or rest.endswith(":latest")):
+            problems.append(f"{name}: base image {rest!r} is not pinned to a tag")
+        elif op == "COPY":
+            for src in shlex.split(rest)[:-1]:
+                if not (ROOT / src).exists():
+                    problems.append(f"{name}: COPY source {src!r} does not exist")
+        elif op == "RUN":
+            for part in re.split(r"&&|;", rest):
+                words = shlex.split(part)
+                if "-r" in words and not (ROOT / words[words.index("-r") + 1]).is_file():
+                    problems.append(f"{name}: requirements file {words[words.index('-r') + 1]!r} does not exist")
+                if words[:1] in (["python"], ["python3"]):
+                    problems += check_command(words, f"{name} RUN")
+        elif op == "ENTRYPOINT":
+            entrypoint = json.loads(rest)
+        elif op == "CMD":
+            cmd = json.loads(rest)
+        elif op == "USER":
+            user = rest
+    if user in (None, "root", "0"):
+        problems.append(f"{name}: runs as root (no non-root USER)")
+    if entrypoint is None:
+        problems.append(f"{name}: no ENTRYPOINT")
+    else:
+        problems += check_command(entrypoint + (cmd or []), f"{name} ENTRYPOINT+CMD")
+    return problems
+
+
+def check_compose(data: dict) -> list[str]:
+    problems = []
+    built = {s.get("image") for s in data["services"].values() if "build" in s}
+    entrypoints = {}
+    for path in DOCKERFILES:
+        ep = next((json.loads(r) for op, r in _instructions(path.read_text()) if op == "ENTRYPOINT"), None)
+        entrypoints[f"docker/{path.name}"] = ep
+    image_entry = {s["image"]: entrypoints.get(s["build"]["dockerfile"]) for s in data["services"].values() if "build" in s}
+    for name, svc in data["services"].items():
+        where = f"compose service {name}"
+        if "build" in svc:
+            context = (COMPOSE.parent / svc["build"]["context"]).resolve()
+            if context != ROOT or not (context / svc["build"]["dockerfile"]).is_file():
+                problems.append(f"{where}: build context/dockerfile do not resolve to the repository")
+        elif svc.get("image") not in built:
+            problems.append(f"{where}: image {svc.get('image')!r} is built by no service")
+        entry = svc.get("entrypoint", image_entry.get(svc.get("image")))
+        problems += check_command(list(entry or []) + list(svc.get("command", [])), where)
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                if (COMPOSE.parent / source).resolve().parent != ROOT:
+                    problems.append(f"{where}: host volume {source!r} is not a directory of the repository")
+            elif source not in (data.get("volumes") or {}):
+                problems.append(f"{where}: named volume {source!r} is not declared")
+    return problems
+
+
+def check_makefile(text: str) -> list[str]:
+    variables = dict(re.findall(r"^([A-Z_]+)\s*[?:]?=\s*(.*)$", text, re.M))
+    targets = set(re.findall(r"^([\w.$()/-]+):(?!=)", text, re.M))
+    problems = []
+    for line in text.splitlines():
+        target = re.match(r"^([\w-]+):(?!=)\s*(.*)$", line)
+        if target:
+            for prereq in target.group(2).split():
+                if not prereq.startswith("$(") and prereq not in targets:
+                    problems.append(f"Makefile {target.group(1)}: prerequisite {prereq!r} is not a target")
+        if not line.startswith("\t"):
+            continue
+        expanded = line.strip().lstrip("@")
+        for _ in range(3):
+            expanded = re.sub(r"\$\((\w+)\)", lambda m: variables.get(m.group(1), m.group(0)), expanded)
+        for part in re.split(r"&&|;|\|\|", expanded):
+            words = [w for w in shlex.split(part.replace("\\", "")) if not w.startswith(">")]
+            exe = words[0].rsplit("/", 1)[-1] if words else ""
+            if exe in SCRIPTS or (exe.startswith("python") and "-m" in words):
+                problems += check_command(words, f"Makefile `{part.strip()}`")
+    return problems
+
+
+def test_dockerfiles_name_only_things_that_exist():
+    for path in DOCKERFILES:
+        assert check_dockerfile(path.read_text(), path.name) == []
+
+
+def test_gpu_image_has_the_training_stack_and_both_entrypoints():
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    assert "nvidia/cuda:" in text and "requirements-training.txt" in text
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert services["notebook"]["entrypoint"] == ["papermill"]
+    assert "papermill==" in (ROOT / "requirements-training.txt").read_text()
+
+
+def test_compose_mounts_runs_and_hf_cache_as_volumes():
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert check_compose(data) == []
+    mounts = {v.split(":")[1] for v in data["services"]["train"]["volumes"]}
+    assert mounts == {"/app/runs", "/home/ocr/.cache/huggingface"}
+
+
+def test_makefile_commands_resolve():
+    text = (ROOT / "Makefile").read_text()
+    assert check_makefile(text) == []
+    assert "gpu-smoke:" in text and "deepsynth_ocr.gpu_smoke" in text
+
+
+def test_the_checker_catches_a_cmd_naming_a_missing_module_or_path():
+    bad = ('FROM python:3.11-slim\nUSER ocr\nCOPY no_such_dir ./x\n'
+           'ENTRYPOINT ["python", "-m", "deepsynth_ocr.no_such_module"]\nCMD ["configs/missing.yaml"]\n')
+    problems = " | ".join(check_dockerfile(bad, "Dockerfile.bad"))
+    assert "no_such_dir" in problems and "deepsynth_ocr.no_such_module" in problems and "configs/missing.yaml" in problems
+    assert check_command(["deepsynth-ocr", "no-such-subcommand"], "x")
+    assert check_makefile("x:\n\t$(BIN)/python -m deepsynth_ocr.nope\nBIN := .venv/bin\n")
+    assert check_dockerfile("FROM python:latest\nENTRYPOINT [\"deepsynth-ocr\"]\n", "root")  # unpinned, root
