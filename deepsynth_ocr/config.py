@@ -32,7 +32,7 @@ def _check(ok: bool, name: str, message: str) -> None:
 
 @dataclass
 class ModelConfig:
-    family: str = _f("tiny", "Checkpoint family: 'tiny' (random DeepSeek-OCR-2, CPU), 'deepseek-ocr-2'.")
+    family: str = _f("tiny", "Checkpoint family: 'tiny' (random DeepSeek-OCR-2, CPU), 'deepseek-ocr-2', 'deepseek-ocr' (v1, remote code).")
     name_or_path: str = _f(
         "", "Hub id or local checkpoint directory. For 'tiny', empty builds a random model in code."
     )
