@@ -87,8 +87,8 @@ class OcrCollator:
             labels = None
         else:
             targets = [self.target_ids(r["text"]) for r in rows]
-            sequences = [p.input_ids + t for p, t in zip(prompts, targets)]
-            labels = [[IGNORE_INDEX] * len(p.input_ids) + t for p, t in zip(prompts, targets)]
+            sequences = [p.input_ids + t for p, t in zip(prompts, targets, strict=True)]
+            labels = [[IGNORE_INDEX] * len(p.input_ids) + t for p, t in zip(prompts, targets, strict=True)]
         input_ids, attention_mask, label_tensor = pad_rows(sequences, labels, self.pad_id, left=self.for_generation)
         batch = {
             "input_ids": input_ids,
