@@ -105,7 +105,8 @@ def training_arguments(cfg: RunConfig, run_dir: Path) -> TrainingArguments:
 
 def _sample_rows(eval_ds, path: Path, n: int) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:n]]
-    return [{"image": eval_ds[i]["image"], **r} for i, r in enumerate(rows)]
+    # The decoded image wins over the JSONL's "image" (a path, or None for embedded images).
+    return [{**r, "image": eval_ds[i]["image"]} for i, r in enumerate(rows)]
 
 
 def _evaluate(loaded, eval_ds, cfg: RunConfig, run: Run, tracker: Tracker, tag: str, step: int) -> dict:
