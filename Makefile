@@ -5,9 +5,19 @@ BIN    := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export WANDB_SILENT := true
 
-.PHONY: setup unsloth-src gpu-smoke test test-fast lint deepseek-ocr-smoke sample-data clean
+.PHONY: setup unsloth-src gpu-smoke test test-fast lint deepseek-ocr-smoke sample-data clean system-deps report-check
 
-setup: $(VENV)/.installed unsloth-src
+setup: system-deps $(VENV)/.installed unsloth-src
+
+# Debian packages the tests need: chromium renders report.html (the report test fails without it),
+# tesseract-ocr is an evaluation baseline. Installed when missing and apt-get is usable (root, as on
+# CI); elsewhere install them yourself: the tests that need them say so.
+SYSTEM_PACKAGES := chromium tesseract-ocr tesseract-ocr-eng
+system-deps:
+	@if command -v chromium >/dev/null && command -v tesseract >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	else echo "system-deps: please install $(SYSTEM_PACKAGES) (Debian packages)"; fi
 
 # torch first and alone: `torch==2.13.0` resolves to the CPU wheel on this machine kind; asked for
 # through another package's range, pip could pick a multi-GB CUDA build instead.
@@ -55,3 +65,8 @@ sample-data: setup
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
+
+# Rebuild a run's report.html and prove it renders: headless Chromium screenshot in artifacts/.
+# Usage: make report-check RUN=runs/smoke_YYYYmmdd_HHMMSS
+report-check: setup
+	$(BIN)/deepsynth-ocr report $(RUN) --screenshot artifacts/$(notdir $(RUN))_report.png

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -57,6 +58,8 @@ def _rapidocr(cfg: EvalConfig) -> Engine | str:
     for module in ("rapidocr", "onnxruntime"):
         if importlib.util.find_spec(module) is None:
             return f"the {module} package is not installed (pip install rapidocr onnxruntime)"
+    # onnxruntime otherwise writes a telemetry device id under ~/.cache/Microsoft.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import numpy as np
     from rapidocr import RapidOCR
 

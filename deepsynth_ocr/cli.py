@@ -32,6 +32,66 @@ def build_config(config_path: str | None, overrides: list[str]) -> RunConfig:
     return RunConfig.from_dict(data)
 
 
+def _load_run_config(run_dir: str | None, config_path: str | None, overrides: list[str]) -> RunConfig:
+    """A run directory's resolved config (its config.yaml), else a YAML config, with -s overrides."""
+    return build_config(f"{run_dir}/config.yaml" if run_dir else config_path, overrides)
+
+
+def cmd_evaluate(args) -> int:
+    from deepsynth_ocr.evaluate import run_evaluation
+
+    cfg = _load_run_config(args.run, args.config, args.set)
+    adapter = args.adapter or (f"{args.run}/adapter" if args.run else None)
+    run_dir, summaries = run_evaluation(cfg, adapter)
+    for tag, s in summaries.items():
+        print(f"{tag}: CER {s['cer']} WER {s['wer']} exact {s['exact_match']:.3f} catastrophic {s['catastrophic_rate']:.3f}")
+    print(f"report: {run_dir / 'report.html'}")
+    return 0
+
+
+def cmd_infer(args) -> int:
+    import logging
+
+    from deepsynth_ocr.infer import load_for_inference, run_inference
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = _load_run_config(args.run, args.config, args.set)
+    if args.run and not cfg.infer.adapter:
+        cfg.infer.adapter = f"{args.run}/adapter"
+    parts = load_for_inference(cfg) if cfg.infer.backend == "hf" else (None, None, None)
+    print(run_inference(args.inputs, args.out, cfg, *parts))
+    print(f"results: {args.out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from deepsynth_ocr.export import ExportError, export_run
+
+    cfg = build_config(f"{args.run_dir}/config.yaml", args.set)
+    cfg.export.merged = cfg.export.merged and not args.no_merged
+    cfg.export.hub_repo_id = args.push or cfg.export.hub_repo_id
+    cfg.export.hub_private = cfg.export.hub_private and not args.public
+    try:
+        out_dir, verification = export_run(args.run_dir, args.out, cfg)
+    except ExportError as e:
+        print(f"deepsynth-ocr export: verification failed: {e}", file=sys.stderr)
+        return 1
+    for kind, diff in verification.items():
+        print(f"{kind}: reloaded in a fresh process, max logit difference {diff:.3g}")
+    print(f"export: {out_dir}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from deepsynth_ocr.report import screenshot, write_report
+
+    path = write_report(args.run_dir)
+    print(f"report: {path}")
+    if args.screenshot:
+        print(f"screenshot: {screenshot(path, args.screenshot)}")
+    return 0
+
+
 def cmd_train(args) -> int:
     from deepsynth_ocr.train import run
 
@@ -66,6 +126,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a config field, e.g. -s train.max_steps=20 (repeatable)")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("evaluate", help="score the base model, an adapter and the baselines on data.eval_path; writes a report")
+    p.add_argument("--run", help="a run directory: its config and adapter/ are used")
+    p.add_argument("--adapter", help="adapter directory to score as the fine-tuned model")
+    p.add_argument("--config", "-c", help="YAML run config")
+    p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field")
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("infer", help="batch OCR of images, folders, globs and PDFs to a resumable JSONL file")
+    p.add_argument("inputs", nargs="+", help="image files, folders, globs (quote them) or PDFs")
+    p.add_argument("--out", "-o", required=True, help="JSONL output; inputs already in it are skipped")
+    p.add_argument("--run", help="a run directory: its config and adapter/ are used")
+    p.add_argument("--config", "-c", help="YAML run config (model section; infer section for batch size, dpi, ...)")
+    p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field, e.g. -s infer.batch_size=8 (repeatable)")
+    p.set_defaults(func=cmd_infer)
+    p = sub.add_parser("export", help="adapter + merged weights + model card, each verified in a fresh process")
+    p.add_argument("run_dir", help="a finished run directory with adapter/")
+    p.add_argument("--out", "-o", help="output directory (default RUN_DIR/export)")
+    p.add_argument("--no-merged", action="store_true", help="export the adapter only")
+    p.add_argument("--push", metavar="USER/NAME", help="also upload to this hub repo (needs HF_TOKEN)")
+    p.add_argument("--public", action="store_true", help="create the hub repo public (default private)")
+    p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("report", help="(re)build RUN_DIR/report.html; optionally screenshot it in headless Chromium")
+    p.add_argument("run_dir")
+    p.add_argument("--screenshot", metavar="PNG", help="render the report in headless Chromium and save a screenshot")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("prepare", help="validate, normalise and split data sources into a saved dataset + report")
     p.add_argument("sources", nargs="*", help="paths, globs of shards or hub names (else prepare.sources from the config)")
     p.add_argument("--config", "-c", help="YAML run config (its data and prepare sections apply)")

@@ -246,6 +246,34 @@ class TrackingConfig:
 
 
 @dataclass
+class InferConfig:
+    batch_size: int = _f(16, "Images per generation batch in `deepsynth-ocr infer`.")
+    max_new_tokens: int = _f(2048, "Generation bound per image (no reference to derive it from); the repetition guard stops loops sooner.")
+    prompt: str = _f("", "Prompt for every input; empty means the family's OCR prompt.")
+    pdf_dpi: int = _f(144, "Resolution at which PDF pages are rendered (pypdfium2).")
+    backend: str = _f("hf", "'hf' (transformers batched generate) or 'vllm' (GPU; needs the vllm package, merged weights).")
+    adapter: str = _f("", "LoRA adapter directory (a run's adapter/ or an export); empty: model.name_or_path as is.")
+
+    def validate(self) -> None:
+        _check(self.batch_size > 0, "infer.batch_size", f"must be > 0, got {self.batch_size}")
+        _check(self.max_new_tokens > 0, "infer.max_new_tokens", f"must be > 0, got {self.max_new_tokens}")
+        _check(self.pdf_dpi >= 10, "infer.pdf_dpi", f"must be >= 10, got {self.pdf_dpi}")
+        _check(self.backend in ("hf", "vllm"), "infer.backend", f"must be hf or vllm, got {self.backend!r}")
+        _check(not self.prompt or "<image>" in self.prompt, "infer.prompt", f"needs an <image> placeholder, got {self.prompt!r}")
+
+
+@dataclass
+class ExportConfig:
+    merged: bool = _f(True, "Also write the base model with the adapter merged in (the training dtype: 16-bit on GPU recipes).")
+    hub_repo_id: str = _f("", "Push the export to this hub repo (needs HF_TOKEN); empty: no push.")
+    hub_private: bool = _f(True, "Create the hub repo as private.")
+
+    def validate(self) -> None:
+        _check(not self.hub_repo_id or self.hub_repo_id.count("/") == 1, "export.hub_repo_id",
+               f"must look like 'user/name', got {self.hub_repo_id!r}")
+
+
+@dataclass
 class RunConfig:
     name: str = _f("run", "Run name; the run directory is <output_root>/<name>_<timestamp>.")
     output_root: str = _f("runs", "Directory that holds run directories.")
@@ -257,6 +285,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimisation."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
     tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata={"help": "W&B and privacy."})
+    infer: InferConfig = field(default_factory=InferConfig, metadata={"help": "`deepsynth-ocr infer`: batch OCR of images and PDFs."})
+    export: ExportConfig = field(default_factory=ExportConfig, metadata={"help": "`deepsynth-ocr export`: adapter, merged weights, hub push."})
 
     def validate(self) -> RunConfig:
         _check(bool(self.name) and "/" not in self.name, "name", f"must be non-empty without '/', got {self.name!r}")
@@ -311,7 +341,7 @@ class RunConfig:
         return cls.from_dict(data)
 
 
-SECTIONS = ("model", "lora", "data", "prepare", "train", "eval", "tracking")
+SECTIONS = ("model", "lora", "data", "prepare", "train", "eval", "tracking", "infer", "export")
 
 
 def _build(cls: type, data: dict, prefix: str) -> Any:

@@ -137,16 +137,16 @@ def eval_rows(dataset, cfg: EvalConfig) -> list[dict]:
     if cfg.max_samples:
         dataset = dataset.select(range(min(cfg.max_samples, len(dataset))))
     paths = [(im or {}).get("path") for im in dataset.cast_column("image", datasets.Image(decode=False))["image"]]
-    return [{**row, "image_path": path} for row, path in zip(dataset, paths)]
+    return [{**row, "image_path": path} for row, path in zip(dataset, paths, strict=True)]
 
 
 def score_and_write(rows: list[dict], preds: list[Prediction], cfg: EvalConfig, out_path: Path) -> dict:
     """Per-sample JSONL (reference, prediction, CER, WER, failure flag, ...) and the summary."""
     norm = cfg.normalization()
-    scores = [metrics.SampleScore.of(r["text"], p.text, norm, p.looped) for r, p in zip(rows, preds)]
+    scores = [metrics.SampleScore.of(r["text"], p.text, norm, p.looped) for r, p in zip(rows, preds, strict=True)]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.open("w", encoding="utf-8") as f:
-        for row, pred, score in zip(rows, preds, scores):
+        for row, pred, score in zip(rows, preds, scores, strict=True):
             f.write(json.dumps({"id": row["id"], "image": row.get("image_path"), "reference": row["text"],
                                 "prediction": pred.text, "stopped": pred.stopped, "n_tokens": pred.n_tokens,
                                 **score.to_dict()}, ensure_ascii=False) + "\n")
@@ -173,18 +173,59 @@ def evaluate(model, processor, family, dataset, cfg: EvalConfig, out_path: Path,
 
 
 class PeriodicEvalCallback(TrainerCallback):
-    """Score a fixed eval subset every ``eval.every_steps`` steps: the CER/WER-over-steps curve."""
+    """Score a fixed eval subset every ``eval.every_steps`` steps: the CER/WER-over-steps curve.
 
-    def __init__(self, model, processor, family, dataset, cfg: EvalConfig, log_fn: Callable[[dict, int], None]):
-        self.model, self.processor, self.family, self.cfg, self.log_fn = model, processor, family, cfg, log_fn
+    ``loaded`` is the backend's ``LoadedModel``: Unsloth must switch to inference and back.
+    """
+
+    def __init__(self, loaded, dataset, cfg: EvalConfig, log_fn: Callable[[dict, int], None]):
+        self.loaded, self.cfg, self.log_fn = loaded, cfg, log_fn
         self.rows = list(dataset.select(range(min(cfg.periodic_samples, len(dataset)))))
-        self.bound = max_new_tokens_for([r["text"] for r in self.rows], processor.tokenizer, cfg)
+        self.bound = max_new_tokens_for([r["text"] for r in self.rows], loaded.processor.tokenizer, cfg)
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.cfg.every_steps:
             return
-        preds = generate(self.model, self.processor, self.family, self.rows, self.cfg, self.bound,
-                         desc=f"eval step {state.global_step}")
+        self.loaded.for_inference()
+        try:
+            preds = generate(self.loaded.model, self.loaded.processor, self.loaded.family, self.rows, self.cfg,
+                             self.bound, desc=f"eval step {state.global_step}")
+        finally:
+            self.loaded.for_training()
         summary = metrics.aggregate([r["text"] for r in self.rows], [p.text for p in preds],
                                     self.cfg.normalization(), [p.looped for p in preds])
         self.log_fn({k: v for k, v in summary.items() if k != "normalization"}, state.global_step)
+
+
+def run_evaluation(cfg, adapter_dir: str | Path | None = None, run_dir: str | Path | None = None) -> tuple[Path, dict]:
+    """Stand-alone evaluation into a new run directory: the base model (``before``), the adapter's
+    fine-tuned model (``after``) when given, the baselines, and ``report.html``."""
+    from deepsynth_ocr.baselines import run_baselines
+    from deepsynth_ocr.data.prepare import prepare_manifest
+    from deepsynth_ocr.models.adapters import load_adapter
+    from deepsynth_ocr.models.backends import load_base
+    from deepsynth_ocr.report import write_report
+    from deepsynth_ocr.runs import Run
+
+    cfg.validate()
+    if not cfg.data.eval_path:
+        raise ValueError("data.eval_path: stand-alone evaluation needs an eval manifest")
+    run = Run.create(cfg, run_dir)
+    try:
+        model, processor, family = load_base(cfg)
+        dataset, report = prepare_manifest(cfg.data.eval_path, cfg.data, processor.tokenizer, family.default_prompt)
+        (log.warning if report.rejected else log.info)("data %s", report.summary())
+        summaries = {"before": evaluate(model, processor, family, dataset, cfg.eval, run.dir / "eval" / "before.jsonl", "before")}
+        if adapter_dir:
+            model = load_adapter(model, adapter_dir)
+            summaries["after"] = evaluate(model, processor, family, dataset, cfg.eval, run.dir / "eval" / "after.jsonl", "after")
+        summaries |= {f"baseline_{k}": v for k, v in run_baselines(dataset, cfg.eval, run.dir / "eval").items()}
+        for tag, summary in summaries.items():
+            run.log_metrics({"step": 0, "eval": tag, **summary})
+        run.update(metrics=summaries, adapter=str(adapter_dir) if adapter_dir else None)
+        run.finish("ok")
+    except BaseException as e:
+        run.finish("failed", e)
+        raise
+    write_report(run.dir)
+    return run.dir, summaries

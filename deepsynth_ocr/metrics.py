@@ -167,7 +167,7 @@ def aggregate(references: list[str], hypotheses: list[str], norm: TextNormalizat
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     looped = looped or [False] * len(references)
-    return summarize([SampleScore.of(r, h, norm, lp) for r, h, lp in zip(references, hypotheses, looped)], norm)
+    return summarize([SampleScore.of(r, h, norm, lp) for r, h, lp in zip(references, hypotheses, looped, strict=True)], norm)
 
 
 

@@ -14,6 +14,7 @@ import html
 import io
 import json
 import logging
+import os
 import shutil
 import subprocess
 import tempfile
@@ -43,6 +44,9 @@ def _png(fig) -> str:
 
 
 def _plots(records: list[dict], baselines: dict[str, dict]) -> dict[str, str]:
+    # matplotlib caches its font list in the home directory unless told otherwise; a run writes
+    # only into its run directory and the system temp dir.
+    os.environ.setdefault("MPLCONFIGDIR", str(Path(tempfile.gettempdir()) / "deepsynth-ocr-matplotlib"))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +56,7 @@ def _plots(records: list[dict], baselines: dict[str, dict]) -> dict[str, str]:
     losses = [(r["step"], r["loss"]) for r in records if "loss" in r and "eval" not in r]
     if losses:
         fig, ax = plt.subplots(figsize=(6, 3.2))
-        ax.plot(*zip(*losses), marker=".")
+        ax.plot(*zip(*losses, strict=True), marker=".")
         ax.set(xlabel="step", ylabel="training loss", title="Loss")
         ax.grid(alpha=0.3)
         out["loss"] = _png(fig)
@@ -63,7 +67,7 @@ def _plots(records: list[dict], baselines: dict[str, dict]) -> dict[str, str]:
         for i, name in ((1, "CER"), (2, "WER")):
             points = [(e[0], e[i]) for e in evals if e[i] is not None]
             if points:
-                ax.plot(*zip(*points), marker="o", label=f"model {name}")
+                ax.plot(*zip(*points, strict=True), marker="o", label=f"model {name}")
         for name, summary in baselines.items():
             if summary["cer"] is not None:
                 ax.axhline(summary["cer"], linestyle="--", linewidth=1, label=f"{name} CER", color="grey")

@@ -47,19 +47,22 @@ class Tracker:
             self.run.log(values, step=step)
 
     def log_samples(self, key: str, rows: list[dict], step: int | None = None) -> None:
-        """Rows ``{image, reference, prediction, cer}``; with the privacy switch only CER goes out."""
+        """Per-sample rows ``{id, image, reference, prediction, cer, wer?, failure?}``; with the privacy
+        switch only the metric columns go out."""
         if self.run is None or not rows:
             return
         import wandb
 
+        metric_columns = [c for c in ("cer", "wer", "failure") if c in rows[0]]
         if self.cfg.log_images:
-            table = wandb.Table(columns=["image", "reference", "prediction", "cer"])
+            table = wandb.Table(columns=["id", "image", "reference", "prediction", *metric_columns])
             for r in rows:
-                table.add_data(wandb.Image(r["image"]), r["reference"], r["prediction"], r["cer"])
+                table.add_data(r.get("id"), wandb.Image(r["image"]), r["reference"], r["prediction"],
+                               *(r[c] for c in metric_columns))
         else:
-            table = wandb.Table(columns=["cer"])
+            table = wandb.Table(columns=metric_columns)
             for r in rows:
-                table.add_data(r["cer"])
+                table.add_data(*(r[c] for c in metric_columns))
         self.run.log({key: table}, step=step)
 
     def finish(self) -> None:

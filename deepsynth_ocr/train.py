@@ -15,12 +15,14 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from deepsynth_ocr.baselines import run_baselines
 from deepsynth_ocr.collate import make_collator
 from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.data.prepare import prepare_manifest, write_report
-from deepsynth_ocr.evaluate import evaluate
+from deepsynth_ocr.evaluate import PeriodicEvalCallback, evaluate
 from deepsynth_ocr.models.adapters import save_adapter
 from deepsynth_ocr.models.backends import LoadedModel, load_model
+from deepsynth_ocr.report import write_report as write_html_report
 from deepsynth_ocr.runs import Run
 from deepsynth_ocr.tracking import Tracker
 
@@ -104,7 +106,7 @@ def training_arguments(cfg: RunConfig, run_dir: Path) -> TrainingArguments:
 
 
 def _sample_rows(eval_ds, path: Path, n: int) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:n]]
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[: n or None]]
     # The decoded image wins over the JSONL's "image" (a path, or None for embedded images).
     return [{**r, "image": eval_ds[i]["image"]} for i, r in enumerate(rows)]
 
@@ -136,10 +138,20 @@ def run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunResult:
         tracker = Tracker(run_.dir, cfg.tracking, run_.dir.name, cfg.to_dict())
         do_eval = cfg.eval.enabled and eval_ds is not None
         before = _evaluate(loaded, eval_ds, cfg, run_, tracker, "before", 0) if do_eval else None
+        if do_eval:
+            for name, summary in run_baselines(eval_ds, cfg.eval, run_.dir / "eval").items():
+                run_.log_metrics({"step": 0, "eval": f"baseline_{name}", **summary})
+                tracker.log({f"baseline_{name}/{k}": v for k, v in summary.items()}, step=0)
 
         collator = make_collator(loaded.processor, loaded.family)
         trainer = Trainer(model=loaded.model, args=training_arguments(cfg, run_.dir), train_dataset=train_ds,
                           data_collator=collator, callbacks=[MetricsCallback(run_, tracker)])
+        if do_eval and cfg.eval.every_steps:
+            def log_periodic(summary: dict, step: int) -> None:
+                run_.log_metrics({"step": step, "eval": "periodic", **summary})
+                tracker.log({f"eval_periodic/{k}": v for k, v in summary.items()}, step=step)
+
+            trainer.add_callback(PeriodicEvalCallback(loaded, eval_ds, cfg.eval, log_periodic))
         resume = get_last_checkpoint(str(run_.dir / "checkpoints")) if cfg.train.resume and (run_.dir / "checkpoints").is_dir() else None
         if cfg.train.resume:
             log.info("resuming from %s", resume or "scratch (no checkpoint found)")
@@ -158,6 +170,7 @@ def run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunResult:
         loaded.processor.save_pretrained(run_.dir / ("adapter" if cfg.lora.enabled else "model"))
         run_.update(metrics={"before": before, "after": after, "train_loss": output.training_loss, "steps": step})
         run_.finish("ok")
+        write_html_report(run_.dir)
         return RunResult(run_.dir, before, after, output.training_loss, loaded)
     except BaseException as e:
         log.exception("run failed")
