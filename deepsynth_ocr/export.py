@@ -1,0 +1,169 @@
+"""Export a fine-tuned model: the adapter, merged weights, a model card, an optional hub push.
+
+Every export verifies itself in a fresh process: the exported files are loaded there from scratch
+(base + ``load_adapter`` for the adapter, ``from_pretrained`` for the merged weights) and their
+logits on a fixed batch are compared with the fine-tuned model's: identical for the adapter, within
+``MERGED_ATOL`` for the merged weights (merging reorders float additions). Merged weights keep the
+training dtype (bfloat16 in the GPU recipes, float32 for the CPU tiny model). Only the last
+``COMPARED_POSITIONS`` positions of the logits are compared, so a real checkpoint's vocabulary
+does not turn the check into gigabytes of temporary files.
+
+Layout of ``<out>``: ``adapter/``, ``merged/``, ``README.md`` (the model card), ``verification.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.models.adapters import AdapterError, load_adapter
+from deepsynth_ocr.models.backends import LoadedModel, load_base
+
+log = logging.getLogger(__name__)
+
+MERGED_ATOL = 1e-5
+COMPARED_POSITIONS = 32
+CONFIG_NAME = "deepsynth_config.yaml"  # the run config, so the export can be reloaded on its own
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@torch.no_grad()
+def logits(model, batch: dict) -> torch.Tensor:
+    model.eval()
+    out = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    return out[:, -COMPARED_POSITIONS:].float()
+
+
+def _reload(kind: str, directory: Path):
+    """The exported model, loaded as a user would load it (runs in the fresh process)."""
+    cfg = RunConfig.from_yaml(directory / CONFIG_NAME)
+    if kind == "adapter":
+        return load_adapter(load_base(cfg)[0], directory)
+    cfg.model.name_or_path = str(directory)
+    return load_base(cfg)[0]
+
+
+def verify_in_fresh_process(kind: str, directory: Path, batch: dict, expected: torch.Tensor, atol: float) -> float:
+    """Reload ``directory`` in a new Python process; its logits on ``batch`` must match ``expected``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        batch_path, out_path = Path(tmp) / "batch.pt", Path(tmp) / "logits.pt"
+        torch.save(batch, batch_path)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.run([sys.executable, "-m", "deepsynth_ocr.export", kind, str(directory), str(batch_path), str(out_path)],
+                              capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise ExportError(f"{kind} export at {directory} does not reload in a fresh process:\n{proc.stderr[-3000:]}")
+        got = torch.load(out_path)
+    diff = (got - expected).abs().max().item()
+    if diff > atol:
+        raise ExportError(f"{kind} export at {directory} reloads with logits off by {diff:.3g} (allowed {atol:g})")
+    log.info("%s export verified in a fresh process: max logit diff %.3g (allowed %g)", kind, diff, atol)
+    return diff
+
+
+def model_card(run_dir: Path | None, cfg: RunConfig, verification: dict) -> str:
+    """Markdown model card: base model, data summary, config, before/after metrics, verification."""
+    from huggingface_hub import ModelCardData
+
+    base = cfg.model.name_or_path or f"{cfg.model.family} (random, built in code by deepsynth-ocr)"
+    manifest = json.loads((run_dir / "manifest.json").read_text()) if run_dir and (run_dir / "manifest.json").is_file() else {}
+    data = json.loads((run_dir / "data_report.json").read_text()) if run_dir and (run_dir / "data_report.json").is_file() else []
+    meta = ModelCardData(base_model=cfg.model.name_or_path or None, library_name="peft", pipeline_tag="image-text-to-text",
+                         tags=["ocr", "deepseek-ocr", "lora", "deepsynth-ocr"])
+    lines = ["---", meta.to_yaml(), "---", f"# OCR fine-tune of {base}", "",
+             "LoRA fine-tune made with deepsynth-ocr. `adapter/` holds the LoRA adapter, `merged/` (when present) "
+             "the base model with the adapter merged in.", "", "## Base model", "", f"- family: `{cfg.model.family}`",
+             f"- checkpoint: `{base}`" + (f" at revision `{cfg.model.revision}`" if cfg.model.revision else ""), "",
+             "## Data", ""]
+    lines += [f"- `{r.get('source')}`: read {r.get('read')}, kept {r.get('kept')}, rejected {r.get('rejected')}" for r in data] or ["- (no data report)"]
+    lines += ["", "## Metrics (same eval set before and after fine-tuning)", "",
+              "| | CER | WER | exact match | catastrophic |", "|---|---|---|---|---|"]
+    for tag in ("before", "after"):
+        m = (manifest.get("metrics") or {}).get(tag) or {}
+        cells = [m.get(k) for k in ("cer", "wer", "exact_match", "catastrophic_rate")]
+        lines.append(f"| {tag} | " + " | ".join("n/a" if c is None else f"{c:.4f}" for c in cells) + " |")
+    lines += ["", "## Export verification (reloaded in a fresh process, logits on a fixed batch)", ""]
+    lines += [f"- {kind}: max logit difference {d:.3g}" for kind, d in verification.items()]
+    lines += ["", "## Loading", "", "Load the adapter with `deepsynth_ocr.models.adapters.load_adapter(base_model, 'adapter')`. "
+              "With peft 0.21 and transformers 5.x, `PeftModel.from_pretrained` silently loads none of a DeepSeek-OCR-2 "
+              "adapter's weights. `merged/` loads with `AutoModelForImageTextToText.from_pretrained`.", "",
+              "## Training config", "", "```yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip(), "```", ""]
+    return "\n".join(lines)
+
+
+def export_model(model, processor, family, cfg: RunConfig, out_dir: str | Path, batch: dict,
+                 run_dir: Path | None = None) -> dict:
+    """Export the fine-tuned peft ``model`` to ``out_dir`` and verify each export in a fresh process.
+
+    With ``export.merged`` the adapter is merged into ``model`` in place (export last, or pass a copy).
+    Returns ``{kind: max logit diff}``; raises ``ExportError`` when an export does not reproduce the model.
+    """
+    out_dir = Path(out_dir)
+    expected = logits(model, batch)
+    verification = {}
+    adapter_dir = out_dir / "adapter"
+    model.save_pretrained(str(adapter_dir))
+    processor.save_pretrained(str(adapter_dir))
+    cfg.to_yaml(adapter_dir / CONFIG_NAME)
+    verification["adapter"] = verify_in_fresh_process("adapter", adapter_dir, batch, expected, atol=0.0)
+    if cfg.export.merged:
+        merged_dir = LoadedModel(model, processor, family, "hf", "export").save_merged(out_dir / "merged")
+        cfg.to_yaml(merged_dir / CONFIG_NAME)
+        verification["merged"] = verify_in_fresh_process("merged", merged_dir, batch, expected, atol=MERGED_ATOL)
+    (out_dir / "verification.json").write_text(json.dumps(verification, indent=2))
+    (out_dir / "README.md").write_text(model_card(run_dir, cfg, verification), encoding="utf-8")
+    if cfg.export.hub_repo_id:
+        push_to_hub(out_dir, cfg.export.hub_repo_id, cfg.export.hub_private)
+    return verification
+
+
+def push_to_hub(out_dir: Path, repo_id: str, private: bool) -> str:
+    """Upload the export folder (card, adapter, merged) to ``repo_id``; needs HF_TOKEN and a network."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    url = api.upload_folder(folder_path=str(out_dir), repo_id=repo_id, commit_message="deepsynth-ocr export")
+    log.info("pushed %s to %s", out_dir, url)
+    return str(url)
+
+
+def fixed_batch(processor, family, cfg: RunConfig, n: int = 2) -> dict:
+    """The first ``n`` training rows as a model batch: the same rows every time for the same data."""
+    from deepsynth_ocr.collate import make_collator
+    from deepsynth_ocr.data.prepare import prepare_manifest
+
+    ds, _ = prepare_manifest(cfg.data.train_path, cfg.data, processor.tokenizer, family.default_prompt)
+    return make_collator(processor, family)([ds[i] for i in range(min(n, len(ds)))])
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path | None = None, cfg: RunConfig | None = None) -> tuple[Path, dict]:
+    """Export a finished run directory (its ``adapter/``) to ``out_dir`` (default ``<run_dir>/export``)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "adapter").is_dir():
+        raise FileNotFoundError(f"{run_dir}/adapter not found: export needs a run directory trained with LoRA")
+    cfg = cfg or RunConfig.from_yaml(run_dir / "config.yaml")
+    try:
+        base, processor, family = load_base(cfg)
+        model = load_adapter(base, run_dir / "adapter")
+    except AdapterError as e:
+        raise ExportError(str(e)) from None
+    out_dir = Path(out_dir) if out_dir else run_dir / "export"
+    return out_dir, export_model(model, processor, family, cfg, out_dir, fixed_batch(processor, family, cfg), run_dir)
+
+
+if __name__ == "__main__":  # the fresh process of verify_in_fresh_process
+    kind, directory, batch_path, out_path = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+    torch.save(logits(_reload(kind, directory), torch.load(batch_path)), out_path)

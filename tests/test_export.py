@@ -1,0 +1,94 @@
+"""Exports reload in a fresh process and reproduce the fine-tuned logits; the card says what it is."""
+
+import json
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from deepsynth_ocr import export
+from deepsynth_ocr.export import ExportError, export_model, fixed_batch, verify_in_fresh_process
+from deepsynth_ocr.models.backends import load_base
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A short real LoRA training run (eval off), its live fine-tuned model and a fixed batch."""
+    from deepsynth_ocr.config import RunConfig
+    from deepsynth_ocr.train import run
+
+    from .conftest import ROOT, SAMPLES
+
+    cfg = RunConfig.from_yaml(ROOT / "configs" / "smoke.yaml")
+    cfg.output_root = str(tmp_path_factory.mktemp("runs"))
+    cfg.data.train_path = str(SAMPLES / "train.jsonl")
+    cfg.data.eval_path = ""
+    cfg.train.max_steps = 8
+    cfg.train.save_steps = 0
+    cfg.tracking.wandb = "disabled"
+    result = run(cfg)
+    loaded = result.loaded
+    return cfg, result.run_dir, loaded, fixed_batch(loaded.processor, loaded.family, cfg)
+
+
+@pytest.mark.slow
+def test_adapter_and_merged_exports_reproduce_the_fine_tuned_logits(trained, tmp_path, monkeypatch):
+    cfg, run_dir, loaded, batch = trained
+    pushed = []
+
+    class FakeApi:  # the push itself needs a network: record what would be uploaded
+        def create_repo(self, repo_id, private, exist_ok):
+            pushed.append(("create", repo_id, private))
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            pushed.append(("upload", repo_id, sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir())))
+            return f"https://hub.example/{repo_id}"
+
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    cfg.export.hub_repo_id = "someone/tiny-ocr"
+    fine_tuned = export.logits(loaded.model, batch)
+    base_logits = export.logits(load_base(cfg)[0], batch)
+    assert (fine_tuned - base_logits).abs().max() > 1e-3  # the adapter really changes the model
+
+    verification = export_model(loaded.model, loaded.processor, loaded.family, cfg, tmp_path / "export", batch, run_dir)
+    assert verification["adapter"] == 0.0  # exact
+    assert verification["merged"] <= 1e-5
+    out = tmp_path / "export"
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "merged" / "model.safetensors").is_file()
+    assert json.loads((out / "verification.json").read_text()) == verification
+
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: peft" in card and "pipeline_tag: image-text-to-text" in card
+    assert "train.jsonl`: read 32, kept 32, rejected 0" in card  # data summary from data_report.json
+    assert "| before | n/a" in card  # eval was off in this run: the table says so instead of inventing numbers
+    assert "learning_rate: 0.002" in card and "max logit difference 0" in card
+    assert pushed == [("create", "someone/tiny-ocr", True), ("upload", "someone/tiny-ocr", ["README.md", "adapter", "merged", "verification.json"])]
+
+
+@pytest.mark.slow
+def test_a_broken_adapter_export_fails_verification(trained, tmp_path):
+    import shutil
+
+    from deepsynth_ocr.models.adapters import load_adapter
+
+    cfg, run_dir, _, batch = trained  # the live model may already be merged by the export test
+    expected = export.logits(load_adapter(load_base(cfg)[0], run_dir / "adapter"), batch)
+    adapter = tmp_path / "adapter"
+    shutil.copytree(run_dir / "adapter", adapter)
+    cfg.to_yaml(adapter / export.CONFIG_NAME)
+    verify_in_fresh_process("adapter", adapter, batch, expected, atol=0.0)  # intact: passes
+    weights = adapter / "adapter_model.safetensors"
+    state = load_file(str(weights))
+    save_file({k: v * 0.5 if "lora_B" in k else v for k, v in state.items()}, str(weights))
+    with pytest.raises(ExportError, match="reloads with logits off by"):
+        verify_in_fresh_process("adapter", adapter, batch, expected, atol=0.0)
+
+
+@pytest.mark.slow
+def test_cli_export_of_a_run_directory(trained, tmp_path, capsys):
+    from deepsynth_ocr.cli import main
+
+    _, run_dir, _, _ = trained
+    assert main(["export", str(run_dir), "-o", str(tmp_path / "out"), "--no-merged"]) == 0
+    assert "adapter: reloaded in a fresh process, max logit difference 0" in capsys.readouterr().out
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "out" / "merged").exists() and (tmp_path / "out" / "README.md").is_file()
