@@ -14,8 +14,10 @@ dot leaders, and the loop stays visible in the metrics instead of being papered 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,16 +106,14 @@ def generate_batch(model, collator: OcrCollator, rows: list[dict], cfg: EvalConf
     batch = _to_device(collator(rows), device)
     width = batch["input_ids"].shape[1]
     guard = StoppingCriteriaList([RepetitionGuard(width, cfg)] if cfg.loop_guard else [])
-    generated = model.generate(
-        **batch,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        no_repeat_ngram_size=cfg.no_repeat_ngram_size or None,
-        stopping_criteria=guard,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=collator.pad_id,
-    )[:, width:]
+    # A complete GenerationConfig: given only keyword arguments, transformers 5.17 instantiates a
+    # default model config on every generate() call to look for legacy settings, about 0.16 s on
+    # this machine, more than the whole greedy decode of a short line with the tiny model.
+    generation_config = copy.deepcopy(model.generation_config)
+    generation_config.update(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                             no_repeat_ngram_size=cfg.no_repeat_ngram_size or None,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=collator.pad_id)
+    generated = model.generate(**batch, generation_config=generation_config, stopping_criteria=guard)[:, width:]
     return [_decode(row, tokenizer, collator.pad_id, cfg) for row in generated.tolist()]
 
 
@@ -182,10 +182,12 @@ class PeriodicEvalCallback(TrainerCallback):
         self.loaded, self.cfg, self.log_fn = loaded, cfg, log_fn
         self.rows = list(dataset.select(range(min(cfg.periodic_samples, len(dataset)))))
         self.bound = max_new_tokens_for([r["text"] for r in self.rows], loaded.processor.tokenizer, cfg)
+        self.seconds = 0.0  # wall time spent here, which the trainer's wall time includes
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.cfg.every_steps:
             return
+        start = time.time()
         self.loaded.for_inference()
         try:
             preds = generate(self.loaded.model, self.loaded.processor, self.loaded.family, self.rows, self.cfg,
@@ -195,6 +197,7 @@ class PeriodicEvalCallback(TrainerCallback):
         summary = metrics.aggregate([r["text"] for r in self.rows], [p.text for p in preds],
                                     self.cfg.normalization(), [p.looped for p in preds])
         self.log_fn({k: v for k, v in summary.items() if k != "normalization"}, state.global_step)
+        self.seconds += time.time() - start
 
 
 def run_evaluation(cfg, adapter_dir: str | Path | None = None, run_dir: str | Path | None = None) -> tuple[Path, dict]:

@@ -151,7 +151,8 @@ def run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunResult:
                 run_.log_metrics({"step": step, "eval": "periodic", **summary})
                 tracker.log({f"eval_periodic/{k}": v for k, v in summary.items()}, step=step)
 
-            trainer.add_callback(PeriodicEvalCallback(loaded, eval_ds, cfg.eval, log_periodic))
+            periodic = PeriodicEvalCallback(loaded, eval_ds, cfg.eval, log_periodic)
+            trainer.add_callback(periodic)
         resume = get_last_checkpoint(str(run_.dir / "checkpoints")) if cfg.train.resume and (run_.dir / "checkpoints").is_dir() else None
         if cfg.train.resume:
             log.info("resuming from %s", resume or "scratch (no checkpoint found)")
@@ -159,6 +160,8 @@ def run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunResult:
         loaded.for_training()
         output = trainer.train(resume_from_checkpoint=resume)
         run_.timing("train_s", time.time() - start)
+        if do_eval and cfg.eval.every_steps:
+            run_.timing("eval_periodic_s", periodic.seconds)  # included in train_s
         step = trainer.state.global_step
         after = _evaluate(loaded, eval_ds, cfg, run_, tracker, "after", step) if do_eval else None
 
