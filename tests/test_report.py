@@ -89,3 +89,28 @@ def test_report_renders_in_headless_chromium_with_a_screenshot(tmp_path):
         assert im.size == (1280, 2400)
         colours = im.convert("RGB").getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 50, "the screenshot is (nearly) blank"
+
+
+@pytest.mark.parametrize("log_images", [True, False])
+def test_wandb_per_sample_table_honours_the_privacy_switch(tmp_path, log_images):
+    from deepsynth_ocr.config import TrackingConfig
+    from deepsynth_ocr.tracking import Tracker
+
+    logged = {}
+
+    class FakeRun:
+        def log(self, values, step=None):
+            logged.update(values)
+
+    tracker = Tracker(tmp_path, TrackingConfig(wandb="disabled", log_images=log_images), "t", {})
+    tracker.run = FakeRun()
+    rows = [{"id": "a", "image": render_text("ab"), "reference": "secret", "prediction": "secrit",
+             "cer": 1 / 6, "wer": 1.0, "failure": False}]
+    tracker.log_samples("eval/samples", rows)
+    table = logged["eval/samples"]
+    if log_images:
+        assert table.columns == ["id", "image", "reference", "prediction", "cer", "wer", "failure"]
+        assert table.data[0][2:] == ["secret", "secrit", 1 / 6, 1.0, False]
+    else:
+        assert table.columns == ["cer", "wer", "failure"]
+        assert "secret" not in repr(table.data)
