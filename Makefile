@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export WANDB_SILENT := true
 
-.PHONY: setup unsloth-src gpu-smoke test test-fast lint deepseek-ocr-smoke sample-data clean system-deps report-check
+.PHONY: setup system-deps unsloth-src gpu-smoke test test-fast lint deepseek-ocr-smoke notebooks sample-data clean report-check
 
 setup: system-deps $(VENV)/.installed unsloth-src
 
@@ -27,6 +27,7 @@ $(VENV)/.installed: requirements-cpu.txt pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -r requirements-cpu.txt
 	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name deepsynth-ocr --display-name "DeepSynth OCR" >/dev/null
 	touch $@
 
 # The pinned Unsloth release's source (wheels without dependencies, about 30 MB) for the API-drift
@@ -54,9 +55,23 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check deepsynth_ocr tests benchmarks
 
-# Fine-tune the tiny DeepSeek-OCR-2 on the bundled samples on CPU; prints CER before -> after.
+# Fine-tune the tiny DeepSeek-OCR-2 on the bundled samples on CPU through notebooks/02_finetune.ipynb
+# (papermill); the executed notebook lands in the run directory.
 deepseek-ocr-smoke: setup
-	$(BIN)/deepsynth-ocr train --config configs/smoke.yaml
+	$(BIN)/deepsynth-ocr notebook 02_finetune -f configs/smoke.yaml
+
+# All four notebooks in order with the smoke config, each consuming what the previous one wrote:
+# prepare -> fine-tune -> evaluate -> inference. Executed notebooks land in runs/notebooks/<name>/.
+NB_RUNS := runs/notebooks
+notebooks: setup
+	rm -rf $(NB_RUNS)
+	$(BIN)/deepsynth-ocr notebook 01_prepare_data -f configs/smoke.yaml --run-dir $(NB_RUNS)/01_prepare_data
+	$(BIN)/deepsynth-ocr notebook 02_finetune -f configs/smoke.yaml --run-dir $(NB_RUNS)/02_finetune \
+		-p data_train_path $(NB_RUNS)/01_prepare_data/dataset -p data_eval_path $(NB_RUNS)/01_prepare_data/dataset
+	$(BIN)/deepsynth-ocr notebook 03_evaluate -f configs/smoke.yaml --run-dir $(NB_RUNS)/03_evaluate \
+		-p finetune_run_dir $(NB_RUNS)/02_finetune -p data_eval_path $(NB_RUNS)/01_prepare_data/dataset
+	$(BIN)/deepsynth-ocr notebook 04_inference -f configs/smoke.yaml --run-dir $(NB_RUNS)/04_inference \
+		-p finetune_run_dir $(NB_RUNS)/02_finetune -p inputs data/samples/images
 
 # Regenerates data/samples exactly (seeded) from the rendering code.
 sample-data: setup

@@ -118,6 +118,22 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_notebook(args) -> int:
+    import logging
+
+    from deepsynth_ocr.notebooks_run import NotebookFailed, run_notebook
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parameters = {key: _parse_value(value) for key, value in args.param}
+    try:
+        run_dir = run_notebook(args.name, parameters, args.config, args.run_dir)
+    except NotebookFailed as e:
+        print(f"deepsynth-ocr notebook: {e}", file=sys.stderr)
+        return 1
+    print(f"run directory: {run_dir}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="deepsynth-ocr", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -161,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a config field, e.g. -s prepare.test_size=200 (repeatable)")
     p.set_defaults(func=cmd_prepare)
+    p = sub.add_parser("notebook", help="execute a kit notebook with papermill into a new run directory")
+    p.add_argument("name", help="01_prepare_data, 02_finetune, 03_evaluate, 04_inference (or a path)")
+    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="notebook parameter (flat config name, e.g. -p train_max_steps 20; value read as YAML)")
+    p.add_argument("-f", "--config", help="YAML run config the notebook starts from (its config_path)")
+    p.add_argument("--run-dir", help="write into this directory instead of a new runs/<name>_<timestamp>")
+    p.set_defaults(func=cmd_notebook)
     args = ap.parse_args(argv)
     try:
         return args.func(args)

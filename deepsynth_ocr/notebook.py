@@ -78,7 +78,7 @@ def sample_predictions(run_dir: str | Path, tag: str = "after", n: int = 6):
     run_dir = Path(run_dir)
     rows = [json.loads(line) for line in (run_dir / "eval" / f"{tag}.jsonl").read_text().splitlines()][:n]
     fig, axes = plt.subplots(len(rows), 1, figsize=(6, 1.4 * len(rows)), squeeze=False)
-    for ax, row in zip(axes[:, 0], rows):
+    for ax, row in zip(axes[:, 0], rows, strict=True):
         if row.get("image") and Path(row["image"]).is_file():
             ax.imshow(Image.open(row["image"]).convert("RGB"))
         ax.set_axis_off()
@@ -96,12 +96,12 @@ def training_curves(run_dir: str | Path):
     cer = [(r["step"], r["cer"]) for r in records if "eval" in r and "cer" in r]
     fig, ax = plt.subplots(figsize=(6, 3))
     if loss:
-        ax.plot(*zip(*loss), label="train loss")
+        ax.plot(*zip(*loss, strict=True), label="train loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     if cer:
         ax2 = ax.twinx()
-        ax2.plot(*zip(*cer), "o--", color="tab:red", label="eval CER")
+        ax2.plot(*zip(*cer, strict=True), "o--", color="tab:red", label="eval CER")
         ax2.set_ylabel("CER")
         ax2.legend(loc="upper center")
     ax.legend(loc="upper right")
@@ -136,9 +136,47 @@ def dataset_samples(path: str | Path, split: str = "train", n: int = 6):
     ds = datasets.load_from_disk(str(path))[split]
     rows = ds.select(range(min(n, len(ds))))
     fig, axes = plt.subplots(len(rows), 1, figsize=(6, 1.4 * len(rows)), squeeze=False)
-    for ax, row in zip(axes[:, 0], rows):
+    for ax, row in zip(axes[:, 0], rows, strict=True):
         ax.imshow(row["image"].convert("RGB"))
         ax.set_axis_off()
         ax.set_title(f"{row['prompt']!r} -> {row['text']!r}", fontsize=8, loc="left")
     fig.tight_layout()
     return fig
+
+
+def run_config_path(run_dir: str) -> str:
+    """A finished run's resolved ``config.yaml`` ('' when no run is given)."""
+    return str(Path(run_dir) / "config.yaml") if run_dir else ""
+
+
+def adapter_dir(run_dir: str) -> str | None:
+    """A finished run's ``adapter/`` directory (None when no run is given), checked to exist."""
+    if not run_dir:
+        return None
+    path = Path(run_dir) / "adapter"
+    if not path.is_dir():
+        raise FileNotFoundError(f"finetune_run_dir: {run_dir} has no adapter/ (did the fine-tune finish? see its manifest.json)")
+    return str(path)
+
+
+def output_file(run_dir: str, cfg: RunConfig, filename: str) -> Path:
+    """``<run_dir>/<filename>``, in a new run directory when ``run_dir`` is empty."""
+    from deepsynth_ocr.runs import new_run_path
+
+    directory = Path(run_dir) if run_dir else new_run_path(cfg.output_root, cfg.name)
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / filename
+
+
+def show_report(run_dir: str | Path):
+    """The run's self-contained ``report.html``, shown inline."""
+    from IPython.display import HTML
+
+    return HTML((Path(run_dir) / "report.html").read_text(encoding="utf-8"))
+
+
+def predictions_table(path: str | Path, n: int = 20):
+    """The first ``n`` rows of an inference JSONL (pandas DataFrame)."""
+    import pandas as pd
+
+    return pd.DataFrame([json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()[:n]])

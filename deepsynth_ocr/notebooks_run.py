@@ -13,6 +13,7 @@ from pathlib import Path
 
 from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.notebook import PROJECT_ROOT
+from deepsynth_ocr.runs import new_run_path
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def new_run_dir(parameters: dict, config_path: str | None) -> Path:
     flat = base.to_flat()
     name = parameters.get("name", flat["name"])
     root = parameters.get("output_root", flat["output_root"])
-    return Path(root) / f"{name}_{datetime.now().strftime('%Y%m%d_%H%M%S')}"
+    return new_run_path(root, name)
 
 
 def _update_manifest(run_dir: Path, **fields) -> None:

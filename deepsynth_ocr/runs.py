@@ -43,6 +43,11 @@ def git_commit() -> str | None:
         return None
 
 
+def new_run_path(output_root: str | Path, name: str) -> Path:
+    """``<output_root>/<name>_<YYYYmmdd_HHMMSS>`` (not created)."""
+    return Path(output_root) / f"{name}_{datetime.now().strftime('%Y%m%d_%H%M%S')}"
+
+
 def latest_run_dir(output_root: str | Path, name: str) -> Path | None:
     dirs = sorted(p for p in Path(output_root).glob(f"{name}_*") if (p / "manifest.json").is_file())
     return dirs[-1] if dirs else None
@@ -73,8 +78,7 @@ class Run:
         if directory is None and cfg.train.resume:
             directory = latest_run_dir(cfg.output_root, cfg.name)
         if directory is None:
-            stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-            directory = Path(cfg.output_root) / f"{cfg.name}_{stamp}"
+            directory = new_run_path(cfg.output_root, cfg.name)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         return cls(directory, cfg)

@@ -1,0 +1,92 @@
+"""Ratio of the kit's training step time to a bare PyTorch step on the same model and batch.
+
+The kit's step is what ``train.run`` does per optimizer step: HF ``Trainer`` pulling rows from the
+dataset, the kit's collator building the batch (processor + labels), forward, backward, gradient
+clipping and the same optimizer (``paged_adamw_8bit``). The bare step is forward, backward and
+``optimizer.step()`` on a batch built once. Both run in this process, interleaved in rounds, so load
+from other processes hits both alike. Target: ratio <= 1.05.
+
+    python benchmarks/train_step_overhead.py [--steps 30] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import statistics
+import time
+
+import bitsandbytes as bnb
+import torch
+from transformers import Trainer, TrainerCallback
+
+from deepsynth_ocr.collate import OcrCollator
+from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.data.prepare import prepare_manifest
+from deepsynth_ocr.models.backends import load_model
+from deepsynth_ocr.train import training_arguments
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self.start)
+
+
+def kit_step_time(model, cfg, dataset, collator, steps: int, out_dir: str) -> float:
+    timer = StepTimer()
+    cfg.train.max_steps = steps
+    trainer = Trainer(model=model, args=training_arguments(cfg, __import__("pathlib").Path(out_dir)),
+                      train_dataset=dataset, data_collator=collator, callbacks=[timer])
+    trainer.train()
+    return statistics.median(timer.times[2:])  # skip optimizer-state creation
+
+
+def bare_step_time(model, batch, lr: float, steps: int) -> float:
+    opt = bnb.optim.PagedAdamW8bit([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[2:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/smoke.yaml")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    logging.disable(logging.WARNING)
+    cfg = RunConfig.from_yaml(args.config)
+    cfg.train.save_steps = 0
+    cfg.train.logging_steps = 10_000
+    cfg.tracking.wandb = "disabled"
+    loaded = load_model(cfg)
+    dataset, _ = prepare_manifest(cfg.data.train_path, cfg.data, loaded.processor.tokenizer, loaded.family.default_prompt)
+    collator = OcrCollator(loaded.processor, loaded.family)
+    batch_size = cfg.train.per_device_batch_size
+    batch = collator([dataset[i] for i in range(batch_size)])
+    kit, bare = [], []
+    for _ in range(args.rounds):
+        kit.append(kit_step_time(copy.deepcopy(loaded.model), cfg, dataset, collator, args.steps, "/tmp/deepsynth-bench"))
+        bare.append(bare_step_time(copy.deepcopy(loaded.model), batch, cfg.train.learning_rate, args.steps))
+    k, b = statistics.median(kit), statistics.median(bare)
+    print(f"batch {batch_size}, {args.steps} steps x {args.rounds} rounds, torch threads {torch.get_num_threads()}")
+    print(f"kit step  {k * 1000:.1f} ms (Trainer + collator + clipping + paged_adamw_8bit)")
+    print(f"bare step {b * 1000:.1f} ms (forward + backward + PagedAdamW8bit.step)")
+    print(f"ratio kit/bare: {k / b:.3f}  (target <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()
