@@ -216,7 +216,9 @@ def run_evaluation(cfg, adapter_dir: str | Path | None = None, run_dir: str | Pa
     run = Run.create(cfg, run_dir)
     try:
         model, processor, family = load_base(cfg)
-        dataset, report = prepare_manifest(cfg.data.eval_path, cfg.data, processor.tokenizer, family.default_prompt)
+        # A prepare output directory gives its validation split, as for the eval set of a training run.
+        dataset, report = prepare_manifest(cfg.data.eval_path, cfg.data, processor.tokenizer, family.default_prompt,
+                                           split="validation", prepare_cfg=cfg.prepare)
         (log.warning if report.rejected else log.info)("data %s", report.summary())
         summaries = {"before": evaluate(model, processor, family, dataset, cfg.eval, run.dir / "eval" / "before.jsonl", "before")}
         if adapter_dir:

@@ -39,3 +39,20 @@ def test_training_run_logs_cer_over_steps_and_writes_the_report_then_cli_evaluat
     # the reloaded adapter predicts exactly what the live fine-tuned model predicted at the end of training
     assert [r["prediction"] for r in after] == [r["prediction"] for r in trained_after]
     assert (eval_dir / "report.html").is_file()
+
+
+def test_standalone_evaluation_of_a_prepared_directory_uses_its_validation_split(smoke_cfg, tmp_path):
+    import datasets
+
+    from deepsynth_ocr.data.prepare import prepare
+    from deepsynth_ocr.evaluate import run_evaluation
+
+    smoke_cfg.prepare.output_dir = str(tmp_path / "prepared")
+    smoke_cfg.prepare.validation_size = 4
+    prepared = prepare(smoke_cfg, progress=False).output_dir
+    smoke_cfg.data.eval_path = str(prepared)
+    smoke_cfg.eval.baselines = []
+    eval_dir, summaries = run_evaluation(smoke_cfg, None, tmp_path / "eval")
+    ids = [json.loads(x)["id"] for x in (eval_dir / "eval" / "before.jsonl").read_text().splitlines()]
+    assert ids == datasets.load_from_disk(str(prepared))["validation"]["id"]
+    assert summaries["before"]["n"] == 4
