@@ -52,6 +52,13 @@ def make_collator(processor, family, for_generation: bool = False):
     return OcrCollator(processor, family, for_generation)
 
 
+def padding_id(tokenizer) -> int:
+    """The id to pad with: the tokenizer's pad id, else its EOS (labels never depend on it)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token; the model could never learn to stop")
+    return tokenizer.eos_token_id if tokenizer.pad_token_id is None else tokenizer.pad_token_id
+
+
 class OcrCollator:
     """Collator for native DeepSeek-OCR-2 families (``tiny``, ``deepseek-ocr-2``)."""
 
@@ -60,10 +67,7 @@ class OcrCollator:
         self.tokenizer = processor.tokenizer
         self.family = family
         self.for_generation = for_generation
-        if self.tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer has no EOS token; the model could never learn to stop")
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = self.tokenizer.eos_token_id if pad is None else pad
+        self.pad_id = padding_id(self.tokenizer)
 
     def encode_prompt(self, image, prompt: str) -> EncodedPrompt:
         out = self.processor(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from deepsynth_ocr.collate import IGNORE_INDEX, pad_rows
+from deepsynth_ocr.collate import IGNORE_INDEX, pad_rows, padding_id
 from deepsynth_ocr.models.families import V1Geometry
 
 IMAGE_TOKEN = "<image>"
@@ -132,10 +132,7 @@ class V1Collator:
         self.geometry = processor.geometry
         self.family = family
         self.for_generation = for_generation
-        if self.tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer has no EOS token; the model could never learn to stop")
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = self.tokenizer.eos_token_id if pad is None else pad
+        self.pad_id = padding_id(self.tokenizer)
         bos = self.tokenizer.bos_token_id
         self.bos_id = self.geometry.fallback_bos_id if bos is None else bos
 
