@@ -9,19 +9,9 @@ Generation batches hold the prompt only, left padded, so every row's next token 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 IGNORE_INDEX = -100
-
-
-@dataclass
-class EncodedPrompt:
-    input_ids: list[int]
-    pixel_values: torch.Tensor  # (1, 3, H, W) global view
-    pixel_values_local: torch.Tensor | None  # (n_tiles, 3, h, w)
-    num_local_patches: int
 
 
 def pad_rows(sequences: list[list[int]], labels: list[list[int]] | None, pad_id: int, left: bool):
@@ -60,7 +50,13 @@ def padding_id(tokenizer) -> int:
 
 
 class OcrCollator:
-    """Collator for native DeepSeek-OCR-2 families (``tiny``, ``deepseek-ocr-2``)."""
+    """Collator for native DeepSeek-OCR-2 families (``tiny``, ``deepseek-ocr-2``).
+
+    Images go through the processor's image processor once per batch. A prompt's token ids depend
+    only on the prompt text and the image's tile count, so they are cached per
+    ``(prompt, tiles)``: tokenising a prompt expanded to hundreds of placeholders for every row
+    cost more than the tiny model's training step.
+    """
 
     def __init__(self, processor, family, for_generation: bool = False):
         self.processor = processor
@@ -68,41 +64,40 @@ class OcrCollator:
         self.family = family
         self.for_generation = for_generation
         self.pad_id = padding_id(self.tokenizer)
+        self._prompt_cache: dict[tuple[str, int], list[int]] = {}
 
-    def encode_prompt(self, image, prompt: str) -> EncodedPrompt:
-        out = self.processor(
-            images=image.convert("RGB"), text=prompt, return_tensors="pt", **self.family.image_kwargs
-        )
-        n_local = int(out["num_local_patches"][0])
-        return EncodedPrompt(
-            input_ids=out["input_ids"][0].tolist(),
-            pixel_values=out["pixel_values"],
-            pixel_values_local=out.get("pixel_values_local") if n_local else None,
-            num_local_patches=n_local,
-        )
+    def prompt_ids(self, prompt: str, image, n_local: int) -> list[int]:
+        key = (prompt, n_local)
+        if key not in self._prompt_cache:
+            out = self.processor(images=image, text=prompt, **self.family.image_kwargs)
+            if int(out["num_local_patches"][0]) != n_local:
+                raise RuntimeError(f"processor tile count changed between calls for prompt {prompt!r}")
+            self._prompt_cache[key] = list(out["input_ids"][0])
+        return self._prompt_cache[key]
 
     def target_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        prompts = [self.encode_prompt(r["image"], r["prompt"]) for r in rows]
+        images = [r["image"].convert("RGB") for r in rows]
+        vision = self.processor.image_processor(images, return_tensors="pt", **self.family.image_kwargs)
+        n_local = [int(n) for n in vision["num_local_patches"]]
+        prompts = [self.prompt_ids(r["prompt"], im, n) for r, im, n in zip(rows, images, n_local, strict=True)]
         if self.for_generation:
-            sequences = [p.input_ids for p in prompts]
-            labels = None
+            sequences, labels = prompts, None
         else:
             targets = [self.target_ids(r["text"]) for r in rows]
-            sequences = [p.input_ids + t for p, t in zip(prompts, targets, strict=True)]
-            labels = [[IGNORE_INDEX] * len(p.input_ids) + t for p, t in zip(prompts, targets, strict=True)]
+            sequences = [p + t for p, t in zip(prompts, targets, strict=True)]
+            labels = [[IGNORE_INDEX] * len(p) + t for p, t in zip(prompts, targets, strict=True)]
         input_ids, attention_mask, label_tensor = pad_rows(sequences, labels, self.pad_id, left=self.for_generation)
         batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "pixel_values": torch.cat([p.pixel_values for p in prompts]),
-            "num_local_patches": torch.tensor([p.num_local_patches for p in prompts]),
+            "pixel_values": vision["pixel_values"],
+            "num_local_patches": torch.tensor(n_local),
         }
-        local = [p.pixel_values_local for p in prompts if p.pixel_values_local is not None]
-        if local:
-            batch["pixel_values_local"] = torch.cat(local)
+        if "pixel_values_local" in vision:
+            batch["pixel_values_local"] = vision["pixel_values_local"]
         if labels is not None:
             batch["labels"] = label_tensor
         return batch
