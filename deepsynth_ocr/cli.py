@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import yaml
@@ -130,6 +131,9 @@ def cmd_notebook(args) -> int:
     except NotebookFailed as e:
         print(f"deepsynth-ocr notebook: {e}", file=sys.stderr)
         return 1
+    metrics = json.loads((run_dir / "manifest.json").read_text()).get("metrics") or {}
+    if isinstance(metrics.get("before"), dict) and isinstance(metrics.get("after"), dict):
+        print(f"CER before {metrics['before'].get('cer')} -> after {metrics['after'].get('cer')}")
     print(f"run directory: {run_dir}")
     return 0
 

@@ -70,43 +70,51 @@ def metrics_table(run_dir: str | Path):
     return pd.DataFrame({tag: {c: m.get(c) for c in cols} for tag, m in rows.items()}).T
 
 
+def _image(fig):
+    """A figure as an inline PNG: shows the same under any matplotlib backend, and only once."""
+    import io
+
+    from IPython.display import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return Image(data=buf.getvalue(), format="png")
+
+
+def _image_rows(rows: list[tuple]):
+    """``(PIL image or None, caption)`` rows stacked in one figure, shown as a PNG."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 1.4 * len(rows)))
+    for i, (image, caption) in enumerate(rows):
+        ax = fig.add_subplot(len(rows), 1, i + 1)
+        if image is not None:
+            ax.imshow(image)
+        ax.set_axis_off()
+        ax.set_title(caption, fontsize=8, loc="left")
+    fig.tight_layout()
+    return _image(fig)
+
+
 def sample_predictions(run_dir: str | Path, tag: str = "after", n: int = 6):
-    """A figure of ``n`` eval images with reference and prediction (from ``eval/<tag>.jsonl``)."""
-    import matplotlib.pyplot as plt
+    """``n`` eval images with reference, prediction and CER (from ``eval/<tag>.jsonl``)."""
     from PIL import Image
 
-    run_dir = Path(run_dir)
-    rows = [json.loads(line) for line in (run_dir / "eval" / f"{tag}.jsonl").read_text().splitlines()][:n]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(6, 1.4 * len(rows)), squeeze=False)
-    for ax, row in zip(axes[:, 0], rows, strict=True):
-        if row.get("image") and Path(row["image"]).is_file():
-            ax.imshow(Image.open(row["image"]).convert("RGB"))
-        ax.set_axis_off()
-        ax.set_title(f"ref: {row['reference']!r}   pred: {row['prediction']!r}   CER {row['cer']:.2f}", fontsize=8, loc="left")
-    fig.tight_layout()
-    return fig
+    rows = [json.loads(line) for line in (Path(run_dir) / "eval" / f"{tag}.jsonl").read_text().splitlines()][:n]
+    return _image_rows([
+        (Image.open(r["image"]).convert("RGB") if r.get("image") and Path(r["image"]).is_file() else None,
+         f"ref: {r['reference']!r}   pred: {r['prediction']!r}   CER {r['cer']:.2f}")
+        for r in rows
+    ])
 
 
 def training_curves(run_dir: str | Path):
-    """Loss (and eval CER when logged during training) against steps, from ``metrics.jsonl``."""
-    import matplotlib.pyplot as plt
+    """The report's loss and CER/WER-over-steps plots for a run (from ``metrics.jsonl``)."""
+    from deepsynth_ocr.report import error_rate_figure, loss_figure
 
     records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    loss = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    cer = [(r["step"], r["cer"]) for r in records if "eval" in r and "cer" in r]
-    fig, ax = plt.subplots(figsize=(6, 3))
-    if loss:
-        ax.plot(*zip(*loss, strict=True), label="train loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    if cer:
-        ax2 = ax.twinx()
-        ax2.plot(*zip(*cer, strict=True), "o--", color="tab:red", label="eval CER")
-        ax2.set_ylabel("CER")
-        ax2.legend(loc="upper center")
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    return fig
+    baselines = {r["eval"].removeprefix("baseline_"): r for r in records if str(r.get("eval", "")).startswith("baseline_")}
+    return [_image(fig) for fig in (loss_figure(records), error_rate_figure(records, baselines)) if fig is not None]
 
 
 def prepare_data(cfg: RunConfig, run_dir: str = ""):
@@ -129,19 +137,12 @@ def prepare_table(result):
 
 
 def dataset_samples(path: str | Path, split: str = "train", n: int = 6):
-    """A figure of ``n`` rows of a prepared dataset: image, prompt and target text."""
+    """``n`` rows of a prepared dataset: image, prompt and target text."""
     import datasets
-    import matplotlib.pyplot as plt
 
     ds = datasets.load_from_disk(str(path))[split]
     rows = ds.select(range(min(n, len(ds))))
-    fig, axes = plt.subplots(len(rows), 1, figsize=(6, 1.4 * len(rows)), squeeze=False)
-    for ax, row in zip(axes[:, 0], rows, strict=True):
-        ax.imshow(row["image"].convert("RGB"))
-        ax.set_axis_off()
-        ax.set_title(f"{row['prompt']!r} -> {row['text']!r}", fontsize=8, loc="left")
-    fig.tight_layout()
-    return fig
+    return _image_rows([(r["image"].convert("RGB"), f"{r['prompt']!r} -> {r['text']!r}") for r in rows])
 
 
 def run_config_path(run_dir: str) -> str:

@@ -43,40 +43,50 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _plots(records: list[dict], baselines: dict[str, dict]) -> dict[str, str]:
-    # matplotlib caches its font list in the home directory unless told otherwise; a run writes
-    # only into its run directory and the system temp dir.
+def _figure(figsize=(6, 3.2)):
+    # A bare Figure renders with savefig under any backend: no matplotlib.use(), which would
+    # switch the backend of a notebook that imports the kit and stop its inline plots.
     os.environ.setdefault("MPLCONFIGDIR", str(Path(tempfile.gettempdir()) / "deepsynth-ocr-matplotlib"))
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
-    out = {}
+
+def loss_figure(records: list[dict]):
+    """Training loss against steps (``metrics.jsonl`` records), or None when none was logged."""
     losses = [(r["step"], r["loss"]) for r in records if "loss" in r and "eval" not in r]
-    if losses:
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        ax.plot(*zip(*losses, strict=True), marker=".")
-        ax.set(xlabel="step", ylabel="training loss", title="Loss")
-        ax.grid(alpha=0.3)
-        out["loss"] = _png(fig)
-        plt.close(fig)
+    if not losses:
+        return None
+    fig, ax = _figure()
+    ax.plot(*zip(*losses, strict=True), marker=".")
+    ax.set(xlabel="step", ylabel="training loss", title="Loss")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def error_rate_figure(records: list[dict], baselines: dict[str, dict]):
+    """CER/WER before, during and after training, with baseline CERs as lines; None without evals."""
     evals = sorted((r["step"], r.get("cer"), r.get("wer")) for r in records if r.get("eval") in ("before", "periodic", "after"))
-    if evals:
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        for i, name in ((1, "CER"), (2, "WER")):
-            points = [(e[0], e[i]) for e in evals if e[i] is not None]
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=f"model {name}")
-        for name, summary in baselines.items():
-            if summary["cer"] is not None:
-                ax.axhline(summary["cer"], linestyle="--", linewidth=1, label=f"{name} CER", color="grey")
-        ax.set(xlabel="step", ylabel="error rate", title="CER / WER over training steps")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        out["cer"] = _png(fig)
-        plt.close(fig)
-    return out
+    if not evals:
+        return None
+    fig, ax = _figure()
+    for i, name in ((1, "CER"), (2, "WER")):
+        points = [(e[0], e[i]) for e in evals if e[i] is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=f"model {name}")
+    for name, summary in baselines.items():
+        if summary["cer"] is not None:
+            ax.axhline(summary["cer"], linestyle="--", linewidth=1, label=f"{name} CER", color="grey")
+    ax.set(xlabel="step", ylabel="error rate", title="CER / WER over training steps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _plots(records: list[dict], baselines: dict[str, dict]) -> dict[str, str]:
+    figures = {"loss": loss_figure(records), "cer": error_rate_figure(records, baselines)}
+    return {name: _png(fig) for name, fig in figures.items() if fig is not None}
 
 
 def _summary(rows: list[dict], norm: dict) -> dict:
