@@ -56,9 +56,11 @@ lint: setup
 	$(BIN)/ruff check deepsynth_ocr tests benchmarks
 
 # Fine-tune the tiny DeepSeek-OCR-2 on the bundled samples on CPU through notebooks/02_finetune.ipynb
-# (papermill); the executed notebook lands in the run directory.
+# (papermill); the executed notebook lands in the run directory. Extra notebook parameters:
+# make deepseek-ocr-smoke NB_ARGS="-p train_max_steps 50"
+NB_ARGS ?=
 deepseek-ocr-smoke: setup
-	$(BIN)/deepsynth-ocr notebook 02_finetune -f configs/smoke.yaml
+	$(BIN)/deepsynth-ocr notebook 02_finetune -f configs/smoke.yaml $(NB_ARGS)
 
 # All four notebooks in order with the smoke config, each consuming what the previous one wrote:
 # prepare -> fine-tune -> evaluate -> inference. Executed notebooks land in runs/notebooks/<name>/.

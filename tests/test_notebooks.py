@@ -101,3 +101,15 @@ def test_deepsynth_notebook_cli_reports_unknown_notebooks(capsys):
     with pytest.raises(FileNotFoundError, match="02_finetune"):
         find_notebook("99_nope")
     assert Path(find_notebook("02_finetune")).name == "02_finetune.ipynb"
+
+
+def test_notebook_cli_exits_non_zero_naming_the_bad_parameter(tmp_path, capsys, monkeypatch):
+    from deepsynth_ocr.cli import main
+
+    monkeypatch.chdir(ROOT)
+    code = main(["notebook", "02_finetune", "-f", "configs/smoke.yaml", "--run-dir", str(tmp_path / "run"),
+                 "-p", "data_eval_path", "/nonexistent/eval.jsonl"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "data_eval_path" in err and "/nonexistent/eval.jsonl" in err and "02_finetune.ipynb" in err
+    assert (tmp_path / "run" / "02_finetune.ipynb").is_file()
