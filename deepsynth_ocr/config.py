@@ -173,7 +173,7 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "Weight decay.")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
     logging_steps: int = _f(10, "Log the loss every N steps.")
-    save_steps: int = _f(100, "Write a checkpoint every N steps (0: only at the end).")
+    save_steps: int = _f(100, "Write a resumable checkpoint every N steps (0: none; the adapter is saved at the end either way).")
     save_total_limit: int = _f(2, "Keep at most this many checkpoints.")
     resume: bool = _f(False, "Resume from the last checkpoint in the run directory.")
 
