@@ -17,8 +17,8 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from deepsynth_ocr.baselines import run_baselines
 from deepsynth_ocr.collate import make_collator
-from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.data.prepare import prepare_manifest, write_report
+from deepsynth_ocr.config import ConfigError, RunConfig
+from deepsynth_ocr.data.prepare import PrepareError, prepare_manifest, write_report
 from deepsynth_ocr.evaluate import PeriodicEvalCallback, evaluate
 from deepsynth_ocr.models.adapters import save_adapter
 from deepsynth_ocr.models.backends import LoadedModel, load_model
@@ -176,7 +176,10 @@ def run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunResult:
         write_html_report(run_.dir)
         return RunResult(run_.dir, before, after, output.training_loss, loaded)
     except BaseException as e:
-        log.exception("run failed")
+        if isinstance(e, (ConfigError, FileNotFoundError, PrepareError)):
+            log.error("run failed: %s", e)  # the message says what to fix; a traceback would bury it
+        else:
+            log.exception("run failed")
         run_.finish("failed", e)
         raise
     finally:
