@@ -138,27 +138,29 @@ def cmd_notebook(args) -> int:
     return 0
 
 
+def _add_set(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.FIELD=VALUE", help=help)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="deepsynth-ocr", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="fine-tune with a YAML run config; writes a run directory")
     p.add_argument("--config", "-c", help="YAML run config (e.g. configs/smoke.yaml)")
-    p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override a config field, e.g. -s train.max_steps=20 (repeatable)")
+    _add_set(p, "override a config field, e.g. -s train.max_steps=20 (repeatable)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="score the base model, an adapter and the baselines on data.eval_path; writes a report")
     p.add_argument("--run", help="a run directory: its config and adapter/ are used")
     p.add_argument("--adapter", help="adapter directory to score as the fine-tuned model")
     p.add_argument("--config", "-c", help="YAML run config")
-    p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field")
+    _add_set(p, "override a config field")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("infer", help="batch OCR of images, folders, globs and PDFs to a resumable JSONL file")
     p.add_argument("inputs", nargs="+", help="image files, folders, globs (quote them) or PDFs")
     p.add_argument("--out", "-o", required=True, help="JSONL output; inputs already in it are skipped")
     p.add_argument("--run", help="a run directory: its config and adapter/ are used")
     p.add_argument("--config", "-c", help="YAML run config (model section; infer section for batch size, dpi, ...)")
-    p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override a config field, e.g. -s infer.batch_size=8 (repeatable)")
+    _add_set(p, "override a config field, e.g. -s infer.batch_size=8 (repeatable)")
     p.set_defaults(func=cmd_infer)
     p = sub.add_parser("export", help="adapter + merged weights + model card, each verified in a fresh process")
     p.add_argument("run_dir", help="a finished run directory with adapter/")
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-merged", action="store_true", help="export the adapter only")
     p.add_argument("--push", metavar="USER/NAME", help="also upload to this hub repo (needs HF_TOKEN)")
     p.add_argument("--public", action="store_true", help="create the hub repo public (default private)")
-    p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override a config field")
+    _add_set(p, "override a config field")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("report", help="(re)build RUN_DIR/report.html; optionally screenshot it in headless Chromium")
     p.add_argument("run_dir")
@@ -178,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", "-o", help="output directory (prepare.output_dir; default data/prepared/<name>)")
     p.add_argument("--type", help="source type instead of inferring it: jsonl, csv, parquet, folder, webdataset, hf_disk, hub")
     p.add_argument("--strict", action="store_true", help="fail on the first bad row instead of reporting it")
-    p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override a config field, e.g. -s prepare.test_size=200 (repeatable)")
+    _add_set(p, "override a config field, e.g. -s prepare.test_size=200 (repeatable)")
     p.set_defaults(func=cmd_prepare)
     p = sub.add_parser("notebook", help="execute a kit notebook with papermill into a new run directory")
     p.add_argument("name", help="01_prepare_data, 02_finetune, 03_evaluate, 04_inference (or a path)")
