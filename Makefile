@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export WANDB_SILENT := true
 
-.PHONY: setup system-deps unsloth-src gpu-smoke test test-fast lint deepseek-ocr-smoke notebooks sample-data clean report-check
+.PHONY: setup system-deps unsloth-src gpu-smoke test test-fast lint deepseek-ocr-smoke notebooks sample-data tiny-base smoke-domain clean report-check
 
 setup: system-deps $(VENV)/.installed unsloth-src
 
@@ -55,7 +55,7 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check deepsynth_ocr tests benchmarks
 
-# Fine-tune the tiny DeepSeek-OCR-2 on the bundled samples on CPU through notebooks/02_finetune.ipynb
+# Fine-tune the bundled tiny DeepSeek-OCR-2 base on the smoke domain on CPU through notebooks/02_finetune.ipynb
 # (papermill); the executed notebook lands in the run directory. Extra notebook parameters:
 # make deepseek-ocr-smoke NB_ARGS="-p train_max_steps 50"
 NB_ARGS ?=
@@ -73,7 +73,18 @@ notebooks: setup
 	$(BIN)/deepsynth-ocr notebook 03_evaluate -f configs/smoke.yaml --run-dir $(NB_RUNS)/03_evaluate \
 		-p finetune_run_dir $(NB_RUNS)/02_finetune -p data_eval_path $(NB_RUNS)/01_prepare_data/dataset
 	$(BIN)/deepsynth-ocr notebook 04_inference -f configs/smoke.yaml --run-dir $(NB_RUNS)/04_inference \
-		-p finetune_run_dir $(NB_RUNS)/02_finetune -p inputs data/samples/images
+		-p finetune_run_dir $(NB_RUNS)/02_finetune -p inputs data/smoke-domain/images
+
+# Pretrains the bundled tiny DeepSeek-OCR-2 base from scratch on rendered lines (about an hour on
+# two idle CPU cores; run by a developer, not in CI) and rewrites data/tiny-base/ with its manifest.
+tiny-base: setup
+	rm -rf data/tiny-base
+	$(BIN)/python -m deepsynth_ocr.models.tiny_base --out data/tiny-base
+
+# Regenerates the smoke domain (part codes in a font the base never saw) exactly (seeded).
+smoke-domain: setup
+	rm -rf data/smoke-domain
+	$(BIN)/python -m deepsynth_ocr.data.lines --out data/smoke-domain
 
 # Regenerates data/samples exactly (seeded) from the rendering code.
 sample-data: setup

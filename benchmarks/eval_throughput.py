@@ -1,7 +1,8 @@
 """Two ratios, measured in one run on this machine:
 
-1. Throughput of batched evaluation (batch 16) over per-image generation (batch 1), on the tiny
-   model, same rows, same token bound, same greedy decoding (the predictions must be identical).
+1. Throughput of batched evaluation (batch 16) over per-image generation (batch 1), on the smoke
+   config's model (the bundled tiny base) and eval rows (the smoke domain), same rows, same token
+   bound, same greedy decoding (the predictions must be identical).
    The two modes run interleaved in rounds so load from other processes hits both alike; the best
    round of each is compared. Target: >= 8x.
 2. Evaluation wall time over training wall time for the smoke config (``configs/smoke.yaml``, W&B
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def eval_ratio(cfg: RunConfig, n_rows: int, rounds: int) -> None:
     model, processor, family = load_base(cfg)
     model.eval()
-    ds, _ = prepare_manifest(ROOT / "data/samples/train.jsonl", cfg.data, processor.tokenizer, family.default_prompt)
+    ds, _ = prepare_manifest(cfg.data.eval_path, cfg.data, processor.tokenizer, family.default_prompt)
     rows = [ds[i % len(ds)] for i in range(n_rows)]
     bound = max_new_tokens_for([r["text"] for r in rows], processor.tokenizer, EvalConfig())
     generate(model, processor, family, rows[:2], EvalConfig(batch_size=2), bound)  # warm-up

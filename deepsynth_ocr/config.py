@@ -32,9 +32,10 @@ def _check(ok: bool, name: str, message: str) -> None:
 
 @dataclass
 class ModelConfig:
-    family: str = _f("tiny", "Checkpoint family: 'tiny' (random DeepSeek-OCR-2, CPU), 'deepseek-ocr-2', 'deepseek-ocr' (v1, remote code).")
+    family: str = _f("tiny", "Checkpoint family: 'tiny' (miniature DeepSeek-OCR-2 for CPU), 'deepseek-ocr-2', 'deepseek-ocr' (v1, remote code).")
     name_or_path: str = _f(
-        "", "Hub id or local checkpoint directory. For 'tiny', empty builds a random model in code."
+        "", "Hub id or local checkpoint directory. For 'tiny', empty loads the pretrained tiny base bundled in "
+        "data/tiny-base (checked against its manifest) and 'random' builds a randomly initialised model in code."
     )
     revision: str = _f("", "Hub revision (commit, tag or branch) to load; empty for the default branch.")
     backend: str = _f("auto", "'auto' (unsloth when importable with CUDA, else hf), 'hf' or 'unsloth'.")
@@ -71,12 +72,12 @@ class LoraConfig:
 @dataclass
 class DataConfig:
     train_path: str = _f(
-        "data/samples/train.jsonl",
+        "data/smoke-domain/train.jsonl",
         "Training rows: a JSONL/CSV/Parquet manifest, image folder, .tar shards, a saved datasets directory, "
         "or a `deepsynth-ocr prepare` output directory (its 'train' split is used).",
     )
     eval_path: str = _f(
-        "data/samples/eval.jsonl",
+        "data/smoke-domain/eval.jsonl",
         "Evaluation rows (any train_path kind; a prepare output directory gives its 'validation' split); "
         "empty to split from train.",
     )

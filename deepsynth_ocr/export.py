@@ -77,10 +77,14 @@ def model_card(run_dir: Path | None, cfg: RunConfig, verification: dict) -> str:
     """Markdown model card: base model, data summary, config, before/after metrics, verification."""
     from huggingface_hub import ModelCardData
 
-    base = cfg.model.name_or_path or f"{cfg.model.family} (random, built in code by deepsynth-ocr)"
+    from deepsynth_ocr.models.backends import checkpoint_source
+
+    source = checkpoint_source(cfg.model)
+    base = source or f"{cfg.model.family} (random, built in code by deepsynth-ocr)"
     manifest = json.loads((run_dir / "manifest.json").read_text()) if run_dir and (run_dir / "manifest.json").is_file() else {}
     data = json.loads((run_dir / "data_report.json").read_text()) if run_dir and (run_dir / "data_report.json").is_file() else []
-    meta = ModelCardData(base_model=cfg.model.name_or_path or None, library_name="peft", pipeline_tag="image-text-to-text",
+    # base_model names a hub repository; a local directory (such as the tiny base) is not one.
+    meta = ModelCardData(base_model=source if source and not Path(source).exists() else None, library_name="peft", pipeline_tag="image-text-to-text",
                          tags=["ocr", "deepseek-ocr", "lora", "deepsynth-ocr"])
     lines = ["---", meta.to_yaml(), "---", f"# OCR fine-tune of {base}", "",
              "LoRA fine-tune made with deepsynth-ocr. `adapter/` holds the LoRA adapter, `merged/` (when present) "

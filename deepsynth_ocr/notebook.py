@@ -108,6 +108,22 @@ def sample_predictions(run_dir: str | Path, tag: str = "after", n: int = 6):
     ])
 
 
+def before_after_samples(run_dir: str | Path, n: int = 6):
+    """``n`` eval images, each with its reference, the base model's and the fine-tuned model's prediction."""
+    from PIL import Image
+
+    def rows(tag):
+        return [json.loads(line) for line in (Path(run_dir) / "eval" / f"{tag}.jsonl").read_text().splitlines()]
+
+    before = {r["id"]: r for r in rows("before")}
+    return _image_rows([
+        (Image.open(r["image"]).convert("RGB") if r.get("image") and Path(r["image"]).is_file() else None,
+         f"ref: {r['reference']!r}   base: {before[r['id']]['prediction']!r} (CER {before[r['id']]['cer']:.2f})   "
+         f"fine-tuned: {r['prediction']!r} (CER {r['cer']:.2f})")
+        for r in rows("after")[:n] if r["id"] in before
+    ])
+
+
 def training_curves(run_dir: str | Path):
     """The report's loss and CER/WER-over-steps plots for a run (from ``metrics.jsonl``)."""
     from deepsynth_ocr.report import error_rate_figure, loss_figure

@@ -155,7 +155,8 @@ def build_html(run_dir: Path) -> str:
              f"<h1>Run {html.escape(run_dir.name)}</h1>",
              f"<p>status <b>{html.escape(str(manifest.get('status', 'unknown')))}</b>, model "
              f"{html.escape(str(cfg.get('model', {}).get('family', '?')))} "
-             f"{html.escape(str(cfg.get('model', {}).get('name_or_path', '')))}; scores after normalisation "
+             f"{html.escape(str(manifest.get('checkpoint') or cfg.get('model', {}).get('name_or_path', '')))}; "
+             "scores after normalisation "
              f"<code>{html.escape(json.dumps(norm))}</code></p>",
              "<h2>Before / after / baselines</h2>"]
     if summaries:

@@ -21,7 +21,7 @@ from deepsynth_ocr.config import ConfigError, RunConfig
 from deepsynth_ocr.data.prepare import PrepareError, prepare_manifest, write_report
 from deepsynth_ocr.evaluate import PeriodicEvalCallback, evaluate
 from deepsynth_ocr.models.adapters import save_adapter
-from deepsynth_ocr.models.backends import LoadedModel, load_model
+from deepsynth_ocr.models.backends import LoadedModel, checkpoint_source, load_model
 from deepsynth_ocr.report import write_report as write_html_report
 from deepsynth_ocr.runs import Run
 from deepsynth_ocr.tracking import Tracker
@@ -132,6 +132,7 @@ def run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunResult:
         start = time.time()
         loaded = load_model(cfg)
         run_.update(backend=loaded.backend, backend_reason=loaded.backend_reason,
+                    checkpoint=checkpoint_source(cfg.model) or "random (built in code)",
                     parameters={"frozen": loaded.frozen_params, "trainable": loaded.trainable_params})
         run_.timing("load_s", time.time() - start)
         train_ds, eval_ds = load_data(cfg, loaded.processor.tokenizer, loaded.family, run_.dir)

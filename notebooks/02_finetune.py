@@ -26,8 +26,8 @@ model_load_in_4bit = False
 model_gradient_checkpointing = False
 lora_r = 16
 lora_alpha = 16
-data_train_path = "data/samples/train.jsonl"
-data_eval_path = "data/samples/eval.jsonl"
+data_train_path = "data/smoke-domain/train.jsonl"
+data_eval_path = "data/smoke-domain/eval.jsonl"
 train_max_steps = 200
 train_learning_rate = 0.0002
 train_per_device_batch_size = 2
@@ -54,7 +54,7 @@ result.run_dir
 nb.metrics_table(result.run_dir)
 
 # %%
-nb.sample_predictions(result.run_dir, tag="after")
+nb.before_after_samples(result.run_dir)
 
 # %%
 nb.training_curves(result.run_dir)

@@ -5,7 +5,7 @@
 #
 # Reads image files, folders, globs and PDFs, OCRs them in batches and streams one JSONL row per
 # image or PDF page to `<run_dir>/predictions.jsonl`. A rerun skips what is done; a bad input is an
-# error row, not a crash. Unattended: `deepsynth-ocr notebook 04_inference -p finetune_run_dir runs/<run> -p inputs data/samples/images`.
+# error row, not a crash. Unattended: `deepsynth-ocr notebook 04_inference -p finetune_run_dir runs/<run> -p inputs data/smoke-domain/images`.
 
 # %%
 import subprocess
@@ -18,7 +18,7 @@ if "google.colab" in sys.modules:  # Colab only: install the GPU stack and this 
 config_path = ""
 run_dir = ""
 finetune_run_dir = ""
-inputs = "data/samples/images"
+inputs = "data/smoke-domain/images"
 name = "run"
 output_root = "runs"
 infer_batch_size = 16

@@ -25,10 +25,14 @@ def tiny_parts():
 
 @pytest.fixture
 def smoke_cfg(tmp_path):
-    """The smoke config, shortened, writing into a temporary runs directory."""
+    """The smoke config on the random tiny model and the 48 px samples, writing into a temporary runs directory.
+
+    Plumbing tests need no model that reads; the bundled base has its own tests.
+    """
     from deepsynth_ocr.config import RunConfig
 
     cfg = RunConfig.from_yaml(ROOT / "configs" / "smoke.yaml")
+    cfg.model.name_or_path = "random"
     cfg.output_root = str(tmp_path / "runs")
     cfg.data.train_path = str(SAMPLES / "train.jsonl")
     cfg.data.eval_path = str(SAMPLES / "eval.jsonl")

@@ -18,6 +18,7 @@ from deepsynth_ocr.train import training_arguments
 def _qlora_cfg() -> RunConfig:
     cfg = RunConfig()
     cfg.model.family, cfg.model.backend, cfg.model.load_in_4bit = "tiny", "hf", True
+    cfg.model.name_or_path = "random"
     t = cfg.train
     t.learning_rate, t.per_device_batch_size, t.gradient_accumulation_steps = 2e-3, 8, 1
     t.warmup_steps, t.logging_steps, t.save_steps, t.optim = 0, 1, 0, "paged_adamw_8bit"

@@ -286,17 +286,19 @@ class PrepareResult:
 
 def load_tokenizer(cfg: RunConfig):
     """The family's tokenizer, used to bound target lengths (``data.max_target_tokens``)."""
+    from deepsynth_ocr.models.backends import checkpoint_source
     from deepsynth_ocr.models.families import get_family
 
     family = get_family(cfg.model.family)
-    if family.tiny_geometry is not None and not cfg.model.name_or_path:
+    source = checkpoint_source(cfg.model)
+    if source is None:
         from deepsynth_ocr.models.tiny import build_tiny_tokenizer
 
         return build_tiny_tokenizer()
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(cfg.model.name_or_path, revision=cfg.model.revision or None,
+        return AutoTokenizer.from_pretrained(source, revision=cfg.model.revision or None,
                                              trust_remote_code=family.trust_remote_code)
     except (OSError, ValueError) as e:
         raise PrepareError(f"model.name_or_path={cfg.model.name_or_path!r}: cannot load its tokenizer, which prepare "

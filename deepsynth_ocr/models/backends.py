@@ -161,16 +161,40 @@ def _wrap_processor(processor_or_tokenizer, family: Family, cfg: RunConfig):
     return V1Processor(processor_or_tokenizer, family.v1_geometry, _dtype(cfg.model.dtype))
 
 
+def checkpoint_source(model_cfg) -> str | None:
+    """The hub id or directory the weights load from; None for the random tiny model built in code.
+
+    For the ``tiny`` family an empty ``model.name_or_path`` means the bundled pretrained base and
+    ``random`` a random initialisation. A tiny base (a directory with the manifest ``make tiny-base``
+    writes) is checked against its manifest's weight hash first.
+    """
+    if get_family(model_cfg.family).tiny_geometry is None:
+        return model_cfg.name_or_path
+    from deepsynth_ocr.models import tiny
+
+    if model_cfg.name_or_path == tiny.RANDOM:
+        return None
+    path = Path(model_cfg.name_or_path) if model_cfg.name_or_path else tiny.BUNDLED_BASE
+    if not model_cfg.name_or_path and not (path / tiny.BASE_MANIFEST).is_file():
+        raise ConfigError(
+            f"model.name_or_path: the bundled tiny base is missing ({path / tiny.BASE_MANIFEST} not found). "
+            f"Run `make tiny-base` to pretrain it, or set model.name_or_path: {tiny.RANDOM} for a random tiny model.")
+    if (path / tiny.BASE_MANIFEST).is_file():
+        tiny.verify_base(path)
+    return str(path)
+
+
 def load_base(cfg: RunConfig):
     """Model and processor for ``cfg.model``, before any freezing or adapters.
 
-    A checkpoint directory or hub id (any family, the tiny one included) goes through
-    ``from_pretrained``; only the ``tiny`` family with no path is built in code, randomly initialised.
+    Every checkpoint, the bundled tiny base included, goes through ``from_pretrained`` of a local
+    directory or hub id; only ``model.name_or_path: random`` builds the tiny model in code.
     4-bit loading needs ``from_pretrained`` (bitsandbytes quantises while loading), so a random tiny
     model asked for in 4-bit is first written to a temporary checkpoint and loaded back from it.
     """
     family = get_family(cfg.model.family)
-    if family.tiny_geometry is not None and not cfg.model.name_or_path:
+    source = checkpoint_source(cfg.model)
+    if source is None:
         from deepsynth_ocr.models import tiny
 
         tokenizer = tiny.build_tiny_tokenizer()
@@ -182,7 +206,7 @@ def load_base(cfg: RunConfig):
             model.save_pretrained(tmp)
             processor.save_pretrained(tmp)
             return _from_pretrained(cfg, family, tmp)
-    return _from_pretrained(cfg, family, cfg.model.name_or_path)
+    return _from_pretrained(cfg, family, source)
 
 
 def _from_pretrained(cfg: RunConfig, family: Family, path: str):

@@ -7,6 +7,10 @@ real checkpoint uses, on a CPU and without any hub access.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from torch import nn
@@ -18,8 +22,41 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from deepsynth_ocr.config import ConfigError
+
 BOS, EOS, PAD, UNK, IMAGE = "<s>", "</s>", "<pad>", "<unk>", "<image>"
 SPECIAL_TOKENS = (BOS, EOS, PAD, UNK, IMAGE)
+
+# ``model.name_or_path`` value that builds the random tiny model in code instead of loading the base.
+RANDOM = "random"
+# The pretrained tiny base that ``make tiny-base`` writes (deepsynth_ocr.models.tiny_base).
+BUNDLED_BASE = Path(__file__).resolve().parents[2] / "data" / "tiny-base"
+BASE_WEIGHTS = "model.safetensors"
+BASE_MANIFEST = "manifest.json"
+
+
+class BaseMismatchError(ConfigError):
+    """A tiny base directory's weights do not match its manifest."""
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def verify_base(directory: Path) -> Path:
+    """Check a tiny base's weights against its manifest's SHA-256 before loading it.
+
+    A clone without Git LFS, a partial copy or a hand-edited file would otherwise load as a model
+    that silently reads worse than its manifest says.
+    """
+    expected = json.loads((directory / BASE_MANIFEST).read_text())["weights_sha256"]
+    weights = directory / BASE_WEIGHTS
+    actual = file_sha256(weights) if weights.is_file() else "(missing)"
+    if actual != expected:
+        raise BaseMismatchError(
+            f"model.name_or_path: {weights} does not match {directory / BASE_MANIFEST} (sha256 {actual[:12]}, "
+            f"expected {expected[:12]}). Rebuild it with `make tiny-base` or restore the directory from git.")
+    return directory
 
 
 def build_tiny_tokenizer(pad_token: str = PAD) -> PreTrainedTokenizerFast:
