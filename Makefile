@@ -75,7 +75,7 @@ notebooks: setup
 	$(BIN)/deepsynth-ocr notebook 04_inference -f configs/smoke.yaml --run-dir $(NB_RUNS)/04_inference \
 		-p finetune_run_dir $(NB_RUNS)/02_finetune -p inputs data/smoke-domain/images
 
-# Pretrains the bundled tiny DeepSeek-OCR-2 base from scratch on rendered lines (about an hour on
+# Pretrains the bundled tiny DeepSeek-OCR-2 base from scratch on rendered text (about half an hour on
 # two idle CPU cores; run by a developer, not in CI) and rewrites data/tiny-base/ with its manifest.
 tiny-base: setup
 	rm -rf data/tiny-base

@@ -96,31 +96,29 @@ def _image_rows(rows: list[tuple]):
     return _image(fig)
 
 
-def sample_predictions(run_dir: str | Path, tag: str = "after", n: int = 6):
-    """``n`` eval images with reference, prediction and CER (from ``eval/<tag>.jsonl``)."""
+def _eval_rows(run_dir: str | Path, tag: str) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "eval" / f"{tag}.jsonl").read_text().splitlines()]
+
+
+def _eval_image(row: dict):
     from PIL import Image
 
-    rows = [json.loads(line) for line in (Path(run_dir) / "eval" / f"{tag}.jsonl").read_text().splitlines()][:n]
-    return _image_rows([
-        (Image.open(r["image"]).convert("RGB") if r.get("image") and Path(r["image"]).is_file() else None,
-         f"ref: {r['reference']!r}   pred: {r['prediction']!r}   CER {r['cer']:.2f}")
-        for r in rows
-    ])
+    return Image.open(row["image"]).convert("RGB") if row.get("image") and Path(row["image"]).is_file() else None
+
+
+def sample_predictions(run_dir: str | Path, tag: str = "after", n: int = 6):
+    """``n`` eval images with reference, prediction and CER (from ``eval/<tag>.jsonl``)."""
+    return _image_rows([(_eval_image(r), f"ref: {r['reference']!r}   pred: {r['prediction']!r}   CER {r['cer']:.2f}")
+                        for r in _eval_rows(run_dir, tag)[:n]])
 
 
 def before_after_samples(run_dir: str | Path, n: int = 6):
     """``n`` eval images, each with its reference, the base model's and the fine-tuned model's prediction."""
-    from PIL import Image
-
-    def rows(tag):
-        return [json.loads(line) for line in (Path(run_dir) / "eval" / f"{tag}.jsonl").read_text().splitlines()]
-
-    before = {r["id"]: r for r in rows("before")}
+    before = {r["id"]: r for r in _eval_rows(run_dir, "before")}
     return _image_rows([
-        (Image.open(r["image"]).convert("RGB") if r.get("image") and Path(r["image"]).is_file() else None,
-         f"ref: {r['reference']!r}   base: {before[r['id']]['prediction']!r} (CER {before[r['id']]['cer']:.2f})   "
-         f"fine-tuned: {r['prediction']!r} (CER {r['cer']:.2f})")
-        for r in rows("after")[:n] if r["id"] in before
+        (_eval_image(r), f"ref: {r['reference']!r}   base: {before[r['id']]['prediction']!r} "
+                         f"(CER {before[r['id']]['cer']:.2f})   fine-tuned: {r['prediction']!r} (CER {r['cer']:.2f})")
+        for r in _eval_rows(run_dir, "after")[:n] if r["id"] in before
     ])
 
 

@@ -26,7 +26,7 @@ from deepsynth_ocr.models.tiny_base import (
 
 from .conftest import ROOT
 
-PATCHES = (TINY_BASE.image_size // TINY_BASE.sam_patch_size // 4) ** 2
+PATCHES = TINY_BASE.vision_features
 MANIFEST = json.loads((tiny.BUNDLED_BASE / tiny.BASE_MANIFEST).read_text())
 
 

@@ -97,6 +97,7 @@ def data_hash(ds: Dataset, n: int = 64) -> str:
         h.update(row["image"].tobytes())
     return h.hexdigest()
 
+
 # The smoke domain: shelf codes in a typewriter font the base never saw, scanned worse than its
 # pretraining texts. The base half-reads them, confusing look-alike glyphs of the new font, and knows
 # nothing of the fixed letter-digit-letter-digit pattern; a short LoRA fine-tune learns both.
@@ -110,8 +111,8 @@ def code_line(rng: random.Random) -> str:
     return "".join(rng.choice(string.ascii_lowercase if i % 2 == 0 else string.digits) for i in range(4))
 
 
-def write_lines(ds: RenderedLines, out_dir: Path, split: str, offset: int = 0) -> Path:
-    """Write rows ``offset .. offset + len`` of ``ds`` as PNGs plus a ``<split>.jsonl`` manifest."""
+def write_lines(ds: RenderedLines, out_dir: Path, split: str) -> Path:
+    """Write every row of ``ds`` as a PNG plus a ``<split>.jsonl`` manifest (image paths relative to it)."""
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     manifest = out_dir / f"{split}.jsonl"
     with manifest.open("w", encoding="utf-8") as f:
@@ -132,7 +133,7 @@ def write_smoke_domain(out_dir: Path, train: int = 256, eval: int = 64, seed: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Render the smoke domain (part codes in an unseen font) offline.")
+    ap = argparse.ArgumentParser(description="Render the smoke domain (shelf codes in an unseen font) offline.")
     ap.add_argument("--out", default="data/smoke-domain")
     ap.add_argument("--train", type=int, default=256)
     ap.add_argument("--eval", type=int, default=64)

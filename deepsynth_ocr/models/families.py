@@ -40,6 +40,11 @@ class TinyGeometry:
         return self.image_size
 
     @property
+    def vision_features(self) -> int:
+        """Image features per view after the SAM neck, which downsamples the patch grid by 4."""
+        return (self.image_size // self.sam_patch_size // 4) ** 2
+
+    @property
     def processor_patch_size(self) -> int:
         if self.image_size % 48:
             raise ValueError(f"tiny image_size must be a multiple of 48, got {self.image_size}")

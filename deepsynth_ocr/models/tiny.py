@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -47,8 +48,17 @@ def verify_base(directory: Path) -> Path:
     """Check a tiny base's weights against its manifest's SHA-256 before loading it.
 
     A clone without Git LFS, a partial copy or a hand-edited file would otherwise load as a model
-    that silently reads worse than its manifest says.
+    that silently reads worse than its manifest says. One run asks several times (prepare's
+    tokenizer, the model, the run manifest, the model card), so a check is remembered until either
+    file changes.
     """
+    stamps = tuple(f.stat().st_mtime_ns if f.is_file() else None for f in (directory / BASE_WEIGHTS, directory / BASE_MANIFEST))
+    _check_base(directory, stamps)
+    return directory
+
+
+@cache
+def _check_base(directory: Path, stamps: tuple) -> None:
     expected = json.loads((directory / BASE_MANIFEST).read_text())["weights_sha256"]
     weights = directory / BASE_WEIGHTS
     actual = file_sha256(weights) if weights.is_file() else "(missing)"
@@ -56,7 +66,6 @@ def verify_base(directory: Path) -> Path:
         raise BaseMismatchError(
             f"model.name_or_path: {weights} does not match {directory / BASE_MANIFEST} (sha256 {actual[:12]}, "
             f"expected {expected[:12]}). Rebuild it with `make tiny-base` or restore the directory from git.")
-    return directory
 
 
 def build_tiny_tokenizer(pad_token: str = PAD) -> PreTrainedTokenizerFast:
