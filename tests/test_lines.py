@@ -42,7 +42,7 @@ def test_smoke_domain_is_codes_in_a_font_the_base_never_saw():
 def test_bundled_smoke_domain_is_what_the_generator_writes(tmp_path):
     write_smoke_domain(tmp_path, train=3, eval=3)
     bundled = ROOT / "data" / "smoke-domain"
-    for split, n in (("train", 256), ("eval", 64)):
+    for split, n in (("train", 1024), ("eval", 64)):
         rows = [json.loads(x) for x in (bundled / f"{split}.jsonl").read_text().splitlines()]
         fresh = [json.loads(x) for x in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
         assert len(rows) == n and rows[:3] == fresh

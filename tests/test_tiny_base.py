@@ -142,9 +142,7 @@ def test_smoke_run_halves_the_domain_cer_of_the_base(tmp_path, monkeypatch):
     cfg.output_root = str(tmp_path / "runs")
     cfg.tracking.wandb = "disabled"
     result = run(cfg, tmp_path / "runs" / "smoke")
-    # Issue 7 asks for after <= 0.5 x before; measured 0.52 (0.754 -> 0.395), so the bar here is what
-    # holds today and the gap stays open in the issue.
-    assert result.after["cer"] <= 0.6 * result.before["cer"], (result.before, result.after)
+    assert result.after["cer"] <= 0.5 * result.before["cer"], (result.before, result.after)
     rows = [json.loads(x) for x in (result.run_dir / "eval" / "after.jsonl").read_text().splitlines()]
     assert len(rows) == 64 and sum(r["cer"] for r in rows) / 64 == pytest.approx(result.after["cer_mean"])
     report = (result.run_dir / "report.html").read_text()
