@@ -77,8 +77,8 @@ def cmd_export(args) -> int:
     except ExportError as e:
         print(f"deepsynth-ocr export: verification failed: {e}", file=sys.stderr)
         return 1
-    for kind, diff in verification.items():
-        print(f"{kind}: reloaded in a fresh process, max logit difference {diff:.3g}")
+    for kind, v in verification.items():
+        print(f"{kind}: reloaded in a fresh process, max logit difference {v['max_logit_diff']:.3g} (allowed {v['allowed']:.3g})")
     print(f"export: {out_dir}")
     return 0
 

@@ -119,7 +119,7 @@ def generate_batch(model, collator: OcrCollator, rows: list[dict], cfg: EvalConf
 
 def generate(model, processor, family, rows, cfg: EvalConfig, max_new_tokens: int, desc: str = "generate") -> list[Prediction]:
     """Greedy, batched, left-padded generation for ``rows`` (a sequence of {image, prompt} dicts)."""
-    collator = make_collator(processor, family, for_generation=True)
+    collator = make_collator(processor, family, for_generation=True, dtype=model.dtype)
     loader = DataLoader(rows, batch_size=cfg.batch_size, collate_fn=list, shuffle=False)
     was_training = model.training
     model.eval()

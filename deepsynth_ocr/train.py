@@ -144,7 +144,7 @@ def run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunResult:
                 run_.log_metrics({"step": 0, "eval": f"baseline_{name}", **summary})
                 tracker.log({f"baseline_{name}/{k}": v for k, v in summary.items()}, step=0)
 
-        collator = make_collator(loaded.processor, loaded.family)
+        collator = make_collator(loaded.processor, loaded.family, dtype=loaded.model.dtype)
         trainer = Trainer(model=loaded.model, args=training_arguments(cfg, run_.dir), train_dataset=train_ds,
                           data_collator=collator, callbacks=[MetricsCallback(run_, tracker)])
         if do_eval and cfg.eval.every_steps:

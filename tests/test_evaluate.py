@@ -100,3 +100,23 @@ def test_per_sample_jsonl_holds_reference_prediction_scores_and_failure_flag(tin
     corpus = sum(r["char_edits"] for r in rows) / sum(r["ref_chars"] for r in rows)
     assert summary["cer"] == pytest.approx(corpus)
     assert summary["normalization"]["unicode"] == "NFC"
+
+
+def test_a_bfloat16_model_reads_like_its_float32_self():
+    """The GPU recipes run in bfloat16: the collator hands the vision tower pixels in the model's dtype,
+    and the base's readings of the smoke domain survive the lower precision."""
+    from deepsynth_ocr.models.backends import load_base
+
+    from .conftest import ROOT
+
+    cfg = RunConfig.from_yaml(ROOT / "configs" / "smoke.yaml")
+    texts = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg.model.dtype = dtype
+        model, processor, family = load_base(cfg)
+        assert model.dtype == getattr(torch, dtype)
+        ds, _ = prepare_manifest(str(ROOT / cfg.data.eval_path), cfg.data, processor.tokenizer, family.default_prompt)
+        rows = [ds[i] for i in range(16)]
+        texts[dtype] = [p.text for p in generate(model, processor, family, rows, EvalConfig(batch_size=8), 8)]
+    same = sum(a == b for a, b in zip(texts["float32"], texts["bfloat16"], strict=True))
+    assert same >= 12, texts
