@@ -132,6 +132,13 @@ def generate(model, processor, family, rows, cfg: EvalConfig, max_new_tokens: in
     return out
 
 
+def score_rows(model, processor, family, rows, cfg: EvalConfig, max_new_tokens: int, desc: str = "generate") -> dict:
+    """Corpus and per-sample metrics of greedy predictions on ``rows`` ({image, prompt, text}), no files written."""
+    preds = generate(model, processor, family, rows, cfg, max_new_tokens, desc=desc)
+    return metrics.aggregate([r["text"] for r in rows], [p.text for p in preds], cfg.normalization(),
+                             [p.looped for p in preds])
+
+
 def eval_rows(dataset, cfg: EvalConfig) -> list[dict]:
     """The rows scored (``eval.max_samples`` applied), each with ``image_path`` for the report."""
     if cfg.max_samples:
@@ -190,12 +197,10 @@ class PeriodicEvalCallback(TrainerCallback):
         start = time.time()
         self.loaded.for_inference()
         try:
-            preds = generate(self.loaded.model, self.loaded.processor, self.loaded.family, self.rows, self.cfg,
-                             self.bound, desc=f"eval step {state.global_step}")
+            summary = score_rows(self.loaded.model, self.loaded.processor, self.loaded.family, self.rows, self.cfg,
+                                 self.bound, desc=f"eval step {state.global_step}")
         finally:
             self.loaded.for_training()
-        summary = metrics.aggregate([r["text"] for r in self.rows], [p.text for p in preds],
-                                    self.cfg.normalization(), [p.looped for p in preds])
         self.log_fn({k: v for k, v in summary.items() if k != "normalization"}, state.global_step)
         self.seconds += time.time() - start
 

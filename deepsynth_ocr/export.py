@@ -26,7 +26,7 @@ import yaml
 
 from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.models.adapters import AdapterError, load_adapter
-from deepsynth_ocr.models.backends import LoadedModel, load_base
+from deepsynth_ocr.models.backends import LoadedModel, load_base, torch_dtype
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def fixed_batch(processor, family, cfg: RunConfig, n: int = 2) -> dict:
     from deepsynth_ocr.data.prepare import prepare_manifest
 
     ds, _ = prepare_manifest(cfg.data.train_path, cfg.data, processor.tokenizer, family.default_prompt)
-    collator = make_collator(processor, family, dtype=getattr(torch, cfg.model.dtype))
+    collator = make_collator(processor, family, dtype=torch_dtype(cfg.model.dtype))
     return collator([ds[i] for i in range(min(n, len(ds)))])
 
 

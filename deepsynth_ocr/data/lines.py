@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import random
 import string
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from deepsynth_ocr.data.synthetic import find_font
+from deepsynth_ocr.data.synthetic import find_font, write_rendered_split
 
 PRETRAIN_FONTS = ("DejaVuSans", "DejaVuSerif", "DejaVuSansMono")
 
@@ -117,15 +116,8 @@ def code_line(rng: random.Random) -> str:
 
 def write_lines(ds: RenderedLines, out_dir: Path, split: str) -> Path:
     """Write every row of ``ds`` as a PNG plus a ``<split>.jsonl`` manifest (image paths relative to it)."""
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    manifest = out_dir / f"{split}.jsonl"
-    with manifest.open("w", encoding="utf-8") as f:
-        for i in tqdm(range(len(ds)), desc=f"render {split}"):
-            row = ds[i]
-            rel = Path("images") / f"{split}_{i:04d}.png"
-            row["image"].save(out_dir / rel)
-            f.write(json.dumps({"id": f"{split}_{i:04d}", "image": rel.as_posix(), "text": row["text"]}) + "\n")
-    return manifest
+    rows = (ds[i] for i in tqdm(range(len(ds)), desc=f"render {split}"))
+    return write_rendered_split(out_dir, split, ((row["image"], row["text"]) for row in rows))
 
 
 def write_smoke_domain(out_dir: Path, train: int = 1024, eval: int = 64, seed: int = SMOKE_SEED) -> dict[str, Path]:

@@ -12,7 +12,7 @@ import json
 import random
 import string
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -106,18 +106,22 @@ def write_sample_set(
 
     Image paths in the manifests are relative to the manifest, so the folder can be moved.
     """
+    return {split: write_rendered_split(out_dir, split, ((render_text(t, style), t) for t in texts))
+            for split, texts in splits.items()}
+
+
+def write_rendered_split(out_dir: str | Path, split: str, rows: Iterable[tuple[Image.Image, str]]) -> Path:
+    """Save each ``(image, text)`` as ``out_dir/images/<split>_NNNN.png`` and list them in
+    ``out_dir/<split>.jsonl`` (image paths relative to the manifest, so the folder can be moved)."""
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    manifests = {}
-    for split, texts in splits.items():
-        manifest = out_dir / f"{split}.jsonl"
-        with manifest.open("w", encoding="utf-8") as f:
-            for i, text in enumerate(texts):
-                rel = Path("images") / f"{split}_{i:04d}.png"
-                render_text(text, style).save(out_dir / rel)
-                f.write(json.dumps({"id": f"{split}_{i:04d}", "image": rel.as_posix(), "text": text}, ensure_ascii=False) + "\n")
-        manifests[split] = manifest
-    return manifests
+    manifest = out_dir / f"{split}.jsonl"
+    with manifest.open("w", encoding="utf-8") as f:
+        for i, (image, text) in enumerate(rows):
+            rel = Path("images") / f"{split}_{i:04d}.png"
+            image.save(out_dir / rel)
+            f.write(json.dumps({"id": f"{split}_{i:04d}", "image": rel.as_posix(), "text": text}, ensure_ascii=False) + "\n")
+    return manifest
 
 
 CORPUS_MODES = ("line", "paragraph", "document")

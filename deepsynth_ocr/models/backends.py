@@ -87,7 +87,7 @@ def choose_backend(requested: str) -> tuple[str, str]:
     return "hf", f"auto: {why}, using transformers + peft"
 
 
-def _dtype(name: str) -> torch.dtype:
+def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
@@ -118,20 +118,18 @@ def warn_remote_code(cfg: RunConfig, family: Family, revision: str | None) -> No
 
 def bnb_config_kwargs(cfg: RunConfig, family: Family) -> dict:
     """BitsAndBytesConfig arguments: NF4 on the language model, vision side and head left as they are."""
-    compute = torch.bfloat16 if cfg.model.dtype == "bfloat16" else (
-        torch.float16 if cfg.model.dtype == "float16" else torch.float32)
     return {
         "load_in_4bit": True,
         "bnb_4bit_quant_type": "nf4",
         "bnb_4bit_use_double_quant": True,
-        "bnb_4bit_compute_dtype": compute,
+        "bnb_4bit_compute_dtype": torch_dtype(cfg.model.dtype),
         "llm_int8_skip_modules": list(family.quant_skip_modules),
     }
 
 
 def hf_load_kwargs(cfg: RunConfig, family: Family) -> dict:
     """Arguments for the family's transformers auto class ``from_pretrained``."""
-    kwargs = {"revision": resolve_revision(cfg, family), "dtype": _dtype(cfg.model.dtype)}
+    kwargs = {"revision": resolve_revision(cfg, family), "dtype": torch_dtype(cfg.model.dtype)}
     if family.trust_remote_code:
         kwargs["trust_remote_code"] = True
     if cfg.model.load_in_4bit:
@@ -158,7 +156,7 @@ def _wrap_processor(processor_or_tokenizer, family: Family, cfg: RunConfig):
         return processor_or_tokenizer
     from deepsynth_ocr.models.deepseek_ocr_v1 import V1Processor
 
-    return V1Processor(processor_or_tokenizer, family.v1_geometry, _dtype(cfg.model.dtype))
+    return V1Processor(processor_or_tokenizer, family.v1_geometry, torch_dtype(cfg.model.dtype))
 
 
 def checkpoint_source(model_cfg) -> str | None:
@@ -206,7 +204,7 @@ def load_base(cfg: RunConfig):
                 processor.save_pretrained(tmp)
                 model, processor, family = _from_pretrained(cfg, family, tmp)
         else:
-            model = model.to(_dtype(cfg.model.dtype))
+            model = model.to(torch_dtype(cfg.model.dtype))
     else:
         model, processor, family = _from_pretrained(cfg, family, source)
     _eager_experts_on_cpu(model, family)
@@ -308,7 +306,7 @@ def unsloth_load_kwargs(cfg: RunConfig, family: Family) -> dict:
     kwargs = {
         "model_name": cfg.model.name_or_path,
         "revision": resolve_revision(cfg, family),
-        "dtype": _dtype(cfg.model.dtype),
+        "dtype": torch_dtype(cfg.model.dtype),
         "load_in_4bit": cfg.model.load_in_4bit,
         "full_finetuning": not cfg.lora.enabled,
         "use_gradient_checkpointing": unsloth_gradient_checkpointing(cfg),

@@ -19,19 +19,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import transformers
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-from deepsynth_ocr import metrics
 from deepsynth_ocr.collate import OcrCollator
 from deepsynth_ocr.config import EvalConfig
 from deepsynth_ocr.data.lines import LineStyle, RenderedLines, data_hash
-from deepsynth_ocr.evaluate import generate, max_new_tokens_for
+from deepsynth_ocr.evaluate import max_new_tokens_for, score_rows
 from deepsynth_ocr.models import tiny
 from deepsynth_ocr.models.families import TINY_BASE, get_family
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -169,12 +170,10 @@ def heldout_set(recipe: Recipe) -> RenderedLines:
 
 def score(model, processor, rows, batch_size: int = 16) -> dict:
     """CER/WER of greedy predictions on ``rows`` (a sequence of rendered lines)."""
-    family = get_family("tiny")
     rows = [rows[i] for i in range(len(rows))]
-    refs = [r["text"] for r in rows]
     cfg = EvalConfig(batch_size=batch_size)
-    preds = generate(model, processor, family, rows, cfg, max_new_tokens_for(refs, processor.tokenizer, cfg), desc="held-out")
-    return metrics.aggregate(refs, [p.text for p in preds])
+    bound = max_new_tokens_for([r["text"] for r in rows], processor.tokenizer, cfg)
+    return score_rows(model, processor, get_family("tiny"), rows, cfg, bound, desc="held-out")
 
 
 def pretrain(recipe: Recipe, out_dir: Path) -> dict:
@@ -225,7 +224,7 @@ def write_bundle(model, processor, recipe: Recipe, out_dir: Path, train_ds: Rend
         "wall_time_s": round(train_seconds, 1),
         "weights_sha256": tiny.file_sha256(out_dir / tiny.BASE_WEIGHTS),
         "files": sorted([p.name for p in out_dir.iterdir()] + [tiny.BASE_MANIFEST]),
-        "versions": {"torch": torch.__version__, "transformers": __import__("transformers").__version__},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
     (out_dir / tiny.BASE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     log.info("tiny base written to %s: held-out CER %.4f WER %.4f", out_dir, heldout["cer"], heldout["wer"])
