@@ -59,6 +59,23 @@ def test_batched_generation_equals_per_image_generation(tiny_parts, eval_set):
     assert len({p.text for p in single}) > 1  # the rows do differ, so equality means something
 
 
+def test_batched_evaluation_predicts_what_plain_transformers_generate_predicts(tiny_parts, eval_set):
+    """The kit builds its own batches (cached prompt ids, left padding); the processor's per-image
+    output fed to ``model.generate`` as the transformers docs show must give the same text."""
+    _, processor, family = tiny_parts
+    model = _model(tiny_parts, seed=3)
+    rows = list(eval_set.select(range(5)))
+    kit = [p.text for p in generate(model, processor, family, rows, EvalConfig(batch_size=5), 10)]
+    plain = []
+    for row in rows:
+        inputs = processor(images=row["image"].convert("RGB"), text=row["prompt"], return_tensors="pt",
+                           **family.image_kwargs)
+        out = model.generate(**inputs, max_new_tokens=10, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+        plain.append(processor.tokenizer.decode(out, skip_special_tokens=True))
+    assert kit == plain
+    assert len(set(plain)) > 1
+
+
 def _looping_model(tiny_parts):
     """A model state that repeats: the head ignores the hidden state and always prefers one byte."""
     tokenizer, _, _ = tiny_parts
