@@ -1,6 +1,8 @@
 """Batched generation equals per-image generation; the repetition guard catches a looping model."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,19 +63,24 @@ def test_batched_generation_equals_per_image_generation(tiny_parts, eval_set):
 
 def test_batched_evaluation_predicts_what_plain_transformers_generate_predicts(tiny_parts, eval_set):
     """The kit builds its own batches (cached prompt ids, left padding); the processor's per-image
-    output fed to ``model.generate`` as the transformers docs show must give the same text."""
+    output fed to ``model.generate`` as the transformers docs show (the throughput benchmark's
+    baseline) must give the same text."""
     _, processor, family = tiny_parts
     model = _model(tiny_parts, seed=3)
     rows = list(eval_set.select(range(5)))
     kit = [p.text for p in generate(model, processor, family, rows, EvalConfig(batch_size=5), 10)]
-    plain = []
-    for row in rows:
-        inputs = processor(images=row["image"].convert("RGB"), text=row["prompt"], return_tensors="pt",
-                           **family.image_kwargs)
-        out = model.generate(**inputs, max_new_tokens=10, do_sample=False)[0, inputs["input_ids"].shape[1]:]
-        plain.append(processor.tokenizer.decode(out, skip_special_tokens=True))
+    plain = _benchmark("eval_throughput").plain_loop(model, processor, family, rows, 10)
     assert kit == plain
     assert len(set(plain)) > 1
+
+
+def _benchmark(name: str):
+    """A script of ``benchmarks/`` (not a package) loaded as a module; its ``main`` does not run."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _looping_model(tiny_parts):
