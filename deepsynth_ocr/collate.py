@@ -33,16 +33,16 @@ def pad_rows(sequences: list[list[int]], labels: list[list[int]] | None, pad_id:
     return input_ids, attention_mask, (label_tensor if labels is not None else None)
 
 
-def make_collator(processor, family, for_generation: bool = False, dtype: torch.dtype = torch.float32):
+def make_collator(processor, family, for_generation: bool = False):
     """The family's collator: ``OcrCollator`` for native DeepSeek-OCR-2, ``V1Collator`` for DeepSeek-OCR v1.
 
-    ``dtype`` is the model's: image tensors are cast to it (v1's processor wrapper already does that).
+    Batches come out on the CPU in float32; ``devices.to_model`` places them for the model.
     """
     if family.v1_geometry is not None:
         from deepsynth_ocr.models.deepseek_ocr_v1 import V1Collator
 
         return V1Collator(processor, family, for_generation)
-    return OcrCollator(processor, family, for_generation, dtype)
+    return OcrCollator(processor, family, for_generation)
 
 
 def padding_id(tokenizer) -> int:
@@ -61,11 +61,8 @@ class OcrCollator:
     cost more than the tiny model's training step.
     """
 
-    def __init__(self, processor, family, for_generation: bool = False, dtype: torch.dtype = torch.float32):
+    def __init__(self, processor, family, for_generation: bool = False):
         self.processor = processor
-        # The model casts nothing itself: float32 pixels into a bfloat16 vision tower fail in its first
-        # convolution outside autocast (evaluation, export checks, CPU training).
-        self.dtype = dtype
         self.tokenizer = processor.tokenizer
         self.family = family
         self.for_generation = for_generation
@@ -99,11 +96,11 @@ class OcrCollator:
         batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "pixel_values": vision["pixel_values"].to(self.dtype),
+            "pixel_values": vision["pixel_values"],
             "num_local_patches": torch.tensor(n_local),
         }
         if "pixel_values_local" in vision:
-            batch["pixel_values_local"] = vision["pixel_values_local"].to(self.dtype)
+            batch["pixel_values_local"] = vision["pixel_values_local"]
         if labels is not None:
             batch["labels"] = label_tensor
         return batch

@@ -14,8 +14,10 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from deepsynth_ocr.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config value is invalid; the message names the field (``section.field``)."""
 
 
@@ -39,7 +41,10 @@ class ModelConfig:
     )
     revision: str = _f("", "Hub revision (commit, tag or branch) to load; empty for the default branch.")
     backend: str = _f("auto", "'auto' (unsloth when importable with CUDA, else hf), 'hf' or 'unsloth'.")
-    dtype: str = _f("float32", "Weight dtype: 'float32', 'bfloat16' or 'float16'.")
+    dtype: str = _f(
+        "auto", "Weight and compute dtype: 'auto' (bfloat16 on GPUs that compute it natively, float16 on older GPUs "
+        "such as the T4, float32 on a CPU), 'float32', 'bfloat16' or 'float16'."
+    )
     load_in_4bit: bool = _f(False, "Quantise the language model to 4-bit NF4 (QLoRA) with bitsandbytes.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
 
@@ -48,7 +53,8 @@ class ModelConfig:
 
         _check(self.family in FAMILIES, "model.family", f"must be one of {sorted(FAMILIES)}, got {self.family!r}")
         _check(self.backend in ("auto", "hf", "unsloth"), "model.backend", f"must be auto, hf or unsloth, got {self.backend!r}")
-        _check(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"unsupported dtype {self.dtype!r}")
+        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype",
+               f"must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         _check(
             self.family == "tiny" or bool(self.name_or_path),
             "model.name_or_path",
@@ -176,7 +182,14 @@ class TrainConfig:
     logging_steps: int = _f(10, "Log the loss every N steps.")
     save_steps: int = _f(100, "Write a resumable checkpoint every N steps (0: none; the adapter is saved at the end either way).")
     save_total_limit: int = _f(2, "Keep at most this many checkpoints.")
-    resume: bool = _f(False, "Resume from the last checkpoint in the run directory.")
+    resume: bool = _f(
+        False, "Resume from the last checkpoint of the newest run directory of this name: adapter (checked key by key), "
+        "optimizer, scheduler, RNG state and position in the data."
+    )
+    dataloader_workers: int = _f(
+        -1, "Data-loader worker processes that decode and tile images while the model trains; -1: 2 on a GPU, "
+        "0 on a CPU (where the workers would compete with training for the same cores)."
+    )
 
     def validate(self) -> None:
         for name in ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "logging_steps", "save_total_limit"):
@@ -184,6 +197,7 @@ class TrainConfig:
         _check(self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")
         _check(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         _check(self.save_steps >= 0, "train.save_steps", f"must be >= 0, got {self.save_steps}")
+        _check(self.dataloader_workers >= -1, "train.dataloader_workers", f"must be >= -1, got {self.dataloader_workers}")
 
 
 @dataclass

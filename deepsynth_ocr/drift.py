@@ -8,6 +8,10 @@ call time; the checks therefore compare the kit's keywords with the *named* para
 The keywords come from the same ``*_kwargs`` functions in ``models/backends.py`` that build the
 real calls, evaluated on the GPU recipes in ``configs/``, so the check cannot drift from the code.
 
+Names are not behaviour: ``check`` also runs Unsloth's real ``get_peft_model`` from the pinned
+source on the tiny DeepSeek-OCR-2 on the CPU (``lora_probe``) and compares what it adapts with the
+hf backend; Unsloth 2026.10.9 silently adds the routed experts unless ``target_parameters=[]``.
+
     python -m deepsynth_ocr.drift fetch    # download + unpack the pinned Unsloth wheels (no deps)
     python -m deepsynth_ocr.drift check    # print every checked call; exit 1 on any problem
 """
@@ -252,7 +256,7 @@ def check_hf(cfgs=None) -> list[CallCheck]:
     families = [get_family(c.model.family) for c in cfgs]
     bnb_kw = set().union(*(backends.bnb_config_kwargs(c, f) for c, f in zip(cfgs, families, strict=True)))
     lora_kw = set().union(*(backends.lora_config_kwargs(c, f) for c, f in zip(cfgs, families, strict=True)))
-    load_kw = {"revision", "dtype", "trust_remote_code", "quantization_config"}
+    load_kw = {"revision", "dtype", "trust_remote_code", "quantization_config", "device_map"}
     auto_from_pretrained = transformers.models.auto.auto_factory._BaseAutoModelClass.from_pretrained.__func__
     targets = [
         ("BitsAndBytesConfig", transformers.BitsAndBytesConfig.__init__, bnb_kw),
@@ -284,14 +288,90 @@ def check_hf(cfgs=None) -> list[CallCheck]:
     return out
 
 
+# --- behaviour: Unsloth's own LoRA attachment on the tiny DeepSeek-OCR-2 ----------------------------
+def lora_probe() -> dict:
+    """Attach LoRA to two identical tiny DeepSeek-OCR-2 models, through the real ``FastVisionModel.get_peft_model``
+    and through the hf backend, with the kit's arguments; report what each adapted and whether the kit's check passes.
+
+    Runs in a process of its own (``lora_probe_in_subprocess``): ``import unsloth`` patches transformers for good.
+    """
+    import json
+    import os
+
+    os.environ.setdefault("UNSLOTH_ALLOW_CPU", "1")
+    from unsloth import FastVisionModel  # first, before the kit imports transformers and peft
+    from transformers import Trainer
+
+    from deepsynth_ocr.models import backends, tiny
+
+    cfg = _recipes()[0]
+    cfg.model.family, cfg.model.name_or_path, cfg.model.gradient_checkpointing = "tiny", tiny.RANDOM, False
+    family = backends.get_family("tiny")
+    tokenizer = tiny.build_tiny_tokenizer()
+    out = {}
+    # Unsloth swaps in its training loop only where it can compile it (a GPU); get_peft_model's last step
+    # refuses to go on without it. Naming the stock loop as patched lets the attachment itself run on a CPU.
+    Trainer._inner_training_loop.__name__ = "_fast_inner_training_loop"
+    model = tiny.build_tiny_model(tokenizer, family.tiny_geometry, seed=0)
+    model.max_seq_length = 2048
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model = FastVisionModel.get_peft_model(model, **backends.unsloth_peft_kwargs(cfg, family))
+    out["unsloth"] = {"modules": backends.lora_modules(model),
+                      "target_parameters": sorted(model.peft_config["default"].target_parameters or [])}
+    try:
+        backends.count_and_check_trainable(model, family, cfg)
+        out["unsloth"]["kit_check"] = "ok"
+    except RuntimeError as e:
+        out["unsloth"]["kit_check"] = str(e)
+    hf_model, *_ = backends.prepare_for_training(tiny.build_tiny_model(tokenizer, family.tiny_geometry, seed=0), family, cfg)
+    out["hf"] = {"modules": backends.lora_modules(hf_model)}
+    return json.loads(json.dumps(out))
+
+
+def lora_probe_in_subprocess(root: Path) -> dict:
+    import json
+    import os
+
+    env = {**os.environ, "UNSLOTH_ALLOW_CPU": "1",
+           "PYTHONPATH": os.pathsep.join([str(root), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "deepsynth_ocr.drift", "lora-probe"], capture_output=True, text=True,
+                          env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise DriftError(f"the Unsloth LoRA probe did not run:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def check_lora_targets(probe: dict) -> CallCheck:
+    """Unsloth must adapt exactly what the hf backend adapts, no parameters directly, and pass the kit's check."""
+    u = probe["unsloth"]
+    check = CallCheck("FastVisionModel.get_peft_model (behaviour on the tiny DeepSeek-OCR-2)", set(),
+                      Signature(f"{len(u['modules'])} modules, target_parameters {u['target_parameters']}", set(), []))
+    extra = sorted(set(u["modules"]) - set(probe["hf"]["modules"]))
+    missing = sorted(set(probe["hf"]["modules"]) - set(u["modules"]))
+    if u["kit_check"] != "ok":
+        check.problem = f"the kit's trainable check fails: {u['kit_check']}"
+    elif u["target_parameters"]:
+        check.problem = f"Unsloth adds LoRA on parameters {u['target_parameters']} that the hf backend leaves alone"
+    elif extra or missing:
+        check.problem = f"the backends adapt different modules: only unsloth {extra[:3]}, only hf {missing[:3]}"
+    return check
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m deepsynth_ocr.drift", description=__doc__.split("\n")[0])
-    ap.add_argument("command", choices=["fetch", "check"])
+    ap.add_argument("command", choices=["fetch", "check", "lora-probe"])
     args = ap.parse_args(argv)
     if args.command == "fetch":
         print(fetch())
         return 0
-    checks = check_unsloth(require_source(), unsloth_keywords()) + check_hf()
+    if args.command == "lora-probe":
+        import json
+
+        print(json.dumps(lora_probe()))
+        return 0
+    root = require_source()
+    checks = check_unsloth(root, unsloth_keywords()) + check_hf() + [check_lora_targets(lora_probe_in_subprocess(root))]
     for c in checks:
         print(c.line())
     failed = [c for c in checks if c.problem]

@@ -31,6 +31,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TrainerCallback
 from deepsynth_ocr import metrics
 from deepsynth_ocr.collate import OcrCollator, make_collator
 from deepsynth_ocr.config import EvalConfig
+from deepsynth_ocr.devices import to_model
 
 log = logging.getLogger(__name__)
 
@@ -89,21 +90,11 @@ def _decode(row: list[int], tokenizer, pad_id: int, cfg: EvalConfig) -> Predicti
     return Prediction(tokenizer.decode(row, skip_special_tokens=True), stopped, looped, len(row))
 
 
-def _to_device(value, device):
-    # DeepSeek-OCR v1 batches carry a list of (crops, global view) tensor pairs.
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(v, device) for v in value)
-    return value.to(device)
-
-
 @torch.no_grad()
 def generate_batch(model, collator: OcrCollator, rows: list[dict], cfg: EvalConfig, max_new_tokens: int) -> list[Prediction]:
     """One batch of {image, prompt} rows: greedy, left padded, with the repetition guard."""
     tokenizer = collator.tokenizer
-    device = next(model.parameters()).device
-    batch = _to_device(collator(rows), device)
+    batch = to_model(collator(rows), model)
     width = batch["input_ids"].shape[1]
     guard = StoppingCriteriaList([RepetitionGuard(width, cfg)] if cfg.loop_guard else [])
     # A complete GenerationConfig: given only keyword arguments, transformers 5.17 instantiates a
@@ -119,7 +110,7 @@ def generate_batch(model, collator: OcrCollator, rows: list[dict], cfg: EvalConf
 
 def generate(model, processor, family, rows, cfg: EvalConfig, max_new_tokens: int, desc: str = "generate") -> list[Prediction]:
     """Greedy, batched, left-padded generation for ``rows`` (a sequence of {image, prompt} dicts)."""
-    collator = make_collator(processor, family, for_generation=True, dtype=model.dtype)
+    collator = make_collator(processor, family, for_generation=True)
     loader = DataLoader(rows, batch_size=cfg.batch_size, collate_fn=list, shuffle=False)
     was_training = model.training
     model.eval()

@@ -25,8 +25,8 @@ import torch
 import yaml
 
 from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.models.adapters import AdapterError, load_adapter
-from deepsynth_ocr.models.backends import LoadedModel, load_base, torch_dtype
+from deepsynth_ocr.models.adapters import AdapterError, load_adapter, logits
+from deepsynth_ocr.models.backends import LoadedModel, load_base
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,8 @@ class ExportError(RuntimeError):
     pass
 
 
-@torch.no_grad()
-def logits(model, batch: dict) -> torch.Tensor:
-    model.eval()
-    out = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-    return out[:, -COMPARED_POSITIONS:].float()
+def compared_logits(model, batch: dict) -> torch.Tensor:
+    return logits(model, batch, last=COMPARED_POSITIONS)
 
 
 def _reload(kind: str, directory: Path):
@@ -128,7 +125,7 @@ def export_model(model, processor, family, cfg: RunConfig, out_dir: str | Path, 
     Returns ``{kind: {"max_logit_diff", "allowed"}}``; raises ``ExportError`` when an export does not reproduce the model.
     """
     out_dir = Path(out_dir)
-    expected = logits(model, batch)
+    expected = compared_logits(model, batch)
     verification = {}
     adapter_dir = out_dir / "adapter"
     model.save_pretrained(str(adapter_dir))
@@ -164,8 +161,7 @@ def fixed_batch(processor, family, cfg: RunConfig, n: int = 2) -> dict:
     from deepsynth_ocr.data.prepare import prepare_manifest
 
     ds, _ = prepare_manifest(cfg.data.train_path, cfg.data, processor.tokenizer, family.default_prompt)
-    collator = make_collator(processor, family, dtype=torch_dtype(cfg.model.dtype))
-    return collator([ds[i] for i in range(min(n, len(ds)))])
+    return make_collator(processor, family)([ds[i] for i in range(min(n, len(ds)))])
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path | None = None, cfg: RunConfig | None = None) -> tuple[Path, dict]:
@@ -174,6 +170,12 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, cfg: RunC
     if not (run_dir / "adapter").is_dir():
         raise FileNotFoundError(f"{run_dir}/adapter not found: export needs a run directory trained with LoRA")
     cfg = cfg or RunConfig.from_yaml(run_dir / "config.yaml")
+    if cfg.model.load_in_4bit:
+        # Merging into NF4 weights would round the merged update away; the export is the adapter on the
+        # unquantised base, which is also what a server loads.
+        log.info("export: the run trained on a 4-bit base; the base is reloaded unquantised (model.dtype %s) "
+                 "to merge the adapter", cfg.model.dtype)
+        cfg = RunConfig.from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "load_in_4bit": False}})
     try:
         base, processor, family = load_base(cfg)
         model = load_adapter(base, run_dir / "adapter")
@@ -185,4 +187,4 @@ def export_run(run_dir: str | Path, out_dir: str | Path | None = None, cfg: RunC
 
 if __name__ == "__main__":  # the fresh process of verify_in_fresh_process
     kind, directory, batch_path, out_path = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4]
-    torch.save(logits(_reload(kind, directory), torch.load(batch_path)), out_path)
+    torch.save(compared_logits(_reload(kind, directory), torch.load(batch_path)), out_path)

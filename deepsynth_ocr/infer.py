@@ -147,7 +147,7 @@ def _record(item: InferInput, pred: Prediction | None = None, error: str | None 
 
 
 def _hf_generator(model, processor, family, cfg: RunConfig):
-    collator = make_collator(processor, family, for_generation=True, dtype=model.dtype)
+    collator = make_collator(processor, family, for_generation=True)
     gen_cfg = replace(cfg.eval, batch_size=cfg.infer.batch_size)
     model.eval()
     return lambda rows: generate_batch(model, collator, rows, gen_cfg, cfg.infer.max_new_tokens)

@@ -12,16 +12,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from deepsynth_ocr import versions
 from deepsynth_ocr.baselines import run_baselines
 from deepsynth_ocr.collate import make_collator
-from deepsynth_ocr.config import ConfigError, RunConfig
+from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.data.prepare import PrepareError, prepare_manifest, write_report
+from deepsynth_ocr.devices import to_model, torch_dtype
+from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.evaluate import PeriodicEvalCallback, evaluate
-from deepsynth_ocr.models.adapters import save_adapter
+from deepsynth_ocr.models.adapters import ADAPTER_WEIGHTS, copy_adapter_weights, save_adapter
 from deepsynth_ocr.models.backends import LoadedModel, checkpoint_source, load_model
+from deepsynth_ocr.models.families import get_family
 from deepsynth_ocr.report import write_report as write_html_report
 from deepsynth_ocr.runs import Run
 from deepsynth_ocr.tracking import Tracker
@@ -74,9 +79,49 @@ class MetricsCallback(TrainerCallback):
         self.tracker.log({f"train/{k}": v for k, v in logs.items()}, step=state.global_step)
 
 
+class KitTrainer(Trainer):
+    """``Trainer`` with the kit's batch placement and a resume that restores the adapter by exact key.
+
+    Trainer resumes a PEFT model through ``model.load_adapter``, which hits the deepseek_ocr2 key
+    renaming (see ``models/adapters.py``): it restores none of the adapter's tensors and warns nothing,
+    while the optimizer, scheduler, RNG state and data position do resume. The override loads the
+    checkpoint's adapter file by exact key and fails on any key that does not land; the rest of the
+    resume is Trainer's own.
+    """
+
+    def _prepare_inputs(self, inputs):
+        return to_model(inputs, self.model)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = model if model is not None else self.model
+        if not hasattr(model, "peft_config"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = Path(resume_from_checkpoint) / ADAPTER_WEIGHTS
+        if not path.is_file():
+            raise UserError(f"train.resume: {resume_from_checkpoint} has no {ADAPTER_WEIGHTS}; delete that checkpoint "
+                            "directory to resume from the one before it")
+        n = copy_adapter_weights(model, load_file(str(path)), "default", str(path))
+        log.info("resume: %d adapter tensors restored by exact key from %s", n, path)
+
+
+def dataloader_workers(cfg: RunConfig) -> int:
+    if cfg.train.dataloader_workers >= 0:
+        return cfg.train.dataloader_workers
+    return 2 if torch.cuda.is_available() else 0
+
+
+def require_cuda_for_real_checkpoints(cfg: RunConfig) -> None:
+    """A real DeepSeek-OCR checkpoint (3 B parameters) is never trained on a CPU: say so before anything starts."""
+    if get_family(cfg.model.family).tiny_geometry is None and not torch.cuda.is_available():
+        raise UserError(f"model.family {cfg.model.family!r} ({cfg.model.name_or_path}) trains on a CUDA GPU and this "
+                        "machine has none: run this recipe on a GPU machine, or configs/smoke.yaml (the tiny model) here")
+
+
 def training_arguments(cfg: RunConfig, run_dir: Path) -> TrainingArguments:
     t = cfg.train
-    if t.optim.startswith("paged_") and not torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    dtype = torch_dtype(cfg.model.dtype)
+    if t.optim.startswith("paged_") and not cuda:
         log.warning("optimizer %s: no CUDA, so bitsandbytes keeps the 8-bit states unpaged in CPU memory", t.optim)
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
@@ -95,12 +140,12 @@ def training_arguments(cfg: RunConfig, run_dir: Path) -> TrainingArguments:
         save_total_limit=t.save_total_limit,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=cfg.model.dtype == "bfloat16" and torch.cuda.is_available(),
-        fp16=cfg.model.dtype == "float16" and torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(),
+        bf16=cuda and dtype == torch.bfloat16,
+        fp16=cuda and dtype == torch.float16,
+        use_cpu=not cuda,
         report_to="none",
         remove_unused_columns=False,
-        dataloader_num_workers=0,
+        dataloader_num_workers=dataloader_workers(cfg),
         disable_tqdm=False,
     )
 
@@ -125,15 +170,19 @@ def _evaluate(loaded, eval_ds, cfg: RunConfig, run: Run, tracker: Tracker, tag: 
 
 def run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunResult:
     cfg.validate()
+    require_cuda_for_real_checkpoints(cfg)
     run_ = Run.create(cfg, run_dir)
     tracker = None
     try:
+        run_.update(version_mismatches=versions.warn_mismatches())
         set_seed(cfg.seed)
         start = time.time()
         loaded = load_model(cfg)
         run_.update(backend=loaded.backend, backend_reason=loaded.backend_reason,
+                    dtype=str(loaded.model.dtype).removeprefix("torch."), dtype_reason=loaded.dtype_reason,
                     checkpoint=checkpoint_source(cfg.model) or "random (built in code)",
-                    parameters={"frozen": loaded.frozen_params, "trainable": loaded.trainable_params})
+                    parameters={"frozen": loaded.frozen_params, "trainable": loaded.trainable_params,
+                                "trained": loaded.trained, "language_model_precision": loaded.lm_precision})
         run_.timing("load_s", time.time() - start)
         train_ds, eval_ds = load_data(cfg, loaded.processor.tokenizer, loaded.family, run_.dir)
         tracker = Tracker(run_.dir, cfg.tracking, run_.dir.name, cfg.to_dict())
@@ -144,8 +193,8 @@ def run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunResult:
                 run_.log_metrics({"step": 0, "eval": f"baseline_{name}", **summary})
                 tracker.log({f"baseline_{name}/{k}": v for k, v in summary.items()}, step=0)
 
-        collator = make_collator(loaded.processor, loaded.family, dtype=loaded.model.dtype)
-        trainer = Trainer(model=loaded.model, args=training_arguments(cfg, run_.dir), train_dataset=train_ds,
+        collator = make_collator(loaded.processor, loaded.family)
+        trainer = KitTrainer(model=loaded.model, args=training_arguments(cfg, run_.dir), train_dataset=train_ds,
                           data_collator=collator, callbacks=[MetricsCallback(run_, tracker)])
         if do_eval and cfg.eval.every_steps:
             def log_periodic(summary: dict, step: int) -> None:
@@ -177,7 +226,7 @@ def run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunResult:
         write_html_report(run_.dir)
         return RunResult(run_.dir, before, after, output.training_loss, loaded)
     except BaseException as e:
-        if isinstance(e, (ConfigError, FileNotFoundError, PrepareError)):
+        if isinstance(e, (UserError, FileNotFoundError, PrepareError)):
             log.error("run failed: %s", e)  # the message says what to fix; a traceback would bury it
         else:
             log.exception("run failed")

@@ -127,3 +127,50 @@ def test_recipes_are_gpu_qlora_defaults():
         assert (cfg.lora.r, cfg.lora.alpha, cfg.train.learning_rate) == (16, 16, 2e-4)
         assert cfg.train.per_device_batch_size * cfg.train.gradient_accumulation_steps == 8
         assert cfg.train.optim == "paged_adamw_8bit"
+
+
+@pytest.fixture(scope="module")
+def lora_probe(unsloth_src):
+    return drift.lora_probe_in_subprocess(unsloth_src)
+
+
+def test_unsloths_real_lora_attachment_adapts_what_the_hf_backend_adapts(lora_probe):
+    """Unsloth's own get_peft_model from the pinned source, run on the tiny DeepSeek-OCR-2 (GPU_AUDIT.md item 1)."""
+    unsloth = lora_probe["unsloth"]
+    assert unsloth["kit_check"] == "ok" and unsloth["target_parameters"] == []
+    assert unsloth["modules"] == lora_probe["hf"]["modules"]
+    # 2 layers x (q, k, v, o) + the dense MLP of layer 0 + the shared experts of layer 1; no routed experts.
+    assert len(unsloth["modules"]) == 14
+    assert not [m for m in unsloth["modules"] if ".experts" in m and ".shared_experts." not in m]
+    assert drift.check_lora_targets(lora_probe).problem == ""
+
+
+def test_the_lora_check_names_routed_experts_that_unsloth_adds():
+    probe = {"unsloth": {"modules": ["a", "m.experts"], "target_parameters": ["mlp.experts.down_proj"], "kit_check": "ok"},
+             "hf": {"modules": ["a"]}}
+    assert "mlp.experts.down_proj" in drift.check_lora_targets(probe).problem
+    probe["unsloth"]["kit_check"] = "LoRA attached to unexpected modules: ['m.experts']"
+    assert "unexpected modules" in drift.check_lora_targets(probe).problem
+
+
+@pytest.mark.slow
+def test_drift_check_fails_on_a_copy_of_the_kit_without_the_expert_opt_out(tmp_path, unsloth_src):
+    """Finding 1 put back (no target_parameters=[]): `python -m deepsynth_ocr.drift check` must exit 1."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    for rel in ("deepsynth_ocr", "configs"):
+        shutil.copytree(ROOT / rel, tmp_path / rel, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "requirements-training.txt", tmp_path)
+    (tmp_path / ".cache").symlink_to(ROOT / ".cache")
+    backends = tmp_path / "deepsynth_ocr" / "models" / "backends.py"
+    text = backends.read_text()
+    assert text.count('"target_parameters": [],\n') == 1
+    backends.write_text(text.replace('"target_parameters": [],\n', ""))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "deepsynth_ocr.drift", "check"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "FAIL" in proc.stdout and "LoRA attached to unexpected modules" in proc.stdout

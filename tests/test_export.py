@@ -47,8 +47,8 @@ def test_adapter_and_merged_exports_reproduce_the_fine_tuned_logits(trained, tmp
 
     monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
     cfg.export.hub_repo_id = "someone/tiny-ocr"
-    fine_tuned = export.logits(loaded.model, batch)
-    base_logits = export.logits(load_base(cfg)[0], batch)
+    fine_tuned = export.compared_logits(loaded.model, batch)
+    base_logits = export.compared_logits(load_base(cfg)[0], batch)
     assert (fine_tuned - base_logits).abs().max() > 1e-3  # the adapter really changes the model
 
     verification = export_model(loaded.model, loaded.processor, loaded.family, cfg, tmp_path / "export", batch, run_dir)
@@ -78,7 +78,7 @@ def test_a_bfloat16_export_verifies_within_the_16_bit_bound(trained, tmp_path):
     cfg.model.dtype, cfg.export.hub_repo_id = "bfloat16", ""
     model = load_adapter(load_base(cfg)[0], run_dir / "adapter")
     batch = fixed_batch(loaded.processor, loaded.family, cfg)
-    largest = export.logits(model, batch).abs().max().item()
+    largest = export.compared_logits(model, batch).abs().max().item()
     verification = export_model(model, loaded.processor, loaded.family, cfg, tmp_path / "export", batch, run_dir)
     assert verification["adapter"]["max_logit_diff"] == 0.0
     merged = verification["merged"]
@@ -100,7 +100,7 @@ def test_a_broken_adapter_export_fails_verification(trained, tmp_path):
     from deepsynth_ocr.models.adapters import load_adapter
 
     cfg, run_dir, _, batch = trained  # the live model may already be merged by the export test
-    expected = export.logits(load_adapter(load_base(cfg)[0], run_dir / "adapter"), batch)
+    expected = export.compared_logits(load_adapter(load_base(cfg)[0], run_dir / "adapter"), batch)
     adapter = tmp_path / "adapter"
     shutil.copytree(run_dir / "adapter", adapter)
     cfg.to_yaml(adapter / export.CONFIG_NAME)

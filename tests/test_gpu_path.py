@@ -15,6 +15,7 @@ from PIL import Image
 
 from deepsynth_ocr.collate import IGNORE_INDEX, OcrCollator, make_collator
 from deepsynth_ocr.config import ConfigError, RunConfig
+from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.models import backends, tiny
 from deepsynth_ocr.models.deepseek_ocr_v1 import V1Collator, V1Processor, crop_grid, encode_image, image_token_count
 from deepsynth_ocr.models.families import get_family
@@ -156,5 +157,5 @@ def test_unsloth_arguments_per_family():
 def test_auto_backend_without_cuda_is_hf_with_a_reason(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert backends.choose_backend("auto") == ("hf", "auto: no CUDA device, using transformers + peft")
-    with pytest.raises(RuntimeError, match="model.backend"):
+    with pytest.raises(UserError, match="model.backend"):
         backends.choose_backend("unsloth")

@@ -16,6 +16,8 @@ import torch
 from peft import PeftConfig, get_peft_model
 from safetensors.torch import load_file
 
+from deepsynth_ocr.devices import to_model
+
 log = logging.getLogger(__name__)
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -69,13 +71,18 @@ def load_adapter(base_model, adapter_dir: str | Path, trainable: bool = False):
 
 
 @torch.no_grad()
-def _logits(model, batch: dict) -> torch.Tensor:
+def logits(model, batch: dict, last: int | None = None) -> torch.Tensor:
+    """``model``'s logits on ``batch`` (labels ignored), in eval mode, as float32 on the CPU.
+
+    ``last`` keeps only the last positions, so comparing a real checkpoint's vocabulary stays small.
+    """
     was_training = model.training
     model.eval()
     try:
-        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        out = model(**to_model({k: v for k, v in batch.items() if k != "labels"}, model)).logits
     finally:
         model.train(was_training)
+    return (out if last is None else out[:, -last:]).float().cpu()
 
 
 def save_adapter(model, adapter_dir: str | Path, batch: dict) -> float:
@@ -86,12 +93,12 @@ def save_adapter(model, adapter_dir: str | Path, batch: dict) -> float:
     """
     adapter_dir = Path(adapter_dir)
     model.save_pretrained(str(adapter_dir))
-    expected = _logits(model, batch)
+    expected = logits(model, batch)
     model.add_adapter("verify", PeftConfig.from_pretrained(str(adapter_dir)))
     try:
         copy_adapter_weights(model, load_file(str(adapter_dir / ADAPTER_WEIGHTS)), "verify", str(adapter_dir))
         model.set_adapter("verify")
-        diff = (expected - _logits(model, batch)).abs().max().item()
+        diff = (expected - logits(model, batch)).abs().max().item()
     finally:
         model.set_adapter("default")
         model.delete_adapter("verify")

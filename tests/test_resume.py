@@ -1,0 +1,113 @@
+"""``train.resume`` after a SIGKILL continues the run exactly: the same loss at every later step and
+the same final adapter as the run that was never interrupted (GPU_AUDIT.md item 7)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from .conftest import ROOT
+
+STEPS, KILL_AFTER = 30, 20
+
+
+def _train_command(output_root: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "deepsynth_ocr.cli", "train", "-c", "configs/smoke.yaml",
+            "-s", f"output_root={output_root}", "-s", f"train.max_steps={STEPS}", "-s", "train.save_steps=10",
+            "-s", "train.logging_steps=1", "-s", "eval.enabled=false", "-s", "tracking.wandb=disabled", *extra]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def _only_run_dir(root: Path) -> Path:
+    dirs = [p for p in root.iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def _kill_after_checkpoint(output_root: Path) -> Path:
+    """Start a run, SIGKILL it once checkpoint-KILL_AFTER is complete (training has logged the step after it)."""
+    proc = subprocess.Popen(_train_command(output_root), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            dirs = list(output_root.glob("smoke_*")) if output_root.is_dir() else []
+            if dirs and (dirs[0] / "checkpoints" / f"checkpoint-{KILL_AFTER}" / "trainer_state.json").is_file() \
+                    and KILL_AFTER + 1 in _losses(dirs[0]):
+                proc.send_signal(signal.SIGKILL)
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.02)
+        else:
+            pytest.fail("no checkpoint within 300 s")
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    return dirs[0]
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tmp_path):
+    plain = tmp_path / "plain"
+    subprocess.run(_train_command(plain), cwd=ROOT, env=_env(), check=True, capture_output=True)
+    plain_dir = _only_run_dir(plain)
+
+    killed = tmp_path / "killed"
+    killed_dir = _kill_after_checkpoint(killed)
+    assert json.loads((killed_dir / "manifest.json").read_text())["status"] == "running"  # SIGKILL: no chance to record
+    assert max(_losses(killed_dir)) < STEPS
+    resumed = subprocess.run(_train_command(killed, "-s", "train.resume=true"), cwd=ROOT, env=_env(),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _only_run_dir(killed) == killed_dir  # the same run directory, continued
+    expected = _losses(plain_dir)
+    # metrics.jsonl holds both attempts; the resumed attempt's rows come last and win.
+    got = _losses(killed_dir)
+    after = range(KILL_AFTER + 1, STEPS + 1)
+    assert [got[s] for s in after] == [expected[s] for s in after]
+    a = load_file(str(plain_dir / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(killed_dir / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 0
+    diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert diff <= 1e-6, diff
+    assert json.loads((killed_dir / "manifest.json").read_text())["status"] == "ok"
+    log = (killed_dir / "console.log").read_text()
+    assert f"resuming from {killed_dir / 'checkpoints' / f'checkpoint-{KILL_AFTER}'}" in log
+    assert "adapter tensors restored by exact key" in log
+
+
+def test_resume_refuses_a_checkpoint_whose_adapter_keys_do_not_match(tmp_path, smoke_cfg):
+    """A checkpoint that does not fit the model fails loudly, never trains on from a fresh adapter."""
+    from safetensors.torch import save_file
+
+    from deepsynth_ocr.models.adapters import AdapterError
+    from deepsynth_ocr.train import run
+
+    smoke_cfg.train.max_steps, smoke_cfg.train.save_steps = 2, 2
+    smoke_cfg.eval.enabled, smoke_cfg.tracking.wandb = False, "disabled"
+    first = run(smoke_cfg)
+    weights = first.run_dir / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors"
+    state = load_file(str(weights))
+    renamed = {k.replace("language_model.", "language_model.language_model.", 1): v for k, v in state.items()}
+    save_file(renamed, str(weights))  # the doubled prefix that PeftModel.from_pretrained produces
+    smoke_cfg.train.resume, smoke_cfg.train.max_steps = True, 4
+    with pytest.raises(AdapterError, match="matches no parameter"):
+        run(smoke_cfg)
+    manifest = json.loads((first.run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "matches no parameter" in manifest["error"]
+    assert torch.equal(load_file(str(weights))[next(iter(renamed))], next(iter(renamed.values())))
