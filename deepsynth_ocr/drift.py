@@ -299,8 +299,8 @@ def lora_probe() -> dict:
     import os
 
     os.environ.setdefault("UNSLOTH_ALLOW_CPU", "1")
-    from unsloth import FastVisionModel  # first, before the kit imports transformers and peft
     from transformers import Trainer
+    from unsloth import FastVisionModel  # first, before the kit imports transformers and peft
 
     from deepsynth_ocr.models import backends, tiny
 
