@@ -24,6 +24,7 @@ from deepsynth_ocr.data.prepare import PrepareError, prepare_manifest, write_rep
 from deepsynth_ocr.devices import to_model, torch_dtype
 from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.evaluate import PeriodicEvalCallback, evaluate
+from deepsynth_ocr.export import MERGED_RTOL
 from deepsynth_ocr.models.adapters import ADAPTER_WEIGHTS, copy_adapter_weights, save_adapter
 from deepsynth_ocr.models.backends import LoadedModel, checkpoint_source, load_model
 from deepsynth_ocr.models.families import get_family
@@ -113,8 +114,11 @@ def dataloader_workers(cfg: RunConfig) -> int:
 def require_cuda_for_real_checkpoints(cfg: RunConfig) -> None:
     """A real DeepSeek-OCR checkpoint (3 B parameters) is never trained on a CPU: say so before anything starts."""
     if get_family(cfg.model.family).tiny_geometry is None and not torch.cuda.is_available():
-        raise UserError(f"model.family {cfg.model.family!r} ({cfg.model.name_or_path}) trains on a CUDA GPU and this "
-                        "machine has none: run this recipe on a GPU machine, or configs/smoke.yaml (the tiny model) here")
+        why = "this machine has none"
+        if torch.version.cuda:
+            why = f"this torch (a CUDA {torch.version.cuda} build) sees none: is the NVIDIA driver new enough for it?"
+        raise UserError(f"model.family {cfg.model.family!r} ({cfg.model.name_or_path}) trains on a CUDA GPU and {why} "
+                        "Run this recipe on a GPU machine, or configs/smoke.yaml (the tiny model) here")
 
 
 def training_arguments(cfg: RunConfig, run_dir: Path) -> TrainingArguments:
@@ -217,7 +221,9 @@ def run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunResult:
 
         fixed_batch = collator([train_ds[i] for i in range(min(2, len(train_ds)))])
         if cfg.lora.enabled:
-            save_adapter(loaded.model, run_.dir / "adapter", fixed_batch)
+            # Exact on the hf backend; Unsloth's patched LoRA forward gets the 16-bit rounding bound.
+            rtol = 0.0 if loaded.backend == "hf" else MERGED_RTOL.get(loaded.model.dtype, 0.0)
+            save_adapter(loaded.model, run_.dir / "adapter", fixed_batch, rtol=rtol)
         else:
             loaded.model.save_pretrained(run_.dir / "model")
         loaded.processor.save_pretrained(run_.dir / ("adapter" if cfg.lora.enabled else "model"))

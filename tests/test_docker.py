@@ -181,3 +181,36 @@ def test_the_checker_catches_a_cmd_naming_a_missing_module_or_path():
     assert check_command(["deepsynth-ocr", "no-such-subcommand"], "x")
     assert check_makefile("x:\n\t$(BIN)/python -m deepsynth_ocr.nope\nBIN := .venv/bin\n")
     assert check_dockerfile("FROM python:latest\nENTRYPOINT [\"deepsynth-ocr\"]\n", "root")  # unpinned, root
+
+
+def _copied_paths(dockerfile) -> set[str]:
+    return {m.group(1) for m in re.finditer(r"^COPY (\S+) ", dockerfile.read_text(), re.M)}
+
+
+def test_the_cpu_image_holds_everything_the_smoke_config_reads():
+    """GPU_AUDIT.md item 5: configs/smoke.yaml needs the smoke domain and the bundled tiny base."""
+    from deepsynth_ocr.config import RunConfig
+    from deepsynth_ocr.models import tiny
+
+    cfg = RunConfig.from_yaml(ROOT / "configs" / "smoke.yaml")
+    needed = {cfg.data.train_path, cfg.data.eval_path, str(tiny.BUNDLED_BASE.relative_to(ROOT))}
+    copied = _copied_paths(ROOT / "docker" / "Dockerfile.cpu")
+    missing = [p for p in needed if not any(p == c or p.startswith(c.rstrip("/") + "/") for c in copied)]
+    assert not missing, f"docker/Dockerfile.cpu does not COPY {missing}"
+
+
+# PyPI's CUDA build of each torch release the image may pin (the +cuXYZ of its wheel's nvidia-* deps).
+PYPI_TORCH_CUDA = {"2.14.1": "13.0", "2.13.0": "12.8"}
+
+
+def test_torch_and_the_gpu_base_image_agree_on_one_cuda_and_xformers_is_gone():
+    """GPU_AUDIT.md item 10: a CUDA 13.0 torch on a CUDA 12.8 base lets an old driver pass `docker run`
+    and the run then falls back to the CPU; the cu128 xformers wheel cannot load beside that torch."""
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    torch_pin = re.search(r"pip install [^\n]*torch==([\d.]+)", text).group(1)
+    base_cuda = re.search(r"^FROM nvidia/cuda:(\d+\.\d+)\.\d+-", text, re.M).group(1)
+    assert PYPI_TORCH_CUDA[torch_pin] == base_cuda
+    training = (ROOT / "requirements-training.txt").read_text()
+    assert not re.search(r"^(torch|xformers)\b", training, re.M)  # Colab keeps its own CUDA torch
+    for notebook in sorted((ROOT / "notebooks").glob("*.py")):
+        assert "torch==" not in notebook.read_text(), notebook.name

@@ -121,3 +121,25 @@ def test_cli_export_of_a_run_directory(trained, tmp_path, capsys):
     assert "adapter: reloaded in a fresh process, max logit difference 0 (allowed 0)" in capsys.readouterr().out
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "out" / "merged").exists() and (tmp_path / "out" / "README.md").is_file()
+
+
+@pytest.mark.slow
+def test_a_4bit_run_exports_merged_weights_from_the_base_reloaded_unquantised(tmp_path):
+    """GPU_AUDIT.md item 6: the GPU recipes train on a 4-bit base; export merges into the unquantised one."""
+    from deepsynth_ocr.config import RunConfig
+    from deepsynth_ocr.export import export_run
+    from deepsynth_ocr.train import run
+
+    from .conftest import ROOT, SAMPLES
+
+    cfg = RunConfig.from_yaml(ROOT / "configs" / "smoke.yaml")
+    cfg.model.name_or_path, cfg.model.load_in_4bit = "random", True
+    cfg.output_root, cfg.data.train_path, cfg.data.eval_path = str(tmp_path / "runs"), str(SAMPLES / "train.jsonl"), ""
+    cfg.train.max_steps, cfg.train.save_steps, cfg.tracking.wandb = 2, 0, "disabled"
+    run_dir = run(cfg).run_dir
+    out, verification = export_run(run_dir)
+    assert verification["adapter"]["max_logit_diff"] == 0.0
+    assert verification["merged"]["max_logit_diff"] <= verification["merged"]["allowed"]
+    merged_config = json.loads((out / "merged" / "config.json").read_text())
+    assert "quantization_config" not in merged_config and merged_config.get("dtype") == "float32"
+    assert RunConfig.from_yaml(out / "merged" / export.CONFIG_NAME).model.load_in_4bit is False

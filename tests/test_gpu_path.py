@@ -159,3 +159,53 @@ def test_auto_backend_without_cuda_is_hf_with_a_reason(monkeypatch):
     assert backends.choose_backend("auto") == ("hf", "auto: no CUDA device, using transformers + peft")
     with pytest.raises(UserError, match="model.backend"):
         backends.choose_backend("unsloth")
+
+
+@pytest.mark.parametrize("recipe", ["deepseek-ocr-2-qlora.yaml", "deepseek-ocr-qlora.yaml"])
+def test_a_gpu_recipe_on_a_cpu_stops_at_once_in_one_line(recipe, tmp_path, capsys, monkeypatch):
+    from deepsynth_ocr.cli import main
+
+    from .conftest import ROOT
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(ROOT)
+    code = main(["train", "-c", f"configs/{recipe}", "-s", f"output_root={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "trains on a CUDA GPU" in err and "configs/smoke.yaml" in err
+    assert not (tmp_path / "runs").exists()  # nothing started: no run directory, no model download
+
+
+def test_unsloth_is_imported_before_transformers_peft_and_trl(tmp_path):
+    """GPU_AUDIT.md item 11, with a stand-in unsloth package that records what was imported before it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    fake = tmp_path / "unsloth"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import json, os, sys\n"
+        "json.dump({m: m in sys.modules for m in ('transformers', 'peft', 'trl')}, open(os.environ['PROBE_OUT'], 'w'))\n")
+    out = tmp_path / "seen.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "UNSLOTH_ALLOW_CPU": "1",
+           "PROBE_OUT": str(out)}
+    subprocess.run([sys.executable, "-c", "import deepsynth_ocr.train, deepsynth_ocr.cli"], check=True, env=env, cwd=ROOT)
+    assert json.loads(out.read_text()) == {"transformers": False, "peft": False, "trl": False}
+
+
+def test_installed_versions_other_than_the_pins_are_warned_naming_both(monkeypatch, caplog):
+    from deepsynth_ocr import versions
+
+    pinned = versions.pins(versions.ROOT / "requirements-training.txt")
+    assert {"unsloth", "unsloth-zoo", "transformers", "peft", "bitsandbytes", "trl"} <= set(pinned)
+    fake = {"transformers": pinned["transformers"], "peft": "0.22.0", "unsloth": "2026.11.1"}
+    monkeypatch.setattr(versions, "installed", lambda name: fake.get(name))
+    with caplog.at_level(logging.WARNING):
+        found = versions.warn_mismatches()
+    assert [(m["package"], m["installed"], m["pinned"]) for m in found] == [
+        ("unsloth", "2026.11.1", pinned["unsloth"]), ("peft", "0.22.0", pinned["peft"])]
+    assert f"peft 0.22.0 is installed, the kit is pinned to {pinned['peft']}" in caplog.text

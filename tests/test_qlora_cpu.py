@@ -66,3 +66,43 @@ def test_qlora_4bit_trains_after_an_eval_and_keeps_training(tmp_path):
     for name, module in loaded.model.named_modules():
         if name in base_4bit:
             assert torch.equal(module.weight.data, base_4bit[name]), name
+
+
+def test_the_manifest_counts_what_4bit_really_quantises():
+    """GPU_AUDIT.md item 8: transformers' 4-bit load quantises nn.Linear only; the fused experts stay 16-bit."""
+    from deepsynth_ocr.models import tiny
+    from deepsynth_ocr.models.backends import is_vision_param
+
+    cfg = _qlora_cfg()
+    loaded = load_model(cfg)
+    precision = loaded.lm_precision
+    family = loaded.family
+    plain = tiny.build_tiny_model(tiny.build_tiny_tokenizer(), family.tiny_geometry, seed=cfg.seed)
+    lm_total = sum(p.numel() for n, p in plain.named_parameters() if not is_vision_param(n, family))
+    experts = sum(p.numel() for n, p in plain.named_parameters() if ".mlp.experts." in n)
+    linear_lm = sum(m.weight.numel() for n, m in plain.named_modules()
+                    if type(m) is torch.nn.Linear and ".language_model.layers." in n)
+    assert precision["4bit"] + precision["16bit"] == lm_total
+    assert precision["4bit"] == linear_lm
+    assert experts > 0 and precision["16bit"] >= experts
+
+
+def test_gradient_checkpointing_keeps_the_frozen_vision_tower_out_of_the_graph():
+    """GPU_AUDIT.md item 9: no tensor of the vision tower requires grad in a training step, yet LoRA learns."""
+    from deepsynth_ocr.devices import to_model
+
+    cfg = _qlora_cfg()
+    cfg.model.load_in_4bit, cfg.model.gradient_checkpointing = False, True
+    loaded = load_model(cfg)
+    outputs = []
+    loaded.model.get_base_model().model.vision_tower.register_forward_hook(lambda m, a, out: outputs.append(out))
+    family = loaded.family
+    rows = [{"image": render_text(t), "text": t, "prompt": family.default_prompt} for t in random_strings(2, seed=3)]
+    loaded.model.train()
+    loss = loaded.model(**to_model(make_collator(loaded.processor, family)(rows), loaded.model)).loss
+    loss.backward()
+    tensors = [t for out in outputs for t in (out if isinstance(out, (tuple, list)) else
+                                              getattr(out, "to_tuple", lambda o=out: (o,))()) if isinstance(t, torch.Tensor)]
+    assert tensors and not any(t.requires_grad for t in tensors)
+    grads = [p.grad for n, p in loaded.model.named_parameters() if ".lora_B." in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)

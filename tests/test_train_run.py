@@ -37,6 +37,12 @@ def test_cli_train_writes_a_complete_run_directory(tmp_path, monkeypatch):
     assert manifest["status"] == "ok"
     assert manifest["backend"] == "hf" and manifest["backend_reason"]
     assert manifest["parameters"]["trainable"] > 0 and manifest["parameters"]["frozen"] > 0
+    trained = manifest["parameters"]["trained"]  # what is trained, named and counted
+    assert trained["lora_modules"] == len(trained["modules"]) == 14
+    assert trained["lora_modules_by_kind"]["self_attn.q_proj"] == 2 and "mlp.experts" not in trained["lora_modules_by_kind"]
+    assert trained["trainable_parameters"] == manifest["parameters"]["trainable"]
+    assert manifest["dtype"] == "float32" and manifest["dtype_reason"] == "auto: no CUDA device, float32 on the CPU"
+    assert manifest["version_mismatches"] == []
     assert manifest["versions"]["transformers"]
     assert {"before", "after"} <= set(manifest["metrics"])
     assert (run_dir / "checkpoints" / "checkpoint-4").is_dir()
@@ -46,6 +52,7 @@ def test_cli_train_writes_a_complete_run_directory(tmp_path, monkeypatch):
     assert len(rows) == 4 and {"reference", "prediction", "cer", "wer", "stopped"} <= set(rows[0])
     log = (run_dir / "console.log").read_text()
     assert "backend: hf" in log and "paged_adamw_8bit" in log
+    assert "dtype: float32 (auto: no CUDA device" in log and "LoRA on 14 modules" in log
     # W&B ran offline inside the run directory and wrote nothing in the home directory.
     assert list((run_dir / "wandb").glob("offline-run-*"))
     assert not any(home.iterdir()), list(home.iterdir())

@@ -85,11 +85,13 @@ def logits(model, batch: dict, last: int | None = None) -> torch.Tensor:
     return (out if last is None else out[:, -last:]).float().cpu()
 
 
-def save_adapter(model, adapter_dir: str | Path, batch: dict) -> float:
+def save_adapter(model, adapter_dir: str | Path, batch: dict, rtol: float = 0.0) -> float:
     """Save ``model``'s adapter and prove the file reproduces it on ``batch``.
 
     The file is loaded as a second adapter on the same base, and its logits must equal the live
-    adapter's exactly. Returns the max absolute difference (0.0), raises ``AdapterError`` otherwise.
+    adapter's: exactly by default, or within ``rtol`` of the largest logit (Unsloth's fused LoRA
+    kernels on CUDA need not add in the same order for two adapters). Returns the max absolute
+    difference, raises ``AdapterError`` otherwise.
     """
     adapter_dir = Path(adapter_dir)
     model.save_pretrained(str(adapter_dir))
@@ -102,7 +104,8 @@ def save_adapter(model, adapter_dir: str | Path, batch: dict) -> float:
     finally:
         model.set_adapter("default")
         model.delete_adapter("verify")
-    if diff != 0.0:
-        raise AdapterError(f"saved adapter at {adapter_dir} does not reproduce the model (max logit diff {diff})")
-    log.info("adapter saved to %s and verified (reloaded logits identical)", adapter_dir)
+    allowed = rtol * max(1.0, expected.abs().max().item())
+    if diff > allowed:
+        raise AdapterError(f"saved adapter at {adapter_dir} does not reproduce the model (max logit diff {diff}, allowed {allowed:g})")
+    log.info("adapter saved to %s and verified (reloaded logits differ by %g, allowed %g)", adapter_dir, diff, allowed)
     return diff

@@ -283,10 +283,12 @@ def prepare_for_training(model, family: Family, cfg: RunConfig):
             if not is_vision_param(name, family):
                 p.requires_grad_(True)
     if cfg.model.gradient_checkpointing:
-        # Non-reentrant checkpointing needs no input that requires grad, so no enable_input_require_grads():
-        # in transformers 5.17 it hooks every sub-model's input embeddings, SAM's patch embedding included,
-        # which puts the frozen vision tower into the autograd graph (its activations kept for backward).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # gradient_checkpointing_enable() also calls enable_input_require_grads(), which in transformers 5.17
+        # hooks every sub-model's input embeddings, SAM's patch embedding included: the frozen vision tower
+        # then joins the autograd graph and keeps its activations for a backward that never needs them.
+        # Non-reentrant checkpointing needs no input that requires grad, so the hooks go.
+        model.disable_input_require_grads()
     return (model, *count_and_check_trainable(model, family, cfg))
 
 
