@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export WANDB_SILENT := true
 
-.PHONY: setup system-deps unsloth-src gpu-smoke test test-fast lint deepseek-ocr-smoke notebooks sample-data tiny-base smoke-domain clean report-check
+.PHONY: setup setup-v1 test-v1 system-deps unsloth-src gpu-smoke gpu-proof gpu-wheels test test-fast lint deepseek-ocr-smoke notebooks sample-data tiny-base smoke-domain clean report-check
 
 setup: system-deps $(VENV)/.installed unsloth-src
 
@@ -29,6 +29,23 @@ $(VENV)/.installed: requirements-cpu.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name deepsynth-ocr --display-name "DeepSynth OCR" >/dev/null
 	touch $@
+
+# DeepSeek-OCR v1's environment: its remote code needs transformers 4.x (requirements-v1.txt). On CPU
+# Unsloth is left out, as in .venv (its torchvision dependency would pull a CUDA torch).
+VENV_V1 ?= .venv-v1
+setup-v1: $(VENV_V1)/.installed
+$(VENV_V1)/.installed: requirements-v1.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV_V1)
+	$(VENV_V1)/bin/pip install -q --upgrade pip
+	$(VENV_V1)/bin/pip install -q torch==2.13.0
+	grep -v '^unsloth' requirements-v1.txt > $(VENV_V1)/requirements-v1-cpu.txt
+	$(VENV_V1)/bin/pip install -q -r $(VENV_V1)/requirements-v1-cpu.txt
+	$(VENV_V1)/bin/pip install -q --no-deps -e .
+	touch $@
+
+# The v1 family's tests (geometry, collator, pins, backend choice, recipe) under transformers 4.56.2.
+test-v1: setup-v1
+	$(VENV_V1)/bin/python -m pytest tests/test_v1_family.py
 
 # The pinned Unsloth release's source (wheels without dependencies, about 30 MB) for the API-drift
 # tests, which read it with ast: importing Unsloth needs a GPU. The version comes from

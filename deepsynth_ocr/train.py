@@ -26,7 +26,7 @@ from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.evaluate import PeriodicEvalCallback, evaluate
 from deepsynth_ocr.export import MERGED_RTOL
 from deepsynth_ocr.models.adapters import ADAPTER_WEIGHTS, copy_adapter_weights, save_adapter
-from deepsynth_ocr.models.backends import LoadedModel, checkpoint_source, load_model
+from deepsynth_ocr.models.backends import LoadedModel, checkpoint_source, load_model, require_transformers_for
 from deepsynth_ocr.models.families import get_family
 from deepsynth_ocr.report import write_report as write_html_report
 from deepsynth_ocr.runs import Run
@@ -174,6 +174,7 @@ def _evaluate(loaded, eval_ds, cfg: RunConfig, run: Run, tracker: Tracker, tag: 
 
 def run(cfg: RunConfig, run_dir: str | Path | None = None) -> RunResult:
     cfg.validate()
+    require_transformers_for(get_family(cfg.model.family))
     require_cuda_for_real_checkpoints(cfg)
     run_ = Run.create(cfg, run_dir)
     tracker = None

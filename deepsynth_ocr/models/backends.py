@@ -70,6 +70,16 @@ class LoadedModel:
         return out_dir
 
 
+def require_transformers_for(family: Family) -> None:
+    """Stop at once, in one line, when the installed transformers cannot run the family's model code."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) != family.transformers_major:
+        raise UserError(
+            f"model.family {family.name!r} needs transformers {family.transformers_major}.x and this environment has "
+            f"transformers {transformers.__version__}: use {family.environment}")
+
+
 def choose_backend(requested: str) -> tuple[str, str]:
     """Resolve ``auto`` to a concrete backend, with the reason (logged and written to the manifest)."""
     has_cuda = torch.cuda.is_available()
@@ -198,6 +208,7 @@ def load_base(cfg: RunConfig):
     model asked for in 4-bit is first written to a temporary checkpoint and loaded back from it.
     """
     family = get_family(cfg.model.family)
+    require_transformers_for(family)
     source = checkpoint_source(cfg.model)
     if source is None:
         from deepsynth_ocr.models import tiny
@@ -429,6 +440,7 @@ def load_unsloth(cfg: RunConfig, family: Family, reason: str, for_training: bool
 
 
 def load_model(cfg: RunConfig, for_training: bool = True) -> LoadedModel:
+    require_transformers_for(get_family(cfg.model.family))
     backend, reason = choose_backend(cfg.model.backend)
     dtype, dtype_reason = resolve_dtype(cfg.model.dtype)
     log.info("backend: %s (%s)", backend, reason)

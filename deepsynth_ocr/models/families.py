@@ -115,6 +115,9 @@ class Family:
     v1_geometry: V1Geometry | None = None
     # Unsloth's compiler pass for remote-code models, as the Unsloth DeepSeek-OCR notebook uses.
     unsloth_force_compile: bool = False
+    # transformers major version the family's model code needs, and how to get such an environment.
+    transformers_major: int = 5
+    environment: str = "the main environment (`make setup`: .venv, requirements-cpu.txt / requirements-training.txt)"
 
 
 FAMILIES: dict[str, Family] = {
@@ -151,6 +154,9 @@ FAMILIES: dict[str, Family] = {
         pinned_revisions={"deepseek-ai/DeepSeek-OCR": "1e3401a3d4603e9e71ea0ec850bfead602191ec4"},
         v1_geometry=V1Geometry(),
         unsloth_force_compile=True,
+        # Its modeling_deepseekv2.py imports LlamaFlashAttention2 and is_torch_fx_available (gone in 5.x).
+        transformers_major=4,
+        environment="the v1 environment (`make setup-v1`: .venv-v1, requirements-v1.txt)",
     ),
 }
 

@@ -15,13 +15,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from torch import nn
-from transformers import (
-    DeepseekOcr2Config,
-    DeepseekOcr2ForConditionalGeneration,
-    DeepseekOcr2ImageProcessorPil,
-    DeepseekOcr2Processor,
-    PreTrainedTokenizerFast,
-)
+# The DeepSeek-OCR-2 classes are looked up when a tiny model is built, not at import: the tokenizer
+# also serves DeepSeek-OCR v1's tests in the transformers 4.x environment, which has no deepseek_ocr2.
+import transformers
+from transformers import PreTrainedTokenizerFast
 
 from deepsynth_ocr.config import ConfigError
 
@@ -93,12 +90,12 @@ def build_tiny_tokenizer(pad_token: str = PAD) -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_model_config(tokenizer: PreTrainedTokenizerFast, geometry) -> DeepseekOcr2Config:
+def tiny_model_config(tokenizer: PreTrainedTokenizerFast, geometry) -> transformers.DeepseekOcr2Config:
     """Config of the tiny model. ``geometry`` is a ``families.TinyGeometry``."""
     sam_hidden = 32
     encoder_hidden = 64
     text_hidden = geometry.text_hidden_size
-    return DeepseekOcr2Config(
+    return transformers.DeepseekOcr2Config(
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE),
         vision_config={
             "sam_config": {
@@ -176,13 +173,13 @@ def scale_output_head(model: nn.Module) -> None:
 
 def build_tiny_model(
     tokenizer: PreTrainedTokenizerFast, geometry, seed: int
-) -> DeepseekOcr2ForConditionalGeneration:
+) -> transformers.DeepseekOcr2ForConditionalGeneration:
     """Random tiny DeepSeek-OCR-2, identical for identical ``seed``."""
     config = tiny_model_config(tokenizer, geometry)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = DeepseekOcr2ForConditionalGeneration(config)
+        model = transformers.DeepseekOcr2ForConditionalGeneration(config)
         reinit_sam(model)
         scale_output_head(model)
     finally:
@@ -193,13 +190,13 @@ def build_tiny_model(
     return model.eval()
 
 
-def build_tiny_processor(tokenizer: PreTrainedTokenizerFast, geometry) -> DeepseekOcr2Processor:
+def build_tiny_processor(tokenizer: PreTrainedTokenizerFast, geometry) -> transformers.DeepseekOcr2Processor:
     """Processor whose placeholder count matches what the tiny vision tower emits per view."""
-    image_processor = DeepseekOcr2ImageProcessorPil(
+    image_processor = transformers.DeepseekOcr2ImageProcessorPil(
         size={"height": geometry.image_size, "width": geometry.image_size},
         tile_size=geometry.tile_size,
     )
-    return DeepseekOcr2Processor(
+    return transformers.DeepseekOcr2Processor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=geometry.processor_patch_size,
