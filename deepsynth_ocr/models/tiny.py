@@ -13,11 +13,12 @@ from functools import cache
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-from torch import nn
+
 # The DeepSeek-OCR-2 classes are looked up when a tiny model is built, not at import: the tokenizer
 # also serves DeepSeek-OCR v1's tests in the transformers 4.x environment, which has no deepseek_ocr2.
 import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from deepsynth_ocr.config import ConfigError
