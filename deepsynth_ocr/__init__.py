@@ -4,6 +4,8 @@ Unsloth patches transformers, peft and trl when it is imported, and code importe
 unpatched (it says so in a warning). So where Unsloth is installed and can run (a CUDA device, or
 ``UNSLOTH_ALLOW_CPU=1``), importing this package imports Unsloth first, before any of those. A broken
 Unsloth install is remembered here and reported when the backend is chosen, never raised at import.
+``DEEPSYNTH_SKIP_UNSLOTH=1`` keeps Unsloth out of the process: the hf backend then runs on
+transformers as released (the GPU proof's hf case does this).
 """
 
 import importlib.util
@@ -14,7 +16,7 @@ UNSLOTH_IMPORT_ERROR: str | None = None
 
 def _import_unsloth_first() -> None:
     global UNSLOTH_IMPORT_ERROR
-    if importlib.util.find_spec("unsloth") is None:
+    if os.environ.get("DEEPSYNTH_SKIP_UNSLOTH") == "1" or importlib.util.find_spec("unsloth") is None:
         return
     import torch  # Unsloth imports torch itself; only transformers, peft and trl must come after it
 

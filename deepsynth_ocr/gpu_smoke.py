@@ -1,4 +1,4 @@
-"""``make gpu-smoke``: 30 steps of real QLoRA on a GPU, then peak VRAM and seconds per step.
+"""``make gpu-smoke``: 30 steps of real QLoRA on a GPU, then peak reserved VRAM and seconds per step.
 
 Needs CUDA, the training stack (requirements-training.txt) and hub access for the weights. It
 trains on rendered text lines (no dataset download), through the same ``train.run`` as everything
@@ -10,7 +10,6 @@ else, so the run directory, manifest and eval files are the usual ones. Never ru
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 
 from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.data.synthetic import random_strings, write_sample_set
-from deepsynth_ocr.train import run
+from deepsynth_ocr.gpu_proof import measured_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,15 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg.data.train_path, cfg.data.eval_path = str(manifests["train"]), str(manifests["eval"])
     cfg.train.max_steps, cfg.train.save_steps, cfg.train.logging_steps = args.steps, 0, 1
     cfg.validate()
-    torch.cuda.reset_peak_memory_stats()
-    result = run(cfg)
-    timings = json.loads((result.run_dir / "manifest.json").read_text())["timings"]
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    print(f"backend {result.loaded.backend} | {torch.cuda.get_device_name()} | peak VRAM {peak:.2f} GiB | "
-          f"{timings['train_s'] / args.steps:.2f} s/step over {args.steps} steps")
-    if result.before and result.after:
-        print(f"CER before {result.before.get('cer', float('nan')):.4f} -> after {result.after.get('cer', float('nan')):.4f}")
-    print(f"run directory: {result.run_dir}")
+    r = measured_run(cfg)
+    print(f"backend {r['backend']} | {r['device']} | peak reserved VRAM {r['peak_reserved_gib']:.2f} GiB "
+          f"(allocated {r['peak_allocated_gib']:.2f}) | {r['s_per_step']:.2f} s/step over {args.steps} steps")
+    if r["cer_before"] is not None and r["cer_after"] is not None:
+        print(f"CER before {r['cer_before']:.4f} -> after {r['cer_after']:.4f}")
+    print(f"run directory: {r['run_dir']}")
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -94,6 +95,8 @@ def choose_backend(requested: str) -> tuple[str, str]:
                 "use backend 'hf' (or 'auto') on this machine"
             )
         return "unsloth", "requested in config"
+    if os.environ.get("DEEPSYNTH_SKIP_UNSLOTH") == "1":
+        has_unsloth = False
     if has_cuda and has_unsloth:
         try:
             importlib.import_module("unsloth")
@@ -374,8 +377,12 @@ def unsloth_gradient_checkpointing(cfg: RunConfig) -> bool | str:
 
 def unsloth_load_kwargs(cfg: RunConfig, family: Family) -> dict:
     """Arguments for ``FastVisionModel.from_pretrained``."""
+    source = checkpoint_source(cfg.model)
+    if source is None:
+        raise UserError("model.backend 'unsloth' loads checkpoints; model.name_or_path 'random' is built in code: "
+                        "use the bundled tiny base (model.name_or_path empty) or backend 'hf'")
     kwargs = {
-        "model_name": cfg.model.name_or_path,
+        "model_name": source,
         "revision": resolve_revision(cfg, family),
         "dtype": torch_dtype(cfg.model.dtype),
         "load_in_4bit": cfg.model.load_in_4bit,
