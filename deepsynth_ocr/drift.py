@@ -335,8 +335,10 @@ def lora_probe_in_subprocess(root: Path) -> dict:
 
     env = {**os.environ, "UNSLOTH_ALLOW_CPU": "1",
            "PYTHONPATH": os.pathsep.join([str(root), str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "deepsynth_ocr.drift", "lora-probe"], capture_output=True, text=True,
-                          env=env, cwd=ROOT)
+    # Unsloth writes its compiled-module cache into the working directory: keep it out of the repository.
+    with tempfile.TemporaryDirectory(prefix="unsloth-probe-") as cwd:
+        proc = subprocess.run([sys.executable, "-m", "deepsynth_ocr.drift", "lora-probe"], capture_output=True,
+                              text=True, env=env, cwd=cwd)
     if proc.returncode != 0:
         raise DriftError(f"the Unsloth LoRA probe did not run:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
