@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import tempfile
 import time
@@ -32,33 +31,21 @@ from pathlib import Path
 
 from deepsynth_ocr.config import EvalConfig, RunConfig
 from deepsynth_ocr.data.prepare import prepare_manifest
-from deepsynth_ocr.evaluate import generate, max_new_tokens_for
+from deepsynth_ocr.evaluate import generate, max_new_tokens_for, plain_generate
 from deepsynth_ocr.models.backends import load_base
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 16
 
 
-def plain_loop(model, processor, family, rows, bound: int) -> list[str]:
-    """Per-image generation as the transformers docs show it, without the kit: one processor call
-    and one ``generate(**inputs, max_new_tokens=..., do_sample=False)`` per image."""
-    texts = []
-    for row in rows:
-        inputs = processor(images=row["image"].convert("RGB"), text=row["prompt"], return_tensors="pt",
-                           **family.image_kwargs)
-        out = model.generate(**inputs, max_new_tokens=bound, do_sample=False)
-        texts.append(processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-    return texts
-
-
-def compare(model, processor, family, rows, bound: int, rounds: int) -> dict:
+def compare(loaded, rows, bound: int, rounds: int) -> dict:
     """Best-of-``rounds`` images/s of the plain loop, the kit at batch 1 and at batch ``BATCH``,
     interleaved, on the same rows."""
     def kit(batch_size):
-        return lambda: generate(model, processor, family, rows, EvalConfig(batch_size=batch_size), bound)
+        return lambda: generate(loaded, rows, EvalConfig(batch_size=batch_size), bound)
 
-    modes = {"plain": lambda: plain_loop(model, processor, family, rows, bound), "per_image": kit(1), "batched": kit(BATCH)}
-    generate(model, processor, family, rows[:2], EvalConfig(batch_size=2), bound)  # warm-up
+    modes = {"plain": lambda: plain_generate(loaded, rows, bound), "per_image": kit(1), "batched": kit(BATCH)}
+    generate(loaded, rows[:2], EvalConfig(batch_size=2), bound)  # warm-up
     best = dict.fromkeys(modes, float("inf"))
     out = {}
     for _ in range(rounds):
@@ -74,17 +61,18 @@ def compare(model, processor, family, rows, bound: int, rounds: int) -> dict:
 
 
 def eval_ratio(cfg: RunConfig, n_rows: int, rounds: int, lengths: list[int]) -> None:
-    model, processor, family = load_base(cfg)
-    model.eval()
-    ds, _ = prepare_manifest(cfg.data.eval_path, cfg.data, processor.tokenizer, family.default_prompt)
+    loaded = load_base(cfg)
+    model = loaded.model.eval()
+    tokenizer = loaded.processor.tokenizer
+    ds, _ = prepare_manifest(cfg.data.eval_path, cfg.data, tokenizer, loaded.family.default_prompt)
     rows = [ds[i % len(ds)] for i in range(n_rows)]
-    natural = max_new_tokens_for([r["text"] for r in rows], processor.tokenizer, EvalConfig())
-    results = [("smoke eval (EOS on)", compare(model, processor, family, rows, natural, rounds))]
+    natural = max_new_tokens_for([r["text"] for r in rows], tokenizer, EvalConfig())
+    results = [("smoke eval (EOS on)", compare(loaded, rows, natural, rounds))]
     default = copy.deepcopy(model.generation_config)
     try:
         for n in lengths:
             model.generation_config.min_new_tokens = n  # every mode copies it: EOS cannot end a row early
-            results.append((f"exactly {n} tokens", compare(model, processor, family, rows, n, rounds)))
+            results.append((f"exactly {n} tokens", compare(loaded, rows, n, rounds)))
     finally:
         model.generation_config = default
     name = cfg.model.name_or_path or "bundled tiny base"
@@ -98,14 +86,15 @@ def eval_ratio(cfg: RunConfig, n_rows: int, rounds: int, lengths: list[int]) -> 
 
 
 def train_ratio(cfg: RunConfig) -> None:
-    from deepsynth_ocr.train import run
+    from deepsynth_ocr.jobs.train import train as train_job
+    from deepsynth_ocr.runs import RunPaths
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg.output_root = tmp
         cfg.tracking.wandb = "disabled"
         cfg.eval.baselines = []  # baselines are not the kit's evaluation
-        result = run(cfg)
-        timings = json.loads((result.run_dir / "manifest.json").read_text())["timings"]
+        result = train_job(cfg)
+        timings = RunPaths(result.run_dir).read_manifest()["timings"]
     train = timings["train_s"]
     periodic = timings.get("eval_periodic_s", 0.0)
     evals = timings.get("eval_before_s", 0.0) + timings.get("eval_after_s", 0.0)

@@ -25,7 +25,7 @@ from deepsynth_ocr.collate import OcrCollator
 from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.data.prepare import prepare_manifest
 from deepsynth_ocr.models.backends import load_model
-from deepsynth_ocr.train import training_arguments
+from deepsynth_ocr.training import training_arguments
 
 
 class StepTimer(TrainerCallback):

@@ -1,79 +1,60 @@
-"""``deepsynth-ocr``: command-line entry points over the package functions."""
+"""``deepsynth-ocr``: command-line entry points, each parsing its arguments and calling one job.
+
+A mistake the user can fix (``errors.UserError``: a config field, a missing file, the wrong machine)
+is printed as one line with exit code 2; anything else is a bug and keeps its traceback (exit 1).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-import yaml
-
-from deepsynth_ocr.config import ConfigError, RunConfig
-
-
-def _parse_value(text: str):
-    """``-s train.max_steps=10``: the value is read as YAML (numbers, booleans, strings)."""
-    return yaml.safe_load(text)
-
-
-def build_config(config_path: str | None, overrides: list[str]) -> RunConfig:
-    cfg = RunConfig.from_yaml(config_path) if config_path else RunConfig()
-    data = cfg.to_dict()
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r}: expected section.field=value")
-        *path, leaf = key.split(".")
-        node = data
-        for part in path:
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"{key}: unknown config section {part!r}")
-            node = node[part]
-        node[leaf] = _parse_value(value)
-    return RunConfig.from_dict(data)
+from deepsynth_ocr.config import RunConfig, parse_value
+from deepsynth_ocr.errors import UserError
+from deepsynth_ocr.runs import RunPaths, open_finished
 
 
 def _load_run_config(run_dir: str | None, config_path: str | None, overrides: list[str]) -> RunConfig:
-    """A run directory's resolved config (its config.yaml), else a YAML config, with -s overrides."""
-    return build_config(f"{run_dir}/config.yaml" if run_dir else config_path, overrides)
+    """A run directory's resolved config, else a YAML config, with -s overrides."""
+    return RunConfig.load(open_finished(run_dir).config if run_dir else config_path, overrides)
 
 
 def cmd_evaluate(args) -> int:
-    from deepsynth_ocr.evaluate import run_evaluation
+    from deepsynth_ocr.jobs.evaluate import evaluate
 
     cfg = _load_run_config(args.run, args.config, args.set)
-    adapter = args.adapter or (f"{args.run}/adapter" if args.run else None)
-    run_dir, summaries = run_evaluation(cfg, adapter)
+    adapter = args.adapter or (str(open_finished(args.run, need_adapter=True).adapter) if args.run else None)
+    run_dir, summaries = evaluate(cfg, adapter)
     for tag, s in summaries.items():
         print(f"{tag}: CER {s['cer']} WER {s['wer']} exact {s['exact_match']:.3f} catastrophic {s['catastrophic_rate']:.3f}")
-    print(f"report: {run_dir / 'report.html'}")
+    print(f"report: {RunPaths(run_dir).report}")
     return 0
 
 
 def cmd_infer(args) -> int:
     import logging
 
-    from deepsynth_ocr.infer import load_for_inference, run_inference
+    from deepsynth_ocr.jobs.infer import infer
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = _load_run_config(args.run, args.config, args.set)
     if args.run and not cfg.infer.adapter:
-        cfg.infer.adapter = f"{args.run}/adapter"
-    parts = load_for_inference(cfg) if cfg.infer.backend == "hf" else (None, None, None)
-    print(run_inference(args.inputs, args.out, cfg, *parts))
+        cfg.infer.adapter = str(open_finished(args.run, need_adapter=True).adapter)
+    print(infer(args.inputs, args.out, cfg))
     print(f"results: {args.out}")
     return 0
 
 
 def cmd_export(args) -> int:
-    from deepsynth_ocr.export import ExportError, export_run
+    from deepsynth_ocr.export import ExportError
+    from deepsynth_ocr.jobs.export import export
 
-    cfg = build_config(f"{args.run_dir}/config.yaml", args.set)
+    cfg = _load_run_config(args.run_dir, None, args.set)
     cfg.export.merged = cfg.export.merged and not args.no_merged
     cfg.export.hub_repo_id = args.push or cfg.export.hub_repo_id
     cfg.export.hub_private = cfg.export.hub_private and not args.public
     try:
-        out_dir, verification = export_run(args.run_dir, args.out, cfg)
+        out_dir, verification = export(args.run_dir, args.out, cfg)
     except ExportError as e:
         print(f"deepsynth-ocr export: verification failed: {e}", file=sys.stderr)
         return 1
@@ -94,9 +75,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from deepsynth_ocr.train import run
+    from deepsynth_ocr.jobs.train import train
 
-    result = run(build_config(args.config, args.set))
+    result = train(RunConfig.load(args.config, args.set))
     if result.before and result.after:
         print(f"CER before {result.before.get('cer', float('nan')):.4f} -> after {result.after.get('cer', float('nan')):.4f}")
     print(f"run directory: {result.run_dir}")
@@ -106,9 +87,9 @@ def cmd_train(args) -> int:
 def cmd_prepare(args) -> int:
     import logging
 
-    from deepsynth_ocr.data.prepare import prepare
+    from deepsynth_ocr.jobs.prepare import prepare
 
-    cfg = build_config(args.config, args.set)
+    cfg = RunConfig.load(args.config, args.set)
     cfg.prepare.sources = args.sources or cfg.prepare.sources
     cfg.prepare.output_dir = args.out or cfg.prepare.output_dir
     cfg.data.source_type = args.type or cfg.data.source_type
@@ -122,16 +103,16 @@ def cmd_prepare(args) -> int:
 def cmd_notebook(args) -> int:
     import logging
 
-    from deepsynth_ocr.notebooks_run import NotebookFailed, run_notebook
+    from deepsynth_ocr.jobs.notebook import NotebookFailed, run_notebook
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    parameters = {key: _parse_value(value) for key, value in args.param}
+    parameters = {key: parse_value(value) for key, value in args.param}
     try:
         run_dir = run_notebook(args.name, parameters, args.config, args.run_dir)
     except NotebookFailed as e:
         print(f"deepsynth-ocr notebook: {e}", file=sys.stderr)
         return 1
-    metrics = json.loads((run_dir / "manifest.json").read_text()).get("metrics") or {}
+    metrics = RunPaths(run_dir).read_manifest().get("metrics") or {}
     if isinstance(metrics.get("before"), dict) and isinstance(metrics.get("after"), dict):
         print(f"CER before {metrics['before'].get('cer')} -> after {metrics['after'].get('cer')}")
     print(f"run directory: {run_dir}")
@@ -192,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except UserError as e:
         print(f"deepsynth-ocr {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -2,7 +2,8 @@
 
 Every user entry point (notebook parameters cell, ``deepsynth-ocr`` CLI, papermill) builds one
 ``RunConfig``. Notebook parameters use flat names ``<section>_<field>`` (``train_learning_rate``)
-so they stay plain literals; ``RunConfig.from_flat`` maps them back.
+so they stay plain literals; ``RunConfig.from_flat`` maps them back. Owns the one parser of
+``section.field=value`` overrides (``RunConfig.load``) and of command-line values (``parse_value``).
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ class PrepareConfig:
     page_width_mm: float = _f(210.0, "Width of a rendered document page in millimetres (A4 by default).")
     page_height_mm: float = _f(297.0, "Height of a rendered document page in millimetres.")
     margin_mm: float = _f(15.0, "Page margin in millimetres.")
-    font: str = _f("DejaVuSans", "Font of rendered documents (a name from synthetic.available_fonts()).")
+    font: str = _f("DejaVuSans", "Font of rendered documents (a name from data.fonts.available_fonts()).")
     font_size_pt: float = _f(11.0, "Font size of rendered documents in points.")
     max_pages: int = _f(
         3, "A document rendering to more pages than this is rejected: pages are stacked into one tall image, "
@@ -333,6 +334,27 @@ class RunConfig:
             raise ConfigError(f"{path}: expected a mapping of config sections, got {type(data).__name__}")
         return cls.from_dict(data)
 
+    @classmethod
+    def load(cls, config_path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+        """The config of ``config_path`` (defaults when None) with ``section.field=value`` overrides applied.
+
+        The one parser of overrides: the CLI's ``-s``, and (through ``parse_value``) the notebook
+        CLI's ``-p NAME VALUE``, read values as YAML (numbers, booleans, lists, strings).
+        """
+        data = (cls.from_yaml(config_path) if config_path else cls()).to_dict()
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"override {item!r}: expected section.field=value")
+            *path, leaf = key.split(".")
+            node = data
+            for part in path:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"{key}: unknown config section {part!r}; sections: {list(SECTIONS)}")
+                node = node[part]
+            node[leaf] = parse_value(value)
+        return cls.from_dict(data)
+
     # --- flat names for notebook parameters --------------------------------------------------
     def to_flat(self) -> dict[str, Any]:
         flat: dict[str, Any] = {}
@@ -354,6 +376,14 @@ class RunConfig:
             else:
                 data[key] = value
         return cls.from_dict(data)
+
+
+def parse_value(text: str) -> Any:
+    """A value given on a command line (``-s train.max_steps=10``, ``-p train_max_steps 10``), read as YAML."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # not YAML (an unbalanced quote, a stray colon): the literal string
 
 
 SECTIONS = ("model", "lora", "data", "prepare", "train", "eval", "tracking", "infer", "export")

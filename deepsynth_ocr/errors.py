@@ -7,3 +7,7 @@ Anything else is a bug and keeps its traceback.
 
 class UserError(ValueError):
     """A mistake the user can fix; the message says which and how."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or directory the user named (a manifest, a corpus, a font, a notebook) does not exist."""

@@ -108,9 +108,11 @@ def generate_batch(model, collator: OcrCollator, rows: list[dict], cfg: EvalConf
     return [_decode(row, tokenizer, collator.pad_id, cfg) for row in generated.tolist()]
 
 
-def generate(model, processor, family, rows, cfg: EvalConfig, max_new_tokens: int, desc: str = "generate") -> list[Prediction]:
-    """Greedy, batched, left-padded generation for ``rows`` (a sequence of {image, prompt} dicts)."""
-    collator = make_collator(processor, family, for_generation=True)
+def generate(loaded, rows, cfg: EvalConfig, max_new_tokens: int, desc: str = "generate") -> list[Prediction]:
+    """Greedy, batched, left-padded generation for ``rows`` (a sequence of {image, prompt} dicts) with
+    ``loaded`` (a ``models.backends.LoadedModel``)."""
+    model = loaded.model
+    collator = make_collator(loaded.processor, loaded.family, for_generation=True)
     loader = DataLoader(rows, batch_size=cfg.batch_size, collate_fn=list, shuffle=False)
     was_training = model.training
     model.eval()
@@ -123,9 +125,22 @@ def generate(model, processor, family, rows, cfg: EvalConfig, max_new_tokens: in
     return out
 
 
-def score_rows(model, processor, family, rows, cfg: EvalConfig, max_new_tokens: int, desc: str = "generate") -> dict:
+def plain_generate(loaded, rows, max_new_tokens: int) -> list[str]:
+    """Per-image generation as the transformers docs show it, without the kit: one processor call and one
+    ``generate(**inputs, max_new_tokens=..., do_sample=False)`` per image. The reference that the batched
+    path must agree with, and the baseline its speed is measured against (benchmarks/eval_throughput.py)."""
+    texts = []
+    for row in rows:
+        inputs = loaded.processor(images=row["image"].convert("RGB"), text=row["prompt"], return_tensors="pt",
+                                  **loaded.family.image_kwargs)
+        out = loaded.model.generate(**to_model(dict(inputs), loaded.model), max_new_tokens=max_new_tokens, do_sample=False)
+        texts.append(loaded.processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+    return texts
+
+
+def score_rows(loaded, rows, cfg: EvalConfig, max_new_tokens: int, desc: str = "generate") -> dict:
     """Corpus and per-sample metrics of greedy predictions on ``rows`` ({image, prompt, text}), no files written."""
-    preds = generate(model, processor, family, rows, cfg, max_new_tokens, desc=desc)
+    preds = generate(loaded, rows, cfg, max_new_tokens, desc=desc)
     return metrics.aggregate([r["text"] for r in rows], [p.text for p in preds], cfg.normalization(),
                              [p.looped for p in preds])
 
@@ -157,11 +172,11 @@ def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def evaluate(model, processor, family, dataset, cfg: EvalConfig, out_path: Path, tag: str) -> dict:
+def evaluate_dataset(loaded, dataset, cfg: EvalConfig, out_path: Path, tag: str) -> dict:
     """Score ``dataset`` (rows with image, text, prompt, id); write per-sample JSONL to ``out_path``."""
     rows = eval_rows(dataset, cfg)
-    bound = max_new_tokens_for([r["text"] for r in rows], processor.tokenizer, cfg)
-    preds = generate(model, processor, family, rows, cfg, bound, desc=f"eval {tag}")
+    bound = max_new_tokens_for([r["text"] for r in rows], loaded.processor.tokenizer, cfg)
+    preds = generate(loaded, rows, cfg, bound, desc=f"eval {tag}")
     summary = score_and_write(rows, preds, cfg, out_path)
     summary["max_new_tokens"] = bound
     log.info("eval %s: CER %s WER %s exact %.3f stopped %.3f catastrophic %.3f (n=%d)", tag, _fmt(summary["cer"]),
@@ -188,45 +203,8 @@ class PeriodicEvalCallback(TrainerCallback):
         start = time.time()
         self.loaded.for_inference()
         try:
-            summary = score_rows(self.loaded.model, self.loaded.processor, self.loaded.family, self.rows, self.cfg,
-                                 self.bound, desc=f"eval step {state.global_step}")
+            summary = score_rows(self.loaded, self.rows, self.cfg, self.bound, desc=f"eval step {state.global_step}")
         finally:
             self.loaded.for_training()
         self.log_fn({k: v for k, v in summary.items() if k != "normalization"}, state.global_step)
         self.seconds += time.time() - start
-
-
-def run_evaluation(cfg, adapter_dir: str | Path | None = None, run_dir: str | Path | None = None) -> tuple[Path, dict]:
-    """Stand-alone evaluation into a new run directory: the base model (``before``), the adapter's
-    fine-tuned model (``after``) when given, the baselines, and ``report.html``."""
-    from deepsynth_ocr.baselines import run_baselines
-    from deepsynth_ocr.data.prepare import prepare_manifest
-    from deepsynth_ocr.models.adapters import load_adapter
-    from deepsynth_ocr.models.backends import load_base
-    from deepsynth_ocr.report import write_report
-    from deepsynth_ocr.runs import Run
-
-    cfg.validate()
-    if not cfg.data.eval_path:
-        raise ValueError("data.eval_path: stand-alone evaluation needs an eval manifest")
-    run = Run.create(cfg, run_dir)
-    try:
-        model, processor, family = load_base(cfg)
-        # A prepare output directory gives its validation split, as for the eval set of a training run.
-        dataset, report = prepare_manifest(cfg.data.eval_path, cfg.data, processor.tokenizer, family.default_prompt,
-                                           split="validation", prepare_cfg=cfg.prepare)
-        (log.warning if report.rejected else log.info)("data %s", report.summary())
-        summaries = {"before": evaluate(model, processor, family, dataset, cfg.eval, run.dir / "eval" / "before.jsonl", "before")}
-        if adapter_dir:
-            model = load_adapter(model, adapter_dir)
-            summaries["after"] = evaluate(model, processor, family, dataset, cfg.eval, run.dir / "eval" / "after.jsonl", "after")
-        summaries |= {f"baseline_{k}": v for k, v in run_baselines(dataset, cfg.eval, run.dir / "eval").items()}
-        for tag, summary in summaries.items():
-            run.log_metrics({"step": 0, "eval": tag, **summary})
-        run.update(metrics=summaries, adapter=str(adapter_dir) if adapter_dir else None)
-        run.finish("ok")
-    except BaseException as e:
-        run.finish("failed", e)
-        raise
-    write_report(run.dir)
-    return run.dir, summaries

@@ -1,4 +1,6 @@
-"""Export a fine-tuned model: the adapter, merged weights, a model card, an optional hub push.
+"""Export a fine-tuned ``LoadedModel``: the adapter, merged weights, a model card, an optional hub push.
+
+Library code of plain values; ``jobs.export`` finds a run's adapter and feeds this module.
 
 Every export verifies itself in a fresh process: the exported files are loaded there from scratch
 (base + ``load_adapter`` for the adapter, ``from_pretrained`` for the merged weights) and their
@@ -24,9 +26,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from deepsynth_ocr.collate import make_collator
 from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.models.adapters import AdapterError, load_adapter, logits
-from deepsynth_ocr.models.backends import LoadedModel, load_base
+from deepsynth_ocr.data.prepare import prepare_manifest
+from deepsynth_ocr.models.adapters import logits
+from deepsynth_ocr.models.backends import LoadedModel, checkpoint_source, load_base
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ CONFIG_NAME = "deepsynth_config.yaml"  # the run config, so the export can be re
 
 
 class ExportError(RuntimeError):
-    pass
+    """An export that does not reproduce the fine-tuned model: a real failure, not a user's mistake."""
 
 
 def compared_logits(model, batch: dict) -> torch.Tensor:
@@ -53,9 +57,9 @@ def _reload(kind: str, directory: Path):
     """The exported model, loaded as a user would load it (runs in the fresh process)."""
     cfg = RunConfig.from_yaml(directory / CONFIG_NAME)
     if kind == "adapter":
-        return load_adapter(load_base(cfg)[0], directory)
+        return load_base(cfg).with_adapter(directory).model
     cfg.model.name_or_path = str(directory)
-    return load_base(cfg)[0]
+    return load_base(cfg).model
 
 
 def merged_tolerance(expected: torch.Tensor, dtype: torch.dtype) -> float:
@@ -82,16 +86,14 @@ def verify_in_fresh_process(kind: str, directory: Path, batch: dict, expected: t
     return {"max_logit_diff": diff, "allowed": atol}
 
 
-def model_card(run_dir: Path | None, cfg: RunConfig, verification: dict) -> str:
-    """Markdown model card: base model, data summary, config, before/after metrics, verification."""
+def model_card(cfg: RunConfig, verification: dict, manifest: dict | None = None, data: list | None = None) -> str:
+    """Markdown model card: base model, data summary (``data``: the run's data report), config,
+    before/after metrics (from the run's ``manifest``), verification."""
     from huggingface_hub import ModelCardData
-
-    from deepsynth_ocr.models.backends import checkpoint_source
 
     source = checkpoint_source(cfg.model)
     base = source or f"{cfg.model.family} (random, built in code by deepsynth-ocr)"
-    manifest = json.loads((run_dir / "manifest.json").read_text()) if run_dir and (run_dir / "manifest.json").is_file() else {}
-    data = json.loads((run_dir / "data_report.json").read_text()) if run_dir and (run_dir / "data_report.json").is_file() else []
+    manifest, data = manifest or {}, data or []
     # base_model names a hub repository; a local directory (such as the tiny base) is not one.
     meta = ModelCardData(base_model=source if source and not Path(source).exists() else None, library_name="peft", pipeline_tag="image-text-to-text",
                          tags=["ocr", "deepseek-ocr", "lora", "deepsynth-ocr"])
@@ -117,13 +119,15 @@ def model_card(run_dir: Path | None, cfg: RunConfig, verification: dict) -> str:
     return "\n".join(lines)
 
 
-def export_model(model, processor, family, cfg: RunConfig, out_dir: str | Path, batch: dict,
-                 run_dir: Path | None = None) -> dict:
-    """Export the fine-tuned peft ``model`` to ``out_dir`` and verify each export in a fresh process.
+def export_model(loaded: LoadedModel, cfg: RunConfig, out_dir: str | Path, batch: dict,
+                 manifest: dict | None = None, data: list | None = None) -> dict:
+    """Export the fine-tuned peft model of ``loaded`` to ``out_dir`` and verify each export in a fresh process.
 
-    With ``export.merged`` the adapter is merged into ``model`` in place (export last, or pass a copy).
+    With ``export.merged`` the adapter is merged into the model in place (export last, or pass a copy).
+    ``manifest`` and ``data`` (the run's manifest and data report) feed the model card.
     Returns ``{kind: {"max_logit_diff", "allowed"}}``; raises ``ExportError`` when an export does not reproduce the model.
     """
+    model, processor = loaded.model, loaded.processor
     out_dir = Path(out_dir)
     expected = compared_logits(model, batch)
     verification = {}
@@ -133,12 +137,12 @@ def export_model(model, processor, family, cfg: RunConfig, out_dir: str | Path, 
     cfg.to_yaml(adapter_dir / CONFIG_NAME)
     verification["adapter"] = verify_in_fresh_process("adapter", adapter_dir, batch, expected, atol=0.0)
     if cfg.export.merged:
-        merged_dir = LoadedModel(model, processor, family, "hf", "export").save_merged(out_dir / "merged")
+        merged_dir = loaded.save_merged(out_dir / "merged")
         cfg.to_yaml(merged_dir / CONFIG_NAME)
         verification["merged"] = verify_in_fresh_process("merged", merged_dir, batch, expected,
                                                          atol=merged_tolerance(expected, model.dtype))
     (out_dir / "verification.json").write_text(json.dumps(verification, indent=2))
-    (out_dir / "README.md").write_text(model_card(run_dir, cfg, verification), encoding="utf-8")
+    (out_dir / "README.md").write_text(model_card(cfg, verification, manifest, data), encoding="utf-8")
     if cfg.export.hub_repo_id:
         push_to_hub(out_dir, cfg.export.hub_repo_id, cfg.export.hub_private)
     return verification
@@ -155,34 +159,10 @@ def push_to_hub(out_dir: Path, repo_id: str, private: bool) -> str:
     return str(url)
 
 
-def fixed_batch(processor, family, cfg: RunConfig, n: int = 2) -> dict:
+def fixed_batch(loaded: LoadedModel, cfg: RunConfig, n: int = 2) -> dict:
     """The first ``n`` training rows as a model batch: the same rows every time for the same data."""
-    from deepsynth_ocr.collate import make_collator
-    from deepsynth_ocr.data.prepare import prepare_manifest
-
-    ds, _ = prepare_manifest(cfg.data.train_path, cfg.data, processor.tokenizer, family.default_prompt)
-    return make_collator(processor, family)([ds[i] for i in range(min(n, len(ds)))])
-
-
-def export_run(run_dir: str | Path, out_dir: str | Path | None = None, cfg: RunConfig | None = None) -> tuple[Path, dict]:
-    """Export a finished run directory (its ``adapter/``) to ``out_dir`` (default ``<run_dir>/export``)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "adapter").is_dir():
-        raise FileNotFoundError(f"{run_dir}/adapter not found: export needs a run directory trained with LoRA")
-    cfg = cfg or RunConfig.from_yaml(run_dir / "config.yaml")
-    if cfg.model.load_in_4bit:
-        # Merging into NF4 weights would round the merged update away; the export is the adapter on the
-        # unquantised base, which is also what a server loads.
-        log.info("export: the run trained on a 4-bit base; the base is reloaded unquantised (model.dtype %s) "
-                 "to merge the adapter", cfg.model.dtype)
-        cfg = RunConfig.from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "load_in_4bit": False}})
-    try:
-        base, processor, family = load_base(cfg)
-        model = load_adapter(base, run_dir / "adapter")
-    except AdapterError as e:
-        raise ExportError(str(e)) from None
-    out_dir = Path(out_dir) if out_dir else run_dir / "export"
-    return out_dir, export_model(model, processor, family, cfg, out_dir, fixed_batch(processor, family, cfg), run_dir)
+    ds, _ = prepare_manifest(cfg.data.train_path, cfg.data, loaded.processor.tokenizer, loaded.family.default_prompt)
+    return make_collator(loaded.processor, loaded.family)([ds[i] for i in range(min(n, len(ds)))])
 
 
 if __name__ == "__main__":  # the fresh process of verify_in_fresh_process

@@ -108,14 +108,14 @@ def measured_run(cfg) -> dict:
     """Train ``cfg`` through ``train.run``; CER before/after, s/step and peak VRAM of that run."""
     import torch
 
-    from deepsynth_ocr.runs import package_versions
-    from deepsynth_ocr.train import run
+    from deepsynth_ocr.jobs.train import train
+    from deepsynth_ocr.runs import RunPaths, package_versions
 
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    result = run(cfg)
-    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    result = train(cfg)
+    manifest = RunPaths(result.run_dir).read_manifest()
     return {
         "backend": manifest["backend"], "dtype": manifest["dtype"], "steps": cfg.train.max_steps,
         "cer_before": (result.before or {}).get("cer"), "cer_after": (result.after or {}).get("cer"),

@@ -1,5 +1,7 @@
 """Batch OCR of image files, folders, globs and PDFs into a JSONL file that streams and resumes.
 
+Owns input expansion and the output file; ``jobs.infer`` loads the model and calls ``ocr_inputs``.
+
 One output row per input (a PDF page is an input: ``file.pdf#page=2``), written and flushed as
 soon as its batch is done, so an interrupted run loses at most one batch. A rerun reads the file
 first and skips every input already there. An input that cannot be read or recognised becomes an
@@ -26,6 +28,7 @@ from tqdm.auto import tqdm
 
 from deepsynth_ocr.collate import make_collator
 from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.evaluate import Prediction, generate_batch
 from deepsynth_ocr.models.families import get_family
 
@@ -146,11 +149,11 @@ def _record(item: InferInput, pred: Prediction | None = None, error: str | None 
     return out
 
 
-def _hf_generator(model, processor, family, cfg: RunConfig):
-    collator = make_collator(processor, family, for_generation=True)
+def _hf_generator(loaded, cfg: RunConfig):
+    collator = make_collator(loaded.processor, loaded.family, for_generation=True)
     gen_cfg = replace(cfg.eval, batch_size=cfg.infer.batch_size)
-    model.eval()
-    return lambda rows: generate_batch(model, collator, rows, gen_cfg, cfg.infer.max_new_tokens)
+    loaded.model.eval()
+    return lambda rows: generate_batch(loaded.model, collator, rows, gen_cfg, cfg.infer.max_new_tokens)
 
 
 def _vllm_generator(cfg: RunConfig):
@@ -158,9 +161,9 @@ def _vllm_generator(cfg: RunConfig):
         from vllm import LLM, SamplingParams
         from vllm.model_executor.models.deepseek_ocr import NGramPerReqLogitsProcessor
     except ImportError as e:
-        raise RuntimeError(f"infer.backend 'vllm' needs the vllm package on a CUDA machine ({e}); use backend 'hf'") from None
+        raise UserError(f"infer.backend 'vllm' needs the vllm package on a CUDA machine ({e}); use backend 'hf'") from None
     if cfg.infer.adapter:
-        raise RuntimeError("infer.backend 'vllm' serves merged weights: run `deepsynth-ocr export` and set "
+        raise UserError("infer.backend 'vllm' serves merged weights: run `deepsynth-ocr export` and set "
                            "model.name_or_path to its merged/ directory instead of infer.adapter")
     llm = LLM(model=cfg.model.name_or_path, enable_prefix_caching=False, mm_processor_cache_gb=0,
               logits_processors=[NGramPerReqLogitsProcessor])
@@ -175,18 +178,18 @@ def _vllm_generator(cfg: RunConfig):
     return generate
 
 
-def run_inference(specs: list[str], out_path: str | Path, cfg: RunConfig, model=None, processor=None, family=None) -> InferSummary:
+def ocr_inputs(specs: list[str], out_path: str | Path, cfg: RunConfig, loaded=None) -> InferSummary:
     """OCR every input of ``specs`` into ``out_path`` (JSONL), skipping inputs already there.
 
-    With the ``hf`` backend pass a loaded ``model, processor, family`` (see ``load_for_inference``).
+    With the ``hf`` backend pass the ``LoadedModel`` to read with (``jobs.infer`` loads it).
     """
     cfg.validate()
     out_path = Path(out_path)
     items, spec_errors = expand_inputs(specs)
     done = done_inputs(out_path)
     todo = [i for i in items if i.key not in done]
-    generate_rows = _vllm_generator(cfg) if cfg.infer.backend == "vllm" else _hf_generator(model, processor, family, cfg)
-    prompt = cfg.infer.prompt or (family or get_family(cfg.model.family)).default_prompt
+    generate_rows = _vllm_generator(cfg) if cfg.infer.backend == "vllm" else _hf_generator(loaded, cfg)
+    prompt = cfg.infer.prompt or (loaded.family if loaded else get_family(cfg.model.family)).default_prompt
     writer = _Writer(out_path)
     try:
         for err in spec_errors:
@@ -226,14 +229,3 @@ def _generate_into(writer: _Writer, ready: list[tuple[InferInput, dict]], genera
         return
     for (item, _), pred in zip(ready, preds, strict=True):
         writer.row(_record(item, pred))
-
-
-def load_for_inference(cfg: RunConfig):
-    """Base model (or merged weights) from ``cfg.model``, with ``cfg.infer.adapter`` attached if set."""
-    from deepsynth_ocr.models.adapters import load_adapter
-    from deepsynth_ocr.models.backends import load_base
-
-    model, processor, family = load_base(cfg)
-    if cfg.infer.adapter:
-        model = load_adapter(model, cfg.infer.adapter)
-    return model.eval(), processor, family

@@ -23,18 +23,14 @@ from pathlib import Path
 import yaml
 
 from deepsynth_ocr import metrics
+from deepsynth_ocr.errors import UserError
+from deepsynth_ocr.runs import RunDirError, RunPaths
 
 log = logging.getLogger(__name__)
 
 WORST_N = 20
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 _SCORE_FIELDS = {f.name for f in dataclasses.fields(metrics.SampleScore)}
-
-
-def _jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _png(fig) -> str:
@@ -135,14 +131,15 @@ del{background:#fdd;color:#900}ins{background:#dfd;color:#060;text-decoration:no
 
 
 def build_html(run_dir: Path) -> str:
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    paths = RunPaths(run_dir)
+    cfg = yaml.safe_load(paths.config.read_text()) if paths.config.is_file() else {}
     privacy = not cfg.get("tracking", {}).get("log_images", True)
-    manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").is_file() else {}
-    records = _jsonl(run_dir / "metrics.jsonl")
-    evals = {"before (base model)": _jsonl(run_dir / "eval" / "before.jsonl"),
-             "after (fine-tuned)": _jsonl(run_dir / "eval" / "after.jsonl")}
-    evals |= {f"baseline: {p.stem.removeprefix('baseline_')}": _jsonl(p)
-              for p in sorted((run_dir / "eval").glob("baseline_*.jsonl"))}
+    manifest = paths.read_manifest()
+    records = paths.read_jsonl(paths.metrics)
+    evals = {"before (base model)": paths.read_jsonl(paths.eval_file("before")),
+             "after (fine-tuned)": paths.read_jsonl(paths.eval_file("after"))}
+    evals |= {f"baseline: {p.stem.removeprefix('baseline_')}": paths.read_jsonl(p)
+              for p in sorted(paths.eval_dir.glob("baseline_*.jsonl"))}
     evals = {k: v for k, v in evals.items() if v}
     norm = metrics.TextNormalization().describe()
     for r in records:  # the normalisation the run recorded with its eval summaries
@@ -193,8 +190,8 @@ def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` from the run directory's files; returns its path."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory not found: {run_dir}")
-    out = run_dir / "report.html"
+        raise RunDirError(f"run directory {run_dir} does not exist")
+    out = RunPaths(run_dir).report
     out.write_text(build_html(run_dir), encoding="utf-8")
     log.info("report written: %s", out)
     return out
@@ -204,7 +201,7 @@ def find_browser() -> str:
     for name in BROWSERS:
         if path := shutil.which(name):
             return path
-    raise FileNotFoundError(f"no headless browser found (looked for {', '.join(BROWSERS)}); "
+    raise UserError(f"no headless browser found (looked for {', '.join(BROWSERS)}); "
                             "install Debian's chromium (`make setup` does it)")
 
 

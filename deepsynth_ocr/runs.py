@@ -1,7 +1,15 @@
-"""The run directory: resolved config, timestamped console log, metrics, manifest.
+"""The run directory: the one owner of its layout, its manifest and its lifecycle.
 
-Layout: ``<output_root>/<name>_<YYYYmmdd_HHMMSS>/`` with ``config.yaml``, ``console.log``,
-``metrics.jsonl``, ``eval/``, ``checkpoints/``, ``adapter/``, ``manifest.json``.
+Every job writes into a run directory through this module, and everything that reads one (the
+report, the notebook cells, the CLI, export) finds its files through ``RunPaths``: no other module
+spells a run-directory file name. Layout of ``<output_root>/<name>_<YYYYmmdd_HHMMSS>/``:
+``config.yaml``, ``console.log``, ``metrics.jsonl``, ``data_report.json``, ``eval/<tag>.jsonl``,
+``checkpoints/``, ``adapter/`` (or ``model/`` for full fine-tuning), ``report.html``, ``wandb/``,
+the executed notebook, and ``manifest.json`` (status, versions, git commit, timings, metrics).
+
+Lifecycle: ``with Run.start(cfg) as run:`` writes the resolved config, attaches the console log and
+sets ``status: running``; leaving the block sets ``ok``, or ``failed`` with the error, or
+``interrupted`` on Ctrl-C; the exception is never swallowed.
 """
 
 from __future__ import annotations
@@ -12,15 +20,88 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
 from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.errors import UserError
 
 log = logging.getLogger("deepsynth_ocr")
 
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "jiwer", "bitsandbytes", "wandb", "unsloth")
+
+
+class RunDirError(UserError):
+    """A run directory that does not exist or lacks what the command needs."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Every path of one run directory."""
+
+    dir: Path
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "config.yaml"
+
+    @property
+    def manifest(self) -> Path:
+        return self.dir / "manifest.json"
+
+    @property
+    def console_log(self) -> Path:
+        return self.dir / "console.log"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.jsonl"
+
+    @property
+    def data_report(self) -> Path:
+        return self.dir / "data_report.json"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.dir / "eval"
+
+    def eval_file(self, tag: str) -> Path:
+        """Per-sample predictions of one evaluation: ``before``, ``after``, ``baseline_<engine>``."""
+        return self.eval_dir / f"{tag}.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.dir / "checkpoints"
+
+    @property
+    def adapter(self) -> Path:
+        return self.dir / "adapter"
+
+    @property
+    def model(self) -> Path:
+        return self.dir / "model"
+
+    @property
+    def report(self) -> Path:
+        return self.dir / "report.html"
+
+    @property
+    def wandb(self) -> Path:
+        return self.dir / "wandb"
+
+    @property
+    def export(self) -> Path:
+        return self.dir / "export"
+
+    def read_manifest(self) -> dict:
+        return json.loads(self.manifest.read_text()) if self.manifest.is_file() else {}
+
+    def read_jsonl(self, path: Path) -> list[dict]:
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def package_versions() -> dict[str, str | None]:
@@ -49,31 +130,61 @@ def new_run_path(output_root: str | Path, name: str) -> Path:
 
 
 def latest_run_dir(output_root: str | Path, name: str) -> Path | None:
-    dirs = sorted(p for p in Path(output_root).glob(f"{name}_*") if (p / "manifest.json").is_file())
+    dirs = sorted(p for p in Path(output_root).glob(f"{name}_*") if RunPaths(p).manifest.is_file())
     return dirs[-1] if dirs else None
 
 
+def open_finished(directory: str | Path, need_adapter: bool = False) -> RunPaths:
+    """A run directory that exists (with ``adapter/`` when asked), or a one-line error naming what is missing."""
+    paths = RunPaths(Path(directory))
+    if not paths.dir.is_dir():
+        raise RunDirError(f"run directory {paths.dir} does not exist")
+    if not paths.config.is_file():
+        raise RunDirError(f"{paths.dir} is not a run directory: it has no config.yaml")
+    if need_adapter and not paths.adapter.is_dir():
+        status = paths.read_manifest().get("status", "unknown")
+        raise RunDirError(f"{paths.dir} has no adapter/ (run status: {status}); it needs a finished LoRA training run")
+    return paths
+
+
+def load_run_config(directory: str | Path) -> RunConfig:
+    """A finished run's resolved config."""
+    return RunConfig.from_yaml(open_finished(directory).config)
+
+
+def update_manifest(directory: str | Path, **fields) -> dict:
+    """Merge ``fields`` into a run directory's manifest (atomically); the one manifest writer."""
+    paths = RunPaths(Path(directory))
+    manifest = paths.read_manifest() or {"created_at": datetime.now().isoformat(timespec="seconds")}
+    manifest.update(fields)
+    paths.dir.mkdir(parents=True, exist_ok=True)
+    tmp = paths.manifest.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    tmp.replace(paths.manifest)
+    return manifest
+
+
 class Run:
-    """One run directory and its manifest; ``finish`` records the final status."""
+    """One run directory being written: manifest, console log, metrics; a context manager for its status."""
 
     def __init__(self, directory: Path, cfg: RunConfig):
+        self.paths = RunPaths(directory)
         self.dir = directory
         self.cfg = cfg
         self.started = time.time()
-        self.manifest_path = directory / "manifest.json"
-        if self.manifest_path.is_file():  # resumed run: keep its history
-            self.manifest = json.loads(self.manifest_path.read_text())
+        self.manifest = self.paths.read_manifest()
+        if self.manifest:  # resumed run: keep its history
             self.manifest["resumed_at"] = datetime.now().isoformat(timespec="seconds")
         else:
             self.manifest = {"name": cfg.name, "created_at": datetime.now().isoformat(timespec="seconds")}
         self.manifest.update({"status": "running", "versions": package_versions(), "git_commit": git_commit(),
                               "command": sys.argv, "timings": self.manifest.get("timings", {})})
-        self._handler = _attach_console_log(directory / "console.log")
-        cfg.to_yaml(directory / "config.yaml")
+        self._handler = _attach_console_log(self.paths.console_log)
+        cfg.to_yaml(self.paths.config)
         self.save()
 
     @classmethod
-    def create(cls, cfg: RunConfig, directory: str | Path | None = None) -> Run:
+    def start(cls, cfg: RunConfig, directory: str | Path | None = None) -> Run:
         """A new run directory, or with ``train.resume`` the newest one of the same name."""
         if directory is None and cfg.train.resume:
             directory = latest_run_dir(cfg.output_root, cfg.name)
@@ -83,10 +194,20 @@ class Run:
         directory.mkdir(parents=True, exist_ok=True)
         return cls(directory, cfg)
 
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        if error is None:
+            self.finish("ok")
+        elif isinstance(error, KeyboardInterrupt):
+            self.finish("interrupted", error)
+        else:
+            self.finish("failed", error)
+        return False
+
     def save(self) -> None:
-        tmp = self.manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.manifest, indent=2, default=str))
-        tmp.replace(self.manifest_path)
+        update_manifest(self.dir, **self.manifest)
 
     def update(self, **fields) -> None:
         self.manifest.update(fields)
@@ -97,7 +218,7 @@ class Run:
         self.save()
 
     def log_metrics(self, record: dict) -> None:
-        with (self.dir / "metrics.jsonl").open("a", encoding="utf-8") as f:
+        with self.paths.metrics.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     def finish(self, status: str, error: BaseException | None = None) -> None:
@@ -105,10 +226,30 @@ class Run:
         self.manifest["timings"]["total_s"] = round(time.time() - self.started, 3)
         if error is not None:
             self.manifest["error"] = f"{type(error).__name__}: {error}"
+            # The message of a user's mistake says what to fix; a traceback would bury it.
+            if isinstance(error, UserError):
+                log.error("run failed: %s", error)
+            elif not isinstance(error, KeyboardInterrupt):
+                log.error("run failed", exc_info=error)
         self.save()
-        log.info("run %s: %s (%s)", status, self.dir, self.manifest_path)
+        log.info("run %s: %s (%s)", status, self.dir, self.paths.manifest)
         logging.getLogger().removeHandler(self._handler)
         self._handler.close()
+
+
+class _Console(logging.StreamHandler):
+    """Logs to whatever ``sys.stdout`` is at the time (a notebook or a test may replace it after the first run)."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
 
 
 def _attach_console_log(path: Path) -> logging.Handler:
@@ -122,7 +263,7 @@ def _attach_console_log(path: Path) -> logging.Handler:
     kit = logging.getLogger("deepsynth_ocr")
     kit.setLevel(logging.INFO)
     if not any(getattr(h, "_deepsynth_console", False) for h in root.handlers):
-        console = logging.StreamHandler(sys.stdout)
+        console = _Console()
         console.setFormatter(fmt)
         console.setLevel(logging.INFO)
         console._deepsynth_console = True

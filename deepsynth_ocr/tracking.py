@@ -25,7 +25,7 @@ def resolve_mode(requested: str) -> str:
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, cfg: TrackingConfig, run_name: str, config: dict):
+    def __init__(self, wandb_dir: Path, cfg: TrackingConfig, run_name: str, config: dict):
         self.cfg = cfg
         self.mode = resolve_mode(cfg.wandb)
         self.run = None
@@ -33,12 +33,11 @@ class Tracker:
             return
         import wandb
 
-        wandb_dir = run_dir / "wandb"
         wandb_dir.mkdir(parents=True, exist_ok=True)
         for var, sub in (("WANDB_DIR", ""), ("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
             os.environ[var] = str(wandb_dir / sub)
-        # wandb.init puts its "wandb/" folder inside ``dir``.
-        self.run = wandb.init(project=cfg.project, name=run_name, dir=str(run_dir), mode=self.mode,
+        # wandb.init puts a "wandb/" folder inside ``dir``: its parent is the run directory.
+        self.run = wandb.init(project=cfg.project, name=run_name, dir=str(wandb_dir.parent), mode=self.mode,
                               config=config, reinit="finish_previous")
         log.info("W&B %s run in %s", self.mode, wandb_dir)
 

@@ -30,7 +30,7 @@ data_task = "ocr"
 data_strict = False
 
 # %%
-from deepsynth_ocr import notebook as nb
+from deepsynth_ocr import cells as nb
 
 cfg = nb.config_from_parameters(globals(), config_path)
 cfg.prepare

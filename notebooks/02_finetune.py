@@ -39,15 +39,15 @@ tracking_wandb = "offline"
 tracking_log_images = True
 
 # %%
-from deepsynth_ocr import notebook as nb
+from deepsynth_ocr import cells as nb
 
 cfg = nb.config_from_parameters(globals(), config_path)
 cfg
 
 # %%
-from deepsynth_ocr.train import run
+from deepsynth_ocr.jobs.train import train
 
-result = run(cfg, run_dir=run_dir or None)
+result = train(cfg, run_dir=run_dir or None)
 result.run_dir
 
 # %%

@@ -26,16 +26,16 @@ eval_max_samples = 0
 tracking_log_images = True
 
 # %%
-from deepsynth_ocr import notebook as nb
+from deepsynth_ocr import cells as nb
 
 # The fine-tune's own config (model, seed) unless another one is given.
 cfg = nb.config_from_parameters(globals(), config_path or nb.run_config_path(finetune_run_dir))
 cfg.eval
 
 # %%
-from deepsynth_ocr.evaluate import run_evaluation
+from deepsynth_ocr.jobs.evaluate import evaluate
 
-eval_dir, summaries = run_evaluation(cfg, nb.adapter_dir(finetune_run_dir), run_dir or None)
+eval_dir, summaries = evaluate(cfg, nb.adapter_dir(finetune_run_dir), run_dir or None)
 eval_dir
 
 # %%

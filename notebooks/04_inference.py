@@ -27,7 +27,7 @@ infer_pdf_dpi = 144
 infer_adapter = ""
 
 # %%
-from deepsynth_ocr import notebook as nb
+from deepsynth_ocr import cells as nb
 
 cfg = nb.config_from_parameters(globals(), config_path or nb.run_config_path(finetune_run_dir))
 cfg.infer.adapter = cfg.infer.adapter or nb.adapter_dir(finetune_run_dir) or ""
@@ -35,9 +35,9 @@ out_path = nb.output_file(run_dir, cfg, "predictions.jsonl")
 cfg.infer
 
 # %%
-from deepsynth_ocr.infer import load_for_inference, run_inference
+from deepsynth_ocr.jobs.infer import infer
 
-summary = run_inference([inputs], out_path, cfg, *load_for_inference(cfg))
+summary = infer([inputs], out_path, cfg)
 summary
 
 # %%

@@ -3,8 +3,9 @@ import json
 from PIL import Image
 
 from deepsynth_ocr.config import DataConfig
+from deepsynth_ocr.data.fonts import available_fonts
 from deepsynth_ocr.data.prepare import prepare_manifest
-from deepsynth_ocr.data.synthetic import available_fonts, render_text
+from deepsynth_ocr.data.synthetic import render_text
 
 
 def _write_manifest(tmp_path):

@@ -1,16 +1,15 @@
 """Batched generation equals per-image generation; the repetition guard catches a looping model."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from deepsynth_ocr.config import EvalConfig, RunConfig
 from deepsynth_ocr.data.prepare import prepare_manifest
-from deepsynth_ocr.evaluate import evaluate, generate, loop_mask
+from deepsynth_ocr.evaluate import evaluate_dataset, generate, loop_mask, plain_generate
 from deepsynth_ocr.models import tiny
+from deepsynth_ocr.models.backends import LoadedModel
 
 from .conftest import SAMPLES
 
@@ -55,32 +54,23 @@ def test_batched_generation_equals_per_image_generation(tiny_parts, eval_set):
     rows = list(eval_set.select(range(6)))
     for r in rows[:2]:  # different prompt lengths, so left padding really varies inside the batch
         r["prompt"] += " Read it carefully."
-    batched = generate(model, processor, family, rows, EvalConfig(batch_size=6), 10)
-    single = generate(model, processor, family, rows, EvalConfig(batch_size=1), 10)
+    batched = generate(LoadedModel(model, processor, family), rows, EvalConfig(batch_size=6), 10)
+    single = generate(LoadedModel(model, processor, family), rows, EvalConfig(batch_size=1), 10)
     assert [p.text for p in batched] == [p.text for p in single]
     assert len({p.text for p in single}) > 1  # the rows do differ, so equality means something
 
 
 def test_batched_evaluation_predicts_what_plain_transformers_generate_predicts(tiny_parts, eval_set):
     """The kit builds its own batches (cached prompt ids, left padding); the processor's per-image
-    output fed to ``model.generate`` as the transformers docs show (the throughput benchmark's
-    baseline) must give the same text."""
+    output fed to ``model.generate`` as the transformers docs show (``plain_generate``, the throughput
+    benchmark's baseline) must give the same text."""
     _, processor, family = tiny_parts
     model = _model(tiny_parts, seed=3)
     rows = list(eval_set.select(range(5)))
-    kit = [p.text for p in generate(model, processor, family, rows, EvalConfig(batch_size=5), 10)]
-    plain = _benchmark("eval_throughput").plain_loop(model, processor, family, rows, 10)
+    kit = [p.text for p in generate(LoadedModel(model, processor, family), rows, EvalConfig(batch_size=5), 10)]
+    plain = plain_generate(LoadedModel(model, processor, family), rows, 10)
     assert kit == plain
     assert len(set(plain)) > 1
-
-
-def _benchmark(name: str):
-    """A script of ``benchmarks/`` (not a package) loaded as a module; its ``main`` does not run."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _looping_model(tiny_parts):
@@ -99,7 +89,7 @@ def test_guard_stops_a_looping_model_and_counts_it_as_catastrophic(tiny_parts, e
     _, processor, family = tiny_parts
     model = _looping_model(tiny_parts)
     cfg = EvalConfig(max_new_tokens=300, max_samples=4)
-    summary = evaluate(model, processor, family, eval_set, cfg, tmp_path / "guarded.jsonl", "guarded")
+    summary = evaluate_dataset(LoadedModel(model, processor, family), eval_set, cfg, tmp_path / "guarded.jsonl", "guarded")
     rows = [json.loads(x) for x in (tmp_path / "guarded.jsonl").read_text().splitlines()]
     assert summary["catastrophic_rate"] == 1.0 and summary["loop_rate"] == 1.0
     assert all(r["looped"] and r["failure"] and not r["stopped"] for r in rows)
@@ -108,14 +98,14 @@ def test_guard_stops_a_looping_model_and_counts_it_as_catastrophic(tiny_parts, e
 
     # Without the guard the same model runs to the bound (and is still flagged as a loop afterwards).
     cfg_off = EvalConfig(max_new_tokens=300, max_samples=4, loop_guard=False)
-    evaluate(model, processor, family, eval_set, cfg_off, tmp_path / "off.jsonl", "off")
+    evaluate_dataset(LoadedModel(model, processor, family), eval_set, cfg_off, tmp_path / "off.jsonl", "off")
     rows_off = [json.loads(x) for x in (tmp_path / "off.jsonl").read_text().splitlines()]
     assert all(r["n_tokens"] == 300 and r["looped"] for r in rows_off)
 
 
 def test_per_sample_jsonl_holds_reference_prediction_scores_and_failure_flag(tiny_parts, eval_set, tmp_path):
     _, processor, family = tiny_parts
-    summary = evaluate(_model(tiny_parts), processor, family, eval_set, EvalConfig(max_samples=5),
+    summary = evaluate_dataset(LoadedModel(_model(tiny_parts), processor, family), eval_set, EvalConfig(max_samples=5),
                        tmp_path / "e.jsonl", "e")
     rows = [json.loads(x) for x in (tmp_path / "e.jsonl").read_text().splitlines()]
     assert len(rows) == 5 == summary["n"]
@@ -137,10 +127,11 @@ def test_a_bfloat16_model_reads_like_its_float32_self():
     texts = {}
     for dtype in ("float32", "bfloat16"):
         cfg.model.dtype = dtype
-        model, processor, family = load_base(cfg)
+        loaded = load_base(cfg)
+        model, processor, family = loaded.model, loaded.processor, loaded.family
         assert model.dtype == getattr(torch, dtype)
         ds, _ = prepare_manifest(str(ROOT / cfg.data.eval_path), cfg.data, processor.tokenizer, family.default_prompt)
         rows = [ds[i] for i in range(16)]
-        texts[dtype] = [p.text for p in generate(model, processor, family, rows, EvalConfig(batch_size=8), 8)]
+        texts[dtype] = [p.text for p in generate(LoadedModel(model, processor, family), rows, EvalConfig(batch_size=8), 8)]
     same = sum(a == b for a, b in zip(texts["float32"], texts["bfloat16"], strict=True))
     assert same >= 12, texts

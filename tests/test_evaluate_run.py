@@ -10,7 +10,7 @@ from deepsynth_ocr.cli import main
 
 @pytest.mark.slow
 def test_training_run_logs_cer_over_steps_and_writes_the_report_then_cli_evaluate(smoke_cfg, tmp_path, capsys):
-    from deepsynth_ocr.train import run
+    from deepsynth_ocr.jobs.train import train
 
     smoke_cfg.train.max_steps = 4
     smoke_cfg.train.save_steps = 0
@@ -19,7 +19,7 @@ def test_training_run_logs_cer_over_steps_and_writes_the_report_then_cli_evaluat
     smoke_cfg.eval.periodic_samples = 3
     smoke_cfg.eval.max_samples = 4
     smoke_cfg.tracking.wandb = "disabled"
-    result = run(smoke_cfg)
+    result = train(smoke_cfg)
     records = [json.loads(x) for x in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     periodic = [r for r in records if r.get("eval") == "periodic"]
     assert [r["step"] for r in periodic] == [2, 4] and all(r["n"] == 3 for r in periodic)
@@ -44,15 +44,15 @@ def test_training_run_logs_cer_over_steps_and_writes_the_report_then_cli_evaluat
 def test_standalone_evaluation_of_a_prepared_directory_uses_its_validation_split(smoke_cfg, tmp_path):
     import datasets
 
-    from deepsynth_ocr.data.prepare import prepare
-    from deepsynth_ocr.evaluate import run_evaluation
+    from deepsynth_ocr.jobs.evaluate import evaluate
+    from deepsynth_ocr.jobs.prepare import prepare
 
     smoke_cfg.prepare.output_dir = str(tmp_path / "prepared")
     smoke_cfg.prepare.validation_size = 4
     prepared = prepare(smoke_cfg, progress=False).output_dir
     smoke_cfg.data.eval_path = str(prepared)
     smoke_cfg.eval.baselines = []
-    eval_dir, summaries = run_evaluation(smoke_cfg, None, tmp_path / "eval")
+    eval_dir, summaries = evaluate(smoke_cfg, None, tmp_path / "eval")
     ids = [json.loads(x)["id"] for x in (eval_dir / "eval" / "before.jsonl").read_text().splitlines()]
     assert ids == datasets.load_from_disk(str(prepared))["validation"]["id"]
     assert summaries["before"]["n"] == 4

@@ -16,7 +16,7 @@ from deepsynth_ocr.models.backends import load_base
 def trained(tmp_path_factory):
     """A short real LoRA training run (eval off), its live fine-tuned model and a fixed batch."""
     from deepsynth_ocr.config import RunConfig
-    from deepsynth_ocr.train import run
+    from deepsynth_ocr.jobs.train import train
 
     from .conftest import ROOT, SAMPLES
 
@@ -27,9 +27,17 @@ def trained(tmp_path_factory):
     cfg.train.max_steps, cfg.train.learning_rate = 8, 2e-3
     cfg.train.save_steps = 0
     cfg.tracking.wandb = "disabled"
-    result = run(cfg)
+    result = train(cfg)
     loaded = result.loaded
-    return cfg, result.run_dir, loaded, fixed_batch(loaded.processor, loaded.family, cfg)
+    return cfg, result.run_dir, loaded, fixed_batch(loaded, cfg)
+
+
+def _card_sources(run_dir):
+    """The run's manifest and data report, which the model card summarises."""
+    from deepsynth_ocr.runs import RunPaths
+
+    paths = RunPaths(run_dir)
+    return paths.read_manifest(), json.loads(paths.data_report.read_text())
 
 
 @pytest.mark.slow
@@ -48,10 +56,10 @@ def test_adapter_and_merged_exports_reproduce_the_fine_tuned_logits(trained, tmp
     monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
     cfg.export.hub_repo_id = "someone/tiny-ocr"
     fine_tuned = export.compared_logits(loaded.model, batch)
-    base_logits = export.compared_logits(load_base(cfg)[0], batch)
+    base_logits = export.compared_logits(load_base(cfg).model, batch)
     assert (fine_tuned - base_logits).abs().max() > 1e-3  # the adapter really changes the model
 
-    verification = export_model(loaded.model, loaded.processor, loaded.family, cfg, tmp_path / "export", batch, run_dir)
+    verification = export_model(loaded, cfg, tmp_path / "export", batch, *_card_sources(run_dir))
     assert verification["adapter"] == {"max_logit_diff": 0.0, "allowed": 0.0}  # exact
     merged = verification["merged"]
     assert merged["allowed"] == pytest.approx(1e-5 * fine_tuned.abs().max().item())  # float32 logits > 1 here
@@ -71,15 +79,15 @@ def test_adapter_and_merged_exports_reproduce_the_fine_tuned_logits(trained, tmp
 @pytest.mark.slow
 def test_a_bfloat16_export_verifies_within_the_16_bit_bound(trained, tmp_path):
     """The GPU recipes train in bfloat16: its merged export must pass its own bound, the adapter stays exact."""
-    from deepsynth_ocr.models.adapters import load_adapter
 
     cfg, run_dir, loaded, _ = trained
     cfg = copy.deepcopy(cfg)
     cfg.model.dtype, cfg.export.hub_repo_id = "bfloat16", ""
-    model = load_adapter(load_base(cfg)[0], run_dir / "adapter")
-    batch = fixed_batch(loaded.processor, loaded.family, cfg)
+    tuned = load_base(cfg).with_adapter(run_dir / "adapter")
+    model = tuned.model
+    batch = fixed_batch(loaded, cfg)
     largest = export.compared_logits(model, batch).abs().max().item()
-    verification = export_model(model, loaded.processor, loaded.family, cfg, tmp_path / "export", batch, run_dir)
+    verification = export_model(tuned, cfg, tmp_path / "export", batch, *_card_sources(run_dir))
     assert verification["adapter"]["max_logit_diff"] == 0.0
     merged = verification["merged"]
     assert merged["allowed"] == pytest.approx(export.MERGED_RTOL[torch.bfloat16] * largest)
@@ -97,10 +105,9 @@ def test_merged_tolerance_scales_with_the_logits_and_the_dtype():
 def test_a_broken_adapter_export_fails_verification(trained, tmp_path):
     import shutil
 
-    from deepsynth_ocr.models.adapters import load_adapter
 
     cfg, run_dir, _, batch = trained  # the live model may already be merged by the export test
-    expected = export.compared_logits(load_adapter(load_base(cfg)[0], run_dir / "adapter"), batch)
+    expected = export.compared_logits(load_base(cfg).with_adapter(run_dir / "adapter").model, batch)
     adapter = tmp_path / "adapter"
     shutil.copytree(run_dir / "adapter", adapter)
     cfg.to_yaml(adapter / export.CONFIG_NAME)
@@ -127,8 +134,8 @@ def test_cli_export_of_a_run_directory(trained, tmp_path, capsys):
 def test_a_4bit_run_exports_merged_weights_from_the_base_reloaded_unquantised(tmp_path):
     """GPU_AUDIT.md item 6: the GPU recipes train on a 4-bit base; export merges into the unquantised one."""
     from deepsynth_ocr.config import RunConfig
-    from deepsynth_ocr.export import export_run
-    from deepsynth_ocr.train import run
+    from deepsynth_ocr.jobs.export import export
+    from deepsynth_ocr.jobs.train import train
 
     from .conftest import ROOT, SAMPLES
 
@@ -136,8 +143,8 @@ def test_a_4bit_run_exports_merged_weights_from_the_base_reloaded_unquantised(tm
     cfg.model.name_or_path, cfg.model.load_in_4bit = "random", True
     cfg.output_root, cfg.data.train_path, cfg.data.eval_path = str(tmp_path / "runs"), str(SAMPLES / "train.jsonl"), ""
     cfg.train.max_steps, cfg.train.save_steps, cfg.tracking.wandb = 2, 0, "disabled"
-    run_dir = run(cfg).run_dir
-    out, verification = export_run(run_dir)
+    run_dir = train(cfg).run_dir
+    out, verification = export(run_dir)
     assert verification["adapter"]["max_logit_diff"] == 0.0
     assert verification["merged"]["max_logit_diff"] <= verification["merged"]["allowed"]
     merged_config = json.loads((out / "merged" / "config.json").read_text())

@@ -54,7 +54,7 @@ def test_unsloth_is_imported_before_transformers_peft_and_trl(tmp_path):
     out = tmp_path / "seen.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "UNSLOTH_ALLOW_CPU": "1",
            "PROBE_OUT": str(out)}
-    subprocess.run([sys.executable, "-c", "import deepsynth_ocr.train, deepsynth_ocr.cli"], check=True, env=env, cwd=ROOT)
+    subprocess.run([sys.executable, "-c", "import deepsynth_ocr.jobs.train, deepsynth_ocr.cli"], check=True, env=env, cwd=ROOT)
     assert json.loads(out.read_text()) == {"transformers": False, "peft": False, "trl": False}
 
 

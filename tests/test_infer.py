@@ -8,7 +8,8 @@ from PIL import Image
 from deepsynth_ocr.cli import main
 from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.data.synthetic import render_text
-from deepsynth_ocr.infer import done_inputs, expand_inputs, run_inference
+from deepsynth_ocr.infer import done_inputs, expand_inputs, ocr_inputs
+from deepsynth_ocr.models.backends import LoadedModel
 
 
 @pytest.fixture
@@ -63,11 +64,11 @@ def test_interrupted_output_is_repaired_and_only_missing_inputs_run(folder, tmp_
     cfg = RunConfig()
     cfg.infer.max_new_tokens = 4
     out = tmp_path / "pred.jsonl"
-    run_inference([str(folder / "img0.png"), str(folder / "img1.png")], out, cfg, model, processor, family)
+    ocr_inputs([str(folder / "img0.png"), str(folder / "img1.png")], out, cfg, LoadedModel(model, processor, family))
     lines = out.read_text().splitlines()
     out.write_text(lines[0] + "\n" + lines[1][:20])  # the second row was cut off mid-write
     assert len(done_inputs(out)) == 1
-    summary = run_inference([str(folder / "img0.png"), str(folder / "img1.png")], out, cfg, model, processor, family)
+    summary = ocr_inputs([str(folder / "img0.png"), str(folder / "img1.png")], out, cfg, LoadedModel(model, processor, family))
     assert (summary.skipped, summary.written) == (1, 1)
     rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip().endswith("}")]
     assert sorted(r["input"].rsplit("/", 1)[1] for r in rows) == ["img0.png", "img1.png"]
@@ -90,8 +91,8 @@ def test_a_batch_that_fails_is_retried_row_by_row(folder, tmp_path, tiny_parts, 
     monkeypatch.setattr(infer, "generate_batch", fails_on_tiny_images)
     cfg = RunConfig()
     cfg.infer.max_new_tokens = 4
-    summary = run_inference([str(folder / "img0.png"), str(folder / "tiny.png")], tmp_path / "o.jsonl", cfg,
-                            model, processor, family)
+    summary = ocr_inputs([str(folder / "img0.png"), str(folder / "tiny.png")], tmp_path / "o.jsonl", cfg,
+                            LoadedModel(model, processor, family))
     rows = {r["input"].rsplit("/", 1)[1]: r for r in _rows(tmp_path / "o.jsonl")}
     assert (summary.written, summary.errors) == (2, 1)
     assert rows["img0.png"]["error"] is None and isinstance(rows["img0.png"]["text"], str)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from deepsynth_ocr.data.synthetic import random_strings, write_sample_set
-from deepsynth_ocr.train import run
+from deepsynth_ocr.jobs.train import train
 
 
 @pytest.mark.slow
@@ -18,7 +18,7 @@ def test_memorises_16_rendered_samples_exactly_with_eos(tmp_path, smoke_cfg):
     cfg.train.max_steps = 300
     cfg.train.save_steps = 0
     cfg.tracking.wandb = "disabled"
-    result = run(cfg)
+    result = train(cfg)
     rows = [json.loads(line) for line in (result.run_dir / "eval" / "after.jsonl").read_text().splitlines()]
     predictions = [r["prediction"] for r in rows]
     # Distinct images must give distinct predictions: a model that ignores the image cannot pass.

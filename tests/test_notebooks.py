@@ -9,9 +9,9 @@ import nbformat
 import papermill
 import pytest
 
+from deepsynth_ocr.cells import EXTRA_PARAMETERS
 from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.notebook import EXTRA_PARAMETERS
-from deepsynth_ocr.notebooks_run import NOTEBOOKS_DIR, NotebookFailed, run_notebook
+from deepsynth_ocr.jobs.notebook import NOTEBOOKS_DIR, NotebookFailed, run_notebook
 
 from .conftest import ROOT
 
@@ -96,7 +96,7 @@ def test_notebook_and_cli_give_the_same_metrics(tmp_path):
 
 
 def test_deepsynth_notebook_cli_reports_unknown_notebooks(capsys):
-    from deepsynth_ocr.notebooks_run import find_notebook
+    from deepsynth_ocr.jobs.notebook import find_notebook
 
     with pytest.raises(FileNotFoundError, match="02_finetune"):
         find_notebook("99_nope")

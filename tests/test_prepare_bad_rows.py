@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.data.prepare import PrepareError, prepare
+from deepsynth_ocr.data.prepare import PrepareError
 from deepsynth_ocr.data.synthetic import render_text
+from deepsynth_ocr.jobs.prepare import prepare
 
 
 def _png(text: str = "ok", size=(48, 48)) -> bytes:

@@ -10,8 +10,8 @@ import pytest
 
 from deepsynth_ocr.collate import IGNORE_INDEX, make_collator
 from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.data.prepare import prepare
 from deepsynth_ocr.data.synthetic import RenderStyle, render_text
+from deepsynth_ocr.jobs.prepare import prepare
 
 from .conftest import ROOT
 
@@ -78,7 +78,7 @@ def test_one_dataset_mixes_tasks_through_the_prompt(tmp_path):
 
 @pytest.mark.slow
 def test_summarisation_dataset_prepares_to_pages_and_trains_with_the_smoke_config(tmp_path, monkeypatch):
-    from deepsynth_ocr.train import run
+    from deepsynth_ocr.jobs.train import train
 
     docs = [f"Report {i}. " + " ".join(f"Item {i}-{k} was checked and found in order." for k in range(30))
             for i in range(12)]
@@ -96,7 +96,7 @@ def test_summarisation_dataset_prepares_to_pages_and_trains_with_the_smoke_confi
     cfg.train.max_steps, cfg.train.save_steps, cfg.train.logging_steps = 3, 0, 1
     cfg.train.per_device_batch_size = 4
     cfg.eval.max_samples = 2
-    result = run(cfg)
+    result = train(cfg)
     assert result.train_loss is not None and result.train_loss > 0
     assert result.after is not None and result.after["n"] == 2
     report = json.loads((result.run_dir / "data_report.json").read_text())

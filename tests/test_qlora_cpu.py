@@ -12,7 +12,7 @@ from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.data.synthetic import random_strings, render_text
 from deepsynth_ocr.evaluate import generate
 from deepsynth_ocr.models.backends import load_model
-from deepsynth_ocr.train import training_arguments
+from deepsynth_ocr.training import training_arguments
 
 
 def _qlora_cfg() -> RunConfig:
@@ -51,10 +51,10 @@ def test_qlora_4bit_trains_after_an_eval_and_keeps_training(tmp_path):
 
     # An evaluation (no-grad generation) before any backward: the CPU repacking pitfall.
     loaded.for_inference()
-    assert len(generate(loaded.model, loaded.processor, loaded.family, rows, cfg.eval, max_new_tokens=4)) == 8
+    assert len(generate(loaded, rows, cfg.eval, max_new_tokens=4)) == 8
     first = _train(loaded, rows, cfg, tmp_path / "a", steps=6)
     loaded.for_inference()
-    assert len(generate(loaded.model, loaded.processor, loaded.family, rows, cfg.eval, max_new_tokens=4)) == 8
+    assert len(generate(loaded, rows, cfg.eval, max_new_tokens=4)) == 8
     second = _train(loaded, rows, cfg, tmp_path / "b", steps=6)
 
     losses = first + second

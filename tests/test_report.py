@@ -102,7 +102,7 @@ def test_wandb_per_sample_table_honours_the_privacy_switch(tmp_path, log_images)
         def log(self, values, step=None):
             logged.update(values)
 
-    tracker = Tracker(tmp_path, TrackingConfig(wandb="disabled", log_images=log_images), "t", {})
+    tracker = Tracker(tmp_path / "wandb", TrackingConfig(wandb="disabled", log_images=log_images), "t", {})
     tracker.run = FakeRun()
     rows = [{"id": "a", "image": render_text("ab"), "reference": "secret", "prediction": "secrit",
              "cer": 1 / 6, "wer": 1.0, "failure": False}]

@@ -95,19 +95,19 @@ def test_resume_refuses_a_checkpoint_whose_adapter_keys_do_not_match(tmp_path, s
     """A checkpoint that does not fit the model fails loudly, never trains on from a fresh adapter."""
     from safetensors.torch import save_file
 
+    from deepsynth_ocr.jobs.train import train
     from deepsynth_ocr.models.adapters import AdapterError
-    from deepsynth_ocr.train import run
 
     smoke_cfg.train.max_steps, smoke_cfg.train.save_steps = 2, 2
     smoke_cfg.eval.enabled, smoke_cfg.tracking.wandb = False, "disabled"
-    first = run(smoke_cfg)
+    first = train(smoke_cfg)
     weights = first.run_dir / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors"
     state = load_file(str(weights))
     renamed = {k.replace("language_model.", "language_model.language_model.", 1): v for k, v in state.items()}
     save_file(renamed, str(weights))  # the doubled prefix that PeftModel.from_pretrained produces
     smoke_cfg.train.resume, smoke_cfg.train.max_steps = True, 4
     with pytest.raises(AdapterError, match="matches no parameter"):
-        run(smoke_cfg)
+        train(smoke_cfg)
     manifest = json.loads((first.run_dir / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "matches no parameter" in manifest["error"]
     assert torch.equal(load_file(str(weights))[next(iter(renamed))], next(iter(renamed.values())))

@@ -86,7 +86,7 @@ def test_csv_quoted_multiline_cells_and_line_numbers(tmp_path):
 
 def test_jsonl_manifest_gives_path_references_and_a_train_run_reads_a_prepared_dir(tmp_path, tiny_parts):
     from deepsynth_ocr.config import RunConfig
-    from deepsynth_ocr.data.prepare import prepare
+    from deepsynth_ocr.jobs.prepare import prepare
 
     render_text("ab").save(tmp_path / "a.png")
     manifest = tmp_path / "m.jsonl"

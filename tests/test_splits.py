@@ -5,9 +5,9 @@ import json
 import pytest
 
 from deepsynth_ocr.config import ConfigError, RunConfig
-from deepsynth_ocr.data.prepare import prepare
 from deepsynth_ocr.data.splits import assign_splits, unit_hash
 from deepsynth_ocr.data.synthetic import render_text
+from deepsynth_ocr.jobs.prepare import prepare
 
 
 def test_fractions_are_fixed_hash_intervals_so_growth_moves_nothing():

@@ -17,8 +17,9 @@ from deepsynth_ocr.data.documents import (
     render_pages,
     rtl_shaping_available,
 )
+from deepsynth_ocr.data.fonts import find_font
 from deepsynth_ocr.data.prepare import prepare_manifest
-from deepsynth_ocr.data.synthetic import find_font, render_corpus
+from deepsynth_ocr.data.synthetic import render_corpus
 
 STYLE = PageStyle(dpi=50)
 LOREM = " ".join(f"word{i}" for i in range(600))

@@ -40,8 +40,8 @@ def test_bundle_holds_only_what_the_recipe_writes_and_matches_its_hash():
 
 @pytest.fixture(scope="module")
 def base():
-    model, processor, _ = load_base(RunConfig())  # tiny family, empty name_or_path: the bundled base
-    return model, processor
+    loaded = load_base(RunConfig())  # tiny family, empty name_or_path: the bundled base
+    return loaded.model, loaded.processor
 
 
 def test_the_default_tiny_model_is_the_bundled_base_loaded_by_from_pretrained(base):
@@ -49,7 +49,7 @@ def test_the_default_tiny_model_is_the_bundled_base_loaded_by_from_pretrained(ba
     assert Path(model.name_or_path) == tiny.BUNDLED_BASE
     cfg = RunConfig()
     cfg.model.name_or_path = tiny.RANDOM
-    random_model = load_base(cfg)[0]
+    random_model = load_base(cfg).model
     assert random_model.name_or_path == ""
     assert random_model.config.text_config.hidden_size != model.config.text_config.hidden_size
 
@@ -120,7 +120,7 @@ def test_pretraining_is_deterministic_and_its_output_loads_checked_against_the_m
 
     cfg = RunConfig()
     cfg.model.name_or_path = str(tmp_path / "a")
-    model = load_base(cfg)[0]  # through from_pretrained, like a real checkpoint
+    model = load_base(cfg).model  # through from_pretrained, like a real checkpoint
     assert model.name_or_path == str(tmp_path / "a")
     assert model.config.text_config.hidden_size == TINY_BASE.text_hidden_size
 
@@ -135,13 +135,13 @@ def test_pretraining_is_deterministic_and_its_output_loads_checked_against_the_m
 
 @pytest.mark.slow
 def test_smoke_run_halves_the_domain_cer_of_the_base(tmp_path, monkeypatch):
-    from deepsynth_ocr.train import run
+    from deepsynth_ocr.jobs.train import train
 
     monkeypatch.chdir(ROOT)
     cfg = RunConfig.from_yaml(ROOT / "configs" / "smoke.yaml")
     cfg.output_root = str(tmp_path / "runs")
     cfg.tracking.wandb = "disabled"
-    result = run(cfg, tmp_path / "runs" / "smoke")
+    result = train(cfg, tmp_path / "runs" / "smoke")
     assert result.after["cer"] <= 0.5 * result.before["cer"], (result.before, result.after)
     rows = [json.loads(x) for x in (result.run_dir / "eval" / "after.jsonl").read_text().splitlines()]
     assert len(rows) == 64 and sum(r["cer"] for r in rows) / 64 == pytest.approx(result.after["cer_mean"])

@@ -69,7 +69,7 @@ def test_bad_data_path_fails_with_a_named_error_and_a_failed_manifest(tmp_path, 
 
 
 def test_rows_with_problems_are_reported_and_the_run_continues(tmp_path, smoke_cfg):
-    from deepsynth_ocr.train import run
+    from deepsynth_ocr.jobs.train import train
 
     lines = (SAMPLES / "train.jsonl").read_text().splitlines()[:6]
     lines = [line.replace('"image": "', f'"image": "{SAMPLES}/') for line in lines]
@@ -80,7 +80,7 @@ def test_rows_with_problems_are_reported_and_the_run_continues(tmp_path, smoke_c
     smoke_cfg.train.max_steps = 1
     smoke_cfg.eval.enabled = False
     smoke_cfg.tracking.wandb = "disabled"
-    result = run(smoke_cfg)
+    result = train(smoke_cfg)
     report = json.loads((result.run_dir / "data_report.json").read_text())[0]
     assert (report["read"], report["kept"], report["rejected"]) == (9, 6, 3)
     assert report["by_reason"] == {"empty_text": 1, "missing_image": 1, "unparseable_row": 1}
@@ -90,12 +90,12 @@ def test_rows_with_problems_are_reported_and_the_run_continues(tmp_path, smoke_c
 @pytest.mark.slow
 def test_adapter_reloads_in_a_fresh_process_with_identical_logits(tmp_path, smoke_cfg):
     """Save after real training, reload onto a fresh base in another process: logits identical."""
-    from deepsynth_ocr.train import run
+    from deepsynth_ocr.jobs.train import train
 
     smoke_cfg.train.max_steps = 20
     smoke_cfg.eval.enabled = False
     smoke_cfg.tracking.wandb = "disabled"
-    result = run(smoke_cfg)
+    result = train(smoke_cfg)
     import torch
 
     from deepsynth_ocr.collate import OcrCollator

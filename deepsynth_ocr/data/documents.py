@@ -18,7 +18,7 @@ from functools import lru_cache
 
 from PIL import Image, ImageDraw, ImageFont, features
 
-from deepsynth_ocr.data.synthetic import find_font
+from deepsynth_ocr.data.fonts import find_font
 
 MM_PER_INCH = 25.4
 PAGE_GAP_PX = 8

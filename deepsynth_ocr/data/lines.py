@@ -18,7 +18,8 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from deepsynth_ocr.data.synthetic import find_font, write_rendered_split
+from deepsynth_ocr.data.fonts import find_font
+from deepsynth_ocr.data.synthetic import write_rendered_split
 
 PRETRAIN_FONTS = ("DejaVuSans", "DejaVuSerif", "DejaVuSansMono")
 

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from deepsynth_ocr.errors import MissingFileError, UserError
+
 FIELDS = ("image", "text", "prompt", "id", "task", "question", "answer", "summary")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 # WebDataset convention: a sample is every member sharing a key (the path up to the first dot of
@@ -29,7 +31,7 @@ SOURCE_TYPES = ("jsonl", "csv", "parquet", "folder", "webdataset", "hf_disk", "h
 _HUB_NAME = re.compile(r"^(hf://)?[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """A whole source cannot be read (not found, unknown kind, unreachable hub); names the source."""
 
 
@@ -109,7 +111,7 @@ def read_jsonl(path: str | Path, columns: dict[str, str] | None = None) -> Itera
     """Rows of a JSONL manifest ``{image, text, prompt?, id?}``; image paths relative to the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
+        raise MissingFileError(f"manifest not found: {path}")
     columns = columns or {n: n for n in FIELDS}
     with path.open(encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, start=1):
@@ -131,7 +133,7 @@ def read_csv(path: str | Path, columns: dict[str, str]) -> Iterator[RawRow]:
     """Rows of a CSV (or ``.tsv``) file with a header line; empty cells count as absent."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
+        raise MissingFileError(f"manifest not found: {path}")
     with path.open(encoding="utf-8", errors="replace", newline="") as f:
         reader = csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         header = next(reader, None)

@@ -1,9 +1,4 @@
-"""Render text to images with fonts available offline, and write sample sets as JSONL manifests.
-
-Fonts come first from the files matplotlib ships inside its (pinned) wheel, so the same name is the
-same font file on every machine and rendered data is reproducible; system fonts (e.g. Debian's
-fonts-dejavu-core, fonts-noto-core) add the names matplotlib lacks.
-"""
+"""Render text lines to images (fonts from ``data/fonts.py``) and write sample sets as JSONL manifests."""
 
 from __future__ import annotations
 
@@ -14,48 +9,17 @@ import string
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-SYSTEM_FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype/noto")
+from deepsynth_ocr.data.augment import Augmentations, augment
+from deepsynth_ocr.data.documents import PageStyle, render_block, render_pages
+from deepsynth_ocr.data.fonts import find_font
+from deepsynth_ocr.errors import MissingFileError, UserError
+
 DEFAULT_ALPHABET = string.ascii_lowercase + string.digits
-
-
-@cache
-def available_fonts() -> tuple[Path, ...]:
-    """Regular (non-bold, non-italic) TrueType fonts found offline, sorted for reproducibility."""
-    dirs = []
-    try:
-        import matplotlib
-
-        dirs.append(Path(matplotlib.get_data_path()) / "fonts" / "ttf")
-    except ImportError:
-        pass
-    dirs += [Path(d) for d in SYSTEM_FONT_DIRS]
-    fonts: dict[str, Path] = {}
-    for d in dirs:
-        for p in sorted(d.glob("*.ttf")) if d.is_dir() else ():
-            stem = p.stem
-            if any(s in stem for s in ("Bold", "Oblique", "Italic", "Light", "Display")):
-                continue
-            fonts.setdefault(stem, p)  # first directory wins: bundled fonts before system ones
-    if not fonts:
-        raise RuntimeError(
-            "no TrueType font found offline; install Debian's fonts-dejavu-core or matplotlib"
-        )
-    return tuple(fonts[k] for k in sorted(fonts))
-
-
-def find_font(name: str = "DejaVuSans") -> Path:
-    for p in available_fonts():
-        if p.stem == name:
-            return p
-    raise FileNotFoundError(
-        f"font {name!r} not found; available: {[p.stem for p in available_fonts()]}"
-    )
 
 
 @dataclass(frozen=True)
@@ -134,11 +98,11 @@ def corpus_texts(path: str | Path, mode: str, paragraphs_per_document: int = 8) 
     each file of a folder, or runs of ``paragraphs_per_document`` paragraphs of a single file.
     """
     if mode not in CORPUS_MODES:
-        raise ValueError(f"mode must be one of {CORPUS_MODES}, got {mode!r}")
+        raise UserError(f"--mode must be one of {CORPUS_MODES}, got {mode!r}")
     path = Path(path)
     files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
     if not files or not files[0].is_file():
-        raise FileNotFoundError(f"corpus not found or holds no .txt files: {path}")
+        raise MissingFileError(f"corpus not found or holds no .txt files: {path}")
     for file in files:
         text = unicodedata.normalize("NFC", file.read_text(encoding="utf-8"))
         if mode == "line":
@@ -162,9 +126,6 @@ def render_corpus(corpus: str | Path, out_dir: str | Path, mode: str = "line", s
     page (id ``doc00003-p2``) whose text is what that page shows. Each sample's augmentations
     come from its own seeded generator, so a sample is reproducible on its own.
     """
-    # documents imports this module (for its fonts), so it is imported here, not at the top.
-    from deepsynth_ocr.data.augment import Augmentations, augment
-    from deepsynth_ocr.data.documents import PageStyle, render_block, render_pages
 
     style = style or PageStyle()
     augmentations = augmentations or Augmentations()
@@ -206,8 +167,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=0, help="with --corpus: render at most this many texts (0: all)")
     args = ap.parse_args(argv)
     if args.corpus:
-        from deepsynth_ocr.data.augment import Augmentations
-        from deepsynth_ocr.data.documents import PageStyle
 
         aug = Augmentations.scanned() if args.augment == "scanned" else Augmentations()
         style = PageStyle(dpi=args.dpi, font=args.font, font_size_pt=args.font_size)

@@ -17,13 +17,16 @@ from peft import PeftConfig, get_peft_model
 from safetensors.torch import load_file
 
 from deepsynth_ocr.devices import to_model
+from deepsynth_ocr.errors import UserError
 
 log = logging.getLogger(__name__)
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-class AdapterError(RuntimeError):
+class AdapterError(UserError):
+    """An adapter directory that does not fit the model (missing file, a key or shape that does not land)."""
+
     pass
 
 

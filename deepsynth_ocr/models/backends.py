@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ import torch
 from deepsynth_ocr.config import ConfigError, RunConfig
 from deepsynth_ocr.devices import compute_device, resolve_dtype, torch_dtype
 from deepsynth_ocr.errors import UserError
+from deepsynth_ocr.models.adapters import load_adapter
 from deepsynth_ocr.models.families import Family, get_family
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedModel:
+    """The one handle for a loaded model: what every function that runs a model takes."""
+
     model: torch.nn.Module
     processor: object
     family: Family
-    backend: str
-    backend_reason: str
+    backend: str = "hf"
+    backend_reason: str = ""
     frozen_params: int = 0
     trainable_params: int = 0
     # Unsloth's FastVisionModel class when backend is unsloth; it must switch train/inference modes.
@@ -57,6 +60,10 @@ class LoadedModel:
         if self.fast_model is not None:
             self.fast_model.for_inference(self.model)
 
+    def with_adapter(self, adapter_dir: str | Path) -> LoadedModel:
+        """This base with the LoRA adapter saved in ``adapter_dir`` attached (every weight checked to land)."""
+        return replace(self, model=load_adapter(self.model, adapter_dir))
+
     def save_merged(self, out_dir: str | Path) -> Path:
         """Write the base model with the LoRA merged in, in 16 bits, plus the processor/tokenizer."""
         out_dir = Path(out_dir)
@@ -64,7 +71,7 @@ class LoadedModel:
             self.model.save_pretrained_merged(str(out_dir), **unsloth_save_merged_kwargs(self.processor))
             return out_dir
         if getattr(self.model, "is_loaded_in_4bit", False) or getattr(self.model.base_model, "is_loaded_in_4bit", False):
-            raise RuntimeError("save_merged: the hf backend cannot merge into 4-bit weights without loss; "
+            raise UserError("save_merged: the hf backend cannot merge into 4-bit weights without loss; "
                                "reload the base with model.load_in_4bit: false and load the adapter, or use unsloth")
         self.model.merge_and_unload().save_pretrained(str(out_dir))
         self.processor.save_pretrained(str(out_dir))
@@ -202,8 +209,8 @@ def checkpoint_source(model_cfg) -> str | None:
     return str(path)
 
 
-def load_base(cfg: RunConfig):
-    """Model and processor for ``cfg.model``, before any freezing or adapters.
+def load_base(cfg: RunConfig) -> LoadedModel:
+    """Model and processor for ``cfg.model``, before any freezing or adapters (the hf backend's load).
 
     Every checkpoint, the bundled tiny base included, goes through ``from_pretrained`` of a local
     directory or hub id; only ``model.name_or_path: random`` builds the tiny model in code.
@@ -229,7 +236,7 @@ def load_base(cfg: RunConfig):
     else:
         model, processor, family = _from_pretrained(cfg, family, source)
     _eager_experts_on_cpu(model, family)
-    return model, processor, family
+    return LoadedModel(model, processor, family, "hf", "base model")
 
 
 def _eager_experts_on_cpu(model, family: Family) -> None:
@@ -455,10 +462,10 @@ def load_model(cfg: RunConfig, for_training: bool = True) -> LoadedModel:
     if backend == "unsloth":
         loaded = load_unsloth(cfg, get_family(cfg.model.family), reason, for_training)
     else:
-        model, processor, family = load_base(cfg)
-        loaded = LoadedModel(model, processor, family, backend, reason)
+        loaded = replace(load_base(cfg), backend=backend, backend_reason=reason)
         if for_training:
-            loaded.model, loaded.frozen_params, loaded.trainable_params = prepare_for_training(model, family, cfg)
+            loaded.model, loaded.frozen_params, loaded.trainable_params = prepare_for_training(
+                loaded.model, loaded.family, cfg)
     loaded.dtype_reason = dtype_reason
     if backend == "hf" and cfg.model.load_in_4bit:
         loaded.lm_precision = language_model_precision(loaded.model, loaded.family)

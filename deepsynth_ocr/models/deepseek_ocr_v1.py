@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from deepsynth_ocr.collate import IGNORE_INDEX, pad_rows, padding_id
+from deepsynth_ocr.batching import IGNORE_INDEX, pad_rows, padding_id
+from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.models.families import V1Geometry
 
 IMAGE_TOKEN = "<image>"
@@ -112,7 +113,7 @@ class V1Processor:
         self.dtype = dtype
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
-            raise ValueError(f"the tokenizer has no {IMAGE_TOKEN!r} token; is this a DeepSeek-OCR checkpoint?")
+            raise UserError(f"the tokenizer has no {IMAGE_TOKEN!r} token; is this a DeepSeek-OCR checkpoint?")
 
     def save_pretrained(self, path: str | Path) -> None:
         self.tokenizer.save_pretrained(str(path))
@@ -142,7 +143,7 @@ class V1Collator:
     def encode_prompt(self, image: Image.Image, prompt: str) -> tuple[list[int], list[bool], EncodedImage]:
         before, sep, after = prompt.partition(IMAGE_TOKEN)
         if not sep or IMAGE_TOKEN in after:
-            raise ValueError(f"prompt must contain {IMAGE_TOKEN!r} exactly once, got {prompt!r}")
+            raise UserError(f"prompt must contain {IMAGE_TOKEN!r} exactly once, got {prompt!r}")
         encoded = encode_image(image, self.geometry, self.processor.dtype)
         head, tail = self._text_ids(before), self._text_ids(after)
         ids = [self.bos_id] + head + [self.processor.image_token_id] * encoded.num_tokens + tail

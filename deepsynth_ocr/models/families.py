@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from deepsynth_ocr.errors import UserError
+
 # LoRA goes on the language model's attention and MLP projections only. Matching on the module
 # path keeps it off the vision encoder, which has projections with the same names. Routed MoE
 # experts are fused 3-D parameters, not Linear layers, so only dense and shared-expert MLPs match.
@@ -165,6 +167,6 @@ def get_family(name: str) -> Family:
     try:
         return FAMILIES[name]
     except KeyError:
-        raise ValueError(
+        raise UserError(
             f"model.family: unknown family {name!r}; choose one of {sorted(FAMILIES)}"
         ) from None

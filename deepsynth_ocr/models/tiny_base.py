@@ -29,6 +29,7 @@ from deepsynth_ocr.config import EvalConfig
 from deepsynth_ocr.data.lines import LineStyle, RenderedLines, data_hash
 from deepsynth_ocr.evaluate import max_new_tokens_for, score_rows
 from deepsynth_ocr.models import tiny
+from deepsynth_ocr.models.backends import LoadedModel
 from deepsynth_ocr.models.families import TINY_BASE, get_family
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def score(model, processor, rows, batch_size: int = 16) -> dict:
     rows = [rows[i] for i in range(len(rows))]
     cfg = EvalConfig(batch_size=batch_size)
     bound = max_new_tokens_for([r["text"] for r in rows], processor.tokenizer, cfg)
-    return score_rows(model, processor, get_family("tiny"), rows, cfg, bound, desc="held-out")
+    return score_rows(LoadedModel(model, processor, get_family("tiny")), rows, cfg, bound, desc="held-out")
 
 
 def pretrain(recipe: Recipe, out_dir: Path) -> dict:

@@ -1,4 +1,4 @@
-"""What the notebooks call: config from parameters, and displays of a run's results.
+"""What notebook cells call besides the jobs: the config from a notebook's parameters, and displays of a run.
 
 Notebooks hold a parameters cell of plain literals (flat ``RunConfig`` names such as
 ``train_learning_rate``) and cells that each call one function from here or from the package.
@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from deepsynth_ocr.config import ConfigError, RunConfig
+from deepsynth_ocr.runs import RunDirError, RunPaths, new_run_path, open_finished
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,10 @@ def metrics_table(run_dir: str | Path):
     """Before/after CER, WER and exact match of a run, as a table (pandas DataFrame)."""
     import pandas as pd
 
-    manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
+    manifest = RunPaths(Path(run_dir)).read_manifest()
     rows = {tag: m for tag, m in (manifest.get("metrics") or {}).items() if isinstance(m, dict)}
     if not rows:
-        raise ValueError(f"{run_dir}: no evaluation metrics in manifest.json (was eval.enabled false?)")
+        raise RunDirError(f"{run_dir}: no evaluation metrics in manifest.json (was eval.enabled false?)")
     cols = [c for c in ("cer", "wer", "cer_mean", "cer_median", "exact_match", "stopped_rate", "n")
             if any(c in m for m in rows.values())]
     return pd.DataFrame({tag: {c: m.get(c) for c in cols} for tag, m in rows.items()}).T
@@ -97,7 +98,8 @@ def _image_rows(rows: list[tuple]):
 
 
 def _eval_rows(run_dir: str | Path, tag: str) -> list[dict]:
-    return [json.loads(line) for line in (Path(run_dir) / "eval" / f"{tag}.jsonl").read_text().splitlines()]
+    paths = RunPaths(Path(run_dir))
+    return paths.read_jsonl(paths.eval_file(tag))
 
 
 def _eval_image(row: dict):
@@ -126,14 +128,15 @@ def training_curves(run_dir: str | Path):
     """The report's loss and CER/WER-over-steps plots for a run (from ``metrics.jsonl``)."""
     from deepsynth_ocr.report import error_rate_figure, loss_figure
 
-    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    paths = RunPaths(Path(run_dir))
+    records = paths.read_jsonl(paths.metrics)
     baselines = {r["eval"].removeprefix("baseline_"): r for r in records if str(r.get("eval", "")).startswith("baseline_")}
     return [_image(fig) for fig in (loss_figure(records), error_rate_figure(records, baselines)) if fig is not None]
 
 
 def prepare_data(cfg: RunConfig, run_dir: str = ""):
-    """``data.prepare.prepare`` writing into ``<run_dir>/dataset`` unless ``prepare.output_dir`` is set."""
-    from deepsynth_ocr.data.prepare import prepare
+    """``jobs.prepare.prepare`` writing into ``<run_dir>/dataset`` unless ``prepare.output_dir`` is set."""
+    from deepsynth_ocr.jobs.prepare import prepare
 
     if run_dir and not cfg.prepare.output_dir:
         cfg.prepare.output_dir = str(Path(run_dir) / "dataset")
@@ -161,23 +164,18 @@ def dataset_samples(path: str | Path, split: str = "train", n: int = 6):
 
 def run_config_path(run_dir: str) -> str:
     """A finished run's resolved ``config.yaml`` ('' when no run is given)."""
-    return str(Path(run_dir) / "config.yaml") if run_dir else ""
+    return str(open_finished(run_dir).config) if run_dir else ""
 
 
 def adapter_dir(run_dir: str) -> str | None:
     """A finished run's ``adapter/`` directory (None when no run is given), checked to exist."""
     if not run_dir:
         return None
-    path = Path(run_dir) / "adapter"
-    if not path.is_dir():
-        raise FileNotFoundError(f"finetune_run_dir: {run_dir} has no adapter/ (did the fine-tune finish? see its manifest.json)")
-    return str(path)
+    return str(open_finished(run_dir, need_adapter=True).adapter)
 
 
 def output_file(run_dir: str, cfg: RunConfig, filename: str) -> Path:
     """``<run_dir>/<filename>``, in a new run directory when ``run_dir`` is empty."""
-    from deepsynth_ocr.runs import new_run_path
-
     directory = Path(run_dir) if run_dir else new_run_path(cfg.output_root, cfg.name)
     directory.mkdir(parents=True, exist_ok=True)
     return directory / filename
@@ -187,7 +185,7 @@ def show_report(run_dir: str | Path):
     """The run's self-contained ``report.html``, shown inline."""
     from IPython.display import HTML
 
-    return HTML((Path(run_dir) / "report.html").read_text(encoding="utf-8"))
+    return HTML(RunPaths(Path(run_dir)).report.read_text(encoding="utf-8"))
 
 
 def predictions_table(path: str | Path, n: int = 20):

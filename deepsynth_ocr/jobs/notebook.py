@@ -1,4 +1,4 @@
-"""Run a kit notebook with papermill into a run directory (``deepsynth-ocr notebook``).
+"""The notebook job: a kit notebook executed by papermill into a run directory (``deepsynth-ocr notebook``).
 
 The executed notebook is saved in the run directory whether or not a cell fails; on failure the
 run's ``manifest.json`` says ``failed`` and names the failing cell, and the caller exits non-zero.
@@ -6,14 +6,13 @@ run's ``manifest.json`` says ``failed`` and names the failing cell, and the call
 
 from __future__ import annotations
 
-import json
 import logging
-from datetime import datetime
 from pathlib import Path
 
+from deepsynth_ocr.cells import PROJECT_ROOT
 from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.notebook import PROJECT_ROOT
-from deepsynth_ocr.runs import new_run_path
+from deepsynth_ocr.errors import MissingFileError
+from deepsynth_ocr.runs import RunPaths, new_run_path, update_manifest
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +21,7 @@ KERNEL_NAME = "deepsynth-ocr"  # registered in the venv by `make setup`
 
 
 class NotebookFailed(RuntimeError):
-    pass
+    """A cell of the notebook raised; the executed notebook with the error is in the run directory."""
 
 
 def find_notebook(name: str) -> Path:
@@ -34,7 +33,7 @@ def find_notebook(name: str) -> Path:
         if candidate.is_file():
             return candidate
     known = sorted(p.stem for p in NOTEBOOKS_DIR.glob("*.ipynb"))
-    raise FileNotFoundError(f"notebook {name!r} not found; the kit's notebooks are {known}")
+    raise MissingFileError(f"notebook {name!r} not found; the kit's notebooks are {known}")
 
 
 def _kernel_name() -> str | None:
@@ -50,13 +49,6 @@ def new_run_dir(parameters: dict, config_path: str | None) -> Path:
     name = parameters.get("name", flat["name"])
     root = parameters.get("output_root", flat["output_root"])
     return new_run_path(root, name)
-
-
-def _update_manifest(run_dir: Path, **fields) -> None:
-    path = run_dir / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.is_file() else {"created_at": datetime.now().isoformat(timespec="seconds")}
-    manifest.update(fields)
-    path.write_text(json.dumps(manifest, indent=2, default=str))
 
 
 def _failing_cell(executed: Path) -> dict:
@@ -88,13 +80,12 @@ def run_notebook(name: str, parameters: dict | None = None, config_path: str | N
                                    kernel_name=_kernel_name(), progress_bar=False)
     except papermill.PapermillExecutionError as e:
         cell = _failing_cell(executed)
-        _update_manifest(run_dir, status="failed", notebook=str(executed), failing_cell=cell,
+        update_manifest(run_dir, status="failed", notebook=str(executed), failing_cell=cell,
                          error=f"{e.ename}: {e.evalue}")
         raise NotebookFailed(
             f"{notebook.name} failed in cell {cell.get('index')} ({e.ename}: {e.evalue}); "
             f"executed notebook with the error: {executed}"
         ) from None
-    manifest = run_dir / "manifest.json"
-    status = json.loads(manifest.read_text()).get("status") if manifest.is_file() else None
-    _update_manifest(run_dir, notebook=str(executed), status=status or "ok")
+    status = RunPaths(run_dir).read_manifest().get("status")
+    update_manifest(run_dir, notebook=str(executed), status=status or "ok")
     return run_dir

@@ -1,0 +1,34 @@
+"""The export job: a finished run's adapter out as adapter + merged weights + model card, each verified.
+
+Reads the run directory through ``runs`` (its config, adapter, manifest, data report) and writes
+``<run_dir>/export/`` unless told otherwise; the export itself is the library's (``export.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.export import export_model, fixed_batch
+from deepsynth_ocr.models.backends import load_base
+from deepsynth_ocr.runs import open_finished
+
+log = logging.getLogger(__name__)
+
+
+def export(run_dir: str | Path, out_dir: str | Path | None = None, cfg: RunConfig | None = None) -> tuple[Path, dict]:
+    """Export a finished run directory (its ``adapter/``) to ``out_dir`` (default ``<run_dir>/export``)."""
+    paths = open_finished(run_dir, need_adapter=True)
+    cfg = cfg or RunConfig.from_yaml(paths.config)
+    if cfg.model.load_in_4bit:
+        # Merging into NF4 weights would round the merged update away; the export is the adapter on the
+        # unquantised base, which is also what a server loads.
+        log.info("export: the run trained on a 4-bit base; the base is reloaded unquantised (model.dtype %s) "
+                 "to merge the adapter", cfg.model.dtype)
+        cfg = RunConfig.from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "load_in_4bit": False}})
+    loaded = load_base(cfg).with_adapter(paths.adapter)
+    out_dir = Path(out_dir) if out_dir else paths.export
+    data = json.loads(paths.data_report.read_text()) if paths.data_report.is_file() else []
+    return out_dir, export_model(loaded, cfg, out_dir, fixed_batch(loaded, cfg), paths.read_manifest(), data)

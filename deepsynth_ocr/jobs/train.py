@@ -1,0 +1,136 @@
+"""The training job: load, evaluate, fine-tune, evaluate again, save a verified adapter, write the report.
+
+Everything the run produces lands in its run directory (``runs.RunPaths``); the status in its
+manifest says how it ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from deepsynth_ocr import versions
+from deepsynth_ocr.baselines import run_baselines
+from deepsynth_ocr.collate import make_collator
+from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.evaluate import PeriodicEvalCallback, evaluate_dataset
+from deepsynth_ocr.export import MERGED_RTOL
+from deepsynth_ocr.models.adapters import save_adapter
+from deepsynth_ocr.models.backends import LoadedModel, checkpoint_source, load_model, require_transformers_for
+from deepsynth_ocr.models.families import get_family
+from deepsynth_ocr.report import write_report
+from deepsynth_ocr.runs import Run
+from deepsynth_ocr.tracking import Tracker
+from deepsynth_ocr.training import (
+    KitTrainer,
+    MetricsCallback,
+    load_data,
+    require_cuda_for_real_checkpoints,
+    training_arguments,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    before: dict | None
+    after: dict | None
+    train_loss: float | None
+    loaded: LoadedModel  # the fine-tuned model, processor and family, for further use in a notebook
+
+
+def _sample_rows(eval_ds, rows: list[dict], n: int) -> list[dict]:
+    # The decoded image wins over the JSONL's "image" (a path, or None for embedded images).
+    return [{**r, "image": eval_ds[i]["image"]} for i, r in enumerate(rows[: n or None])]
+
+
+def _evaluate(loaded, eval_ds, cfg: RunConfig, run: Run, tracker: Tracker, tag: str, step: int) -> dict:
+    start = time.time()
+    out = run.paths.eval_file(tag)
+    loaded.for_inference()
+    summary = evaluate_dataset(loaded, eval_ds, cfg.eval, out, tag)
+    run.timing(f"eval_{tag}_s", time.time() - start)
+    run.log_metrics({"step": step, "eval": tag, **summary})
+    tracker.log({f"eval_{tag}/{k}": v for k, v in summary.items()}, step=step)
+    tracker.log_samples(f"eval_{tag}/samples", _sample_rows(eval_ds, run.paths.read_jsonl(out),
+                                                            cfg.eval.num_logged_samples), step=step)
+    return summary
+
+
+def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainResult:
+    """Fine-tune as ``cfg`` says into ``run_dir`` (default: a new ``<output_root>/<name>_<timestamp>``)."""
+    cfg.validate()
+    require_transformers_for(get_family(cfg.model.family))
+    require_cuda_for_real_checkpoints(cfg)
+    tracker = None
+    try:
+        with Run.start(cfg, run_dir) as run:
+            run.update(version_mismatches=versions.warn_mismatches())
+            set_seed(cfg.seed)
+            start = time.time()
+            loaded = load_model(cfg)
+            run.update(backend=loaded.backend, backend_reason=loaded.backend_reason,
+                       dtype=str(loaded.model.dtype).removeprefix("torch."), dtype_reason=loaded.dtype_reason,
+                       checkpoint=checkpoint_source(cfg.model) or "random (built in code)",
+                       parameters={"frozen": loaded.frozen_params, "trainable": loaded.trainable_params,
+                                   "trained": loaded.trained, "language_model_precision": loaded.lm_precision})
+            run.timing("load_s", time.time() - start)
+            train_ds, eval_ds = load_data(cfg, loaded.processor.tokenizer, loaded.family, run.paths.data_report)
+            tracker = Tracker(run.paths.wandb, cfg.tracking, run.dir.name, cfg.to_dict())
+            do_eval = cfg.eval.enabled and eval_ds is not None
+            before = _evaluate(loaded, eval_ds, cfg, run, tracker, "before", 0) if do_eval else None
+            if do_eval:
+                for name, summary in run_baselines(eval_ds, cfg.eval, run.paths.eval_dir).items():
+                    run.log_metrics({"step": 0, "eval": f"baseline_{name}", **summary})
+                    tracker.log({f"baseline_{name}/{k}": v for k, v in summary.items()}, step=0)
+
+            def log_train(record: dict) -> None:
+                run.log_metrics(record)
+                tracker.log({f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")},
+                            step=record["step"])
+
+            collator = make_collator(loaded.processor, loaded.family)
+            trainer = KitTrainer(model=loaded.model, args=training_arguments(cfg, run.paths.checkpoints),
+                                 train_dataset=train_ds, data_collator=collator, callbacks=[MetricsCallback(log_train)])
+            if do_eval and cfg.eval.every_steps:
+                def log_periodic(summary: dict, step: int) -> None:
+                    run.log_metrics({"step": step, "eval": "periodic", **summary})
+                    tracker.log({f"eval_periodic/{k}": v for k, v in summary.items()}, step=step)
+
+                periodic = PeriodicEvalCallback(loaded, eval_ds, cfg.eval, log_periodic)
+                trainer.add_callback(periodic)
+            checkpoints = run.paths.checkpoints
+            resume = get_last_checkpoint(str(checkpoints)) if cfg.train.resume and checkpoints.is_dir() else None
+            if cfg.train.resume:
+                log.info("resuming from %s", resume or "scratch (no checkpoint found)")
+            start = time.time()
+            loaded.for_training()
+            output = trainer.train(resume_from_checkpoint=resume)
+            run.timing("train_s", time.time() - start)
+            if do_eval and cfg.eval.every_steps:
+                run.timing("eval_periodic_s", periodic.seconds)  # included in train_s
+            step = trainer.state.global_step
+            after = _evaluate(loaded, eval_ds, cfg, run, tracker, "after", step) if do_eval else None
+
+            fixed_batch = collator([train_ds[i] for i in range(min(2, len(train_ds)))])
+            saved = run.paths.adapter if cfg.lora.enabled else run.paths.model
+            if cfg.lora.enabled:
+                # Exact on the hf backend; Unsloth's patched LoRA forward gets the 16-bit rounding bound.
+                rtol = 0.0 if loaded.backend == "hf" else MERGED_RTOL.get(loaded.model.dtype, 0.0)
+                save_adapter(loaded.model, saved, fixed_batch, rtol=rtol)
+            else:
+                loaded.model.save_pretrained(saved)
+            loaded.processor.save_pretrained(saved)
+            run.update(metrics={"before": before, "after": after, "train_loss": output.training_loss, "steps": step})
+    finally:
+        if tracker is not None:
+            tracker.finish()
+    write_report(run.dir)
+    return TrainResult(run.dir, before, after, output.training_loss, loaded)
