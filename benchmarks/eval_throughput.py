@@ -126,4 +126,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import record  # benchmarks/record.py, beside this script
+
+    record.main("eval_throughput", main)

@@ -63,4 +63,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import record  # benchmarks/record.py, beside this script
+
+    record.main("qlora_memory", main)

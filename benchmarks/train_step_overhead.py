@@ -89,4 +89,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import record  # benchmarks/record.py, beside this script
+
+    record.main("train_step_overhead", main)

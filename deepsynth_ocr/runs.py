@@ -37,63 +37,32 @@ class RunDirError(UserError):
     """A run directory that does not exist or lacks what the command needs."""
 
 
+def _file(name: str) -> property:
+    return property(lambda self: self.dir / name, doc=f"``{name}`` of the run directory")
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """Every path of one run directory."""
 
     dir: Path
 
-    @property
-    def config(self) -> Path:
-        return self.dir / "config.yaml"
-
-    @property
-    def manifest(self) -> Path:
-        return self.dir / "manifest.json"
-
-    @property
-    def console_log(self) -> Path:
-        return self.dir / "console.log"
-
-    @property
-    def metrics(self) -> Path:
-        return self.dir / "metrics.jsonl"
-
-    @property
-    def data_report(self) -> Path:
-        return self.dir / "data_report.json"
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.dir / "eval"
+    config = _file("config.yaml")
+    manifest = _file("manifest.json")
+    console_log = _file("console.log")
+    metrics = _file("metrics.jsonl")
+    data_report = _file("data_report.json")
+    eval_dir = _file("eval")
+    checkpoints = _file("checkpoints")
+    adapter = _file("adapter")
+    model = _file("model")  # full fine-tuning's weights (lora.enabled: false)
+    report = _file("report.html")
+    wandb = _file("wandb")
+    export = _file("export")
 
     def eval_file(self, tag: str) -> Path:
         """Per-sample predictions of one evaluation: ``before``, ``after``, ``baseline_<engine>``."""
         return self.eval_dir / f"{tag}.jsonl"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.dir / "checkpoints"
-
-    @property
-    def adapter(self) -> Path:
-        return self.dir / "adapter"
-
-    @property
-    def model(self) -> Path:
-        return self.dir / "model"
-
-    @property
-    def report(self) -> Path:
-        return self.dir / "report.html"
-
-    @property
-    def wandb(self) -> Path:
-        return self.dir / "wandb"
-
-    @property
-    def export(self) -> Path:
-        return self.dir / "export"
 
     def read_manifest(self) -> dict:
         return json.loads(self.manifest.read_text()) if self.manifest.is_file() else {}
@@ -145,11 +114,6 @@ def open_finished(directory: str | Path, need_adapter: bool = False) -> RunPaths
         status = paths.read_manifest().get("status", "unknown")
         raise RunDirError(f"{paths.dir} has no adapter/ (run status: {status}); it needs a finished LoRA training run")
     return paths
-
-
-def load_run_config(directory: str | Path) -> RunConfig:
-    """A finished run's resolved config."""
-    return RunConfig.from_yaml(open_finished(directory).config)
 
 
 def update_manifest(directory: str | Path, **fields) -> dict:

@@ -134,7 +134,7 @@ def test_cli_export_of_a_run_directory(trained, tmp_path, capsys):
 def test_a_4bit_run_exports_merged_weights_from_the_base_reloaded_unquantised(tmp_path):
     """GPU_AUDIT.md item 6: the GPU recipes train on a 4-bit base; export merges into the unquantised one."""
     from deepsynth_ocr.config import RunConfig
-    from deepsynth_ocr.jobs.export import export
+    from deepsynth_ocr.jobs.export import export as export_job
     from deepsynth_ocr.jobs.train import train
 
     from .conftest import ROOT, SAMPLES
@@ -144,7 +144,7 @@ def test_a_4bit_run_exports_merged_weights_from_the_base_reloaded_unquantised(tm
     cfg.output_root, cfg.data.train_path, cfg.data.eval_path = str(tmp_path / "runs"), str(SAMPLES / "train.jsonl"), ""
     cfg.train.max_steps, cfg.train.save_steps, cfg.tracking.wandb = 2, 0, "disabled"
     run_dir = train(cfg).run_dir
-    out, verification = export(run_dir)
+    out, verification = export_job(run_dir)
     assert verification["adapter"]["max_logit_diff"] == 0.0
     assert verification["merged"]["max_logit_diff"] <= verification["merged"]["allowed"]
     merged_config = json.loads((out / "merged" / "config.json").read_text())
