@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from deepsynth_ocr.config import RunConfig, parse_value
-from deepsynth_ocr.errors import UserError
+from deepsynth_ocr.errors import RunStopped, UserError
 from deepsynth_ocr.runs import RunPaths, open_finished
 
 
@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"deepsynth-ocr {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:  # interrupted (128 + signal number) or stopped on a non-finite loss (1)
+        print(f"deepsynth-ocr {args.command}: stopped: {e}", file=sys.stderr)
+        return e.exit_code
 
 
 if __name__ == "__main__":

@@ -11,3 +11,31 @@ class UserError(ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or directory the user named (a manifest, a corpus, a font, a notebook) does not exist."""
+
+
+class RunStopped(Exception):
+    """A run that stopped before its end on purpose: the manifest gets ``status`` and the CLI exits ``exit_code``."""
+
+    status = "failed"
+    exit_code = 1
+
+
+class TrainingInterrupted(RunStopped):
+    """SIGTERM or SIGINT during training: a checkpoint was saved at ``step``, ``train.resume`` continues from it."""
+
+    status = "interrupted"
+
+    def __init__(self, signal_name: str, signum: int, step: int, checkpoint: str):
+        super().__init__(f"{signal_name} at step {step}: checkpoint saved at {checkpoint}; "
+                         "continue with -s train.resume=true")
+        self.step, self.exit_code = step, 128 + signum
+
+
+class NonFiniteLoss(RunStopped):
+    """The loss or the gradient norm became NaN or infinite; the last good checkpoint is kept."""
+
+    def __init__(self, what: str, step: int, last_good: str | None):
+        kept = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written before it"
+        super().__init__(f"non-finite {what} at step {step}; {kept}. Lower train.learning_rate or check the data")
+        self.step = step
+        self.status = f"failed: non-finite loss at step {step}"

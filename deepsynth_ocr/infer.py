@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from deepsynth_ocr.collate import make_collator
 from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.errors import UserError
+from deepsynth_ocr.errors import MissingFileError, UserError
 from deepsynth_ocr.evaluate import Prediction, generate_batch
 from deepsynth_ocr.models.families import get_family
 
@@ -54,6 +54,15 @@ class InferSummary:
     def __str__(self) -> str:
         return (f"{self.inputs} inputs: {self.skipped} already done, {self.written} written "
                 f"({self.errors} errors)")
+
+
+def require_some_input(specs: list[str]) -> None:
+    """Stop in one line when not one of ``specs`` names an existing image or PDF (a typo, a wrong folder):
+    a run that would write only error rows and exit 0 is no run."""
+    items, spec_errors = expand_inputs(specs)
+    if not items and not any("file" in e for e in spec_errors):
+        raise MissingFileError(f"no input found: {', '.join(e['input'] for e in spec_errors)} "
+                               "(no such file, or no image/PDF file in that folder or glob)")
 
 
 def _pdf_pages(path: Path) -> int:

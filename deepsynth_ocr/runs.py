@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
+import socket
 import subprocess
 import sys
 import time
@@ -25,8 +27,11 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
+import yaml
+
 from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.errors import UserError
+from deepsynth_ocr.errors import RunStopped, UserError
+from deepsynth_ocr.secrets import RedactingFilter, redact
 
 log = logging.getLogger("deepsynth_ocr")
 
@@ -35,6 +40,10 @@ TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datas
 
 class RunDirError(UserError):
     """A run directory that does not exist or lacks what the command needs."""
+
+
+class RunLocked(UserError):
+    """Another live process is writing this run directory."""
 
 
 def _file(name: str) -> property:
@@ -59,6 +68,7 @@ class RunPaths:
     report = _file("report.html")
     wandb = _file("wandb")
     export = _file("export")
+    lock = _file(".lock")  # {pid, host, started} of the process writing the directory
 
     def eval_file(self, tag: str) -> Path:
         """Per-sample predictions of one evaluation: ``before``, ``after``, ``baseline_<engine>``."""
@@ -123,7 +133,7 @@ def update_manifest(directory: str | Path, **fields) -> dict:
     manifest.update(fields)
     paths.dir.mkdir(parents=True, exist_ok=True)
     tmp = paths.manifest.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    tmp.write_text(json.dumps(redact(json.loads(json.dumps(manifest, default=str))), indent=2))
     tmp.replace(paths.manifest)
     return manifest
 
@@ -143,8 +153,13 @@ class Run:
             self.manifest = {"name": cfg.name, "created_at": datetime.now().isoformat(timespec="seconds")}
         self.manifest.update({"status": "running", "versions": package_versions(), "git_commit": git_commit(),
                               "command": sys.argv, "timings": self.manifest.get("timings", {})})
+        self._lock = acquire_lock(self.paths)
         self._handler = _attach_console_log(self.paths.console_log)
-        cfg.to_yaml(self.paths.config)
+        if self._lock["took_over"]:  # logged once the console log is attached, so the run's log has it
+            stale = self._lock["took_over"]
+            log.warning("run directory %s: taking over the stale lock of pid %s (no longer running, started %s)",
+                        self.dir, stale["pid"], stale.get("started"))
+        self.paths.config.write_text(yaml.safe_dump(redact(cfg.to_dict()), sort_keys=False))
         self.save()
 
     @classmethod
@@ -164,6 +179,9 @@ class Run:
     def __exit__(self, kind, error, tb) -> bool:
         if error is None:
             self.finish("ok")
+        elif isinstance(error, RunStopped):
+            self.update(stopped_at_step=getattr(error, "step", None))
+            self.finish(error.status, error)
         elif isinstance(error, KeyboardInterrupt):
             self.finish("interrupted", error)
         else:
@@ -191,14 +209,60 @@ class Run:
         if error is not None:
             self.manifest["error"] = f"{type(error).__name__}: {error}"
             # The message of a user's mistake says what to fix; a traceback would bury it.
-            if isinstance(error, UserError):
-                log.error("run failed: %s", error)
+            if isinstance(error, (UserError, RunStopped)):
+                log.error("run %s: %s", status, error)
             elif not isinstance(error, KeyboardInterrupt):
                 log.error("run failed", exc_info=error)
         self.save()
+        release_lock(self.paths, self._lock)
         log.info("run %s: %s (%s)", status, self.dir, self.paths.manifest)
         logging.getLogger().removeHandler(self._handler)
         self._handler.close()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def acquire_lock(paths: RunPaths) -> dict:
+    """Take the run directory's lock, or refuse in one line naming its holder; a dead holder on this host
+    (a killed run) is taken over with a warning. Creation is atomic (O_EXCL), so two starts cannot both win."""
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now().isoformat(timespec="seconds")}
+    took_over = None
+    for _ in range(2):
+        try:
+            fd = os.open(paths.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(paths.lock.read_text())
+            except (OSError, json.JSONDecodeError):
+                holder = {}
+            same_host = holder.get("host") == mine["host"]
+            if same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
+                took_over = holder
+                paths.lock.unlink(missing_ok=True)
+                continue
+            raise RunLocked(f"run directory {paths.dir} is being written by pid {holder.get('pid')} on host "
+                            f"{holder.get('host')} since {holder.get('started')}; wait for it to finish or stop it "
+                            f"(a holder on another host that is gone: delete {paths.lock})") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(mine, f)
+        return {**mine, "took_over": took_over}
+    raise RunLocked(f"run directory {paths.dir}: could not take its lock {paths.lock}")
+
+
+def release_lock(paths: RunPaths, mine: dict) -> None:
+    try:
+        if json.loads(paths.lock.read_text()).get("pid") == mine["pid"]:
+            paths.lock.unlink()
+    except (OSError, json.JSONDecodeError):
+        pass
 
 
 class _Console(logging.StreamHandler):
@@ -221,6 +285,7 @@ def _attach_console_log(path: Path) -> logging.Handler:
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(fmt)
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.addHandler(handler)
     logging.captureWarnings(True)
@@ -229,6 +294,7 @@ def _attach_console_log(path: Path) -> logging.Handler:
     if not any(getattr(h, "_deepsynth_console", False) for h in root.handlers):
         console = _Console()
         console.setFormatter(fmt)
+        console.addFilter(RedactingFilter())
         console.setLevel(logging.INFO)
         console._deepsynth_console = True
         root.addHandler(console)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 from deepsynth_ocr.config import TrackingConfig
+from deepsynth_ocr.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +39,11 @@ class Tracker:
         for var, sub in (("WANDB_DIR", ""), ("WANDB_DATA_DIR", "data"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config")):
             os.environ[var] = str(wandb_dir / sub)
         # wandb.init puts a "wandb/" folder inside ``dir``: its parent is the run directory.
+        # W&B records the command line in its run metadata; with a secret on it, that metadata is left out.
+        secret_on_command_line = redact(sys.argv) != sys.argv
+        settings = wandb.Settings(x_disable_meta=True) if secret_on_command_line else None
         self.run = wandb.init(project=cfg.project, name=run_name, dir=str(wandb_dir.parent), mode=self.mode,
-                              config=config, reinit="finish_previous")
+                              config=redact(config), reinit="finish_previous", settings=settings)
         log.info("W&B %s run in %s", self.mode, wandb_dir)
 
     def log(self, values: dict, step: int | None = None) -> None:

@@ -66,8 +66,29 @@ class KitTrainer(Trainer):
     resume is Trainer's own.
     """
 
+    # Set by the job (a signal) or by the checks below; read by StopGuard at the end of each step.
+    stop_request: str | None = None  # "SIGTERM" / "SIGINT": save a checkpoint, then stop
+    nonfinite: tuple[str, int] | None = None  # ("loss" | "gradient norm", step): stop, save nothing more
+
     def _prepare_inputs(self, inputs):
         return to_model(inputs, self.model)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        # Trainer's logging_nan_inf_filter hides a NaN loss from the logs; the kit stops on it instead.
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.nonfinite is None and not torch.isfinite(loss).all():
+            self.nonfinite = ("loss", self.state.global_step + 1)
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        norm = super()._get_grad_norm(model, grad_norm)
+        if self.nonfinite is None and norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
+            self.nonfinite = ("gradient norm", self.state.global_step + 1)
+        return norm
+
+    def _save_checkpoint(self, model, trial):
+        if self.nonfinite is None:  # a checkpoint after a NaN would be the one a resume picks
+            super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         model = model if model is not None else self.model
@@ -79,6 +100,41 @@ class KitTrainer(Trainer):
                             "directory to resume from the one before it")
         n = copy_adapter_weights(model, load_file(str(path)), "default", str(path))
         log.info("resume: %d adapter tensors restored by exact key from %s", n, path)
+
+
+class StopGuard(TrainerCallback):
+    """Ends training cleanly at a step boundary: after a stop request with a checkpoint of that step, after a
+    non-finite loss or gradient norm without one (the previous complete checkpoint stays the last)."""
+
+    def __init__(self, trainer: KitTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer.nonfinite is not None:
+            control.should_training_stop, control.should_save = True, False
+        elif self.trainer.stop_request is not None:
+            control.should_training_stop = control.should_save = True
+        return control
+
+
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+
+
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest ``checkpoint-N`` that holds everything a resume reads; a newer one cut short by a kill is
+    skipped, and the log says so."""
+    found = sorted((p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True) if checkpoints.is_dir() else []
+    for path in found:
+        weights = [ADAPTER_WEIGHTS, "model.safetensors"]
+        missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
+        if not any((path / w).is_file() for w in weights):
+            missing.append(" or ".join(weights))
+        if not missing:
+            return path
+        log.warning("resume: %s is incomplete (no %s), probably cut short by a kill; using the one before it",
+                    path, ", ".join(missing))
+    return None
 
 
 def dataloader_workers(cfg: RunConfig) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.infer import InferSummary, ocr_inputs
+from deepsynth_ocr.infer import InferSummary, ocr_inputs, require_some_input
 from deepsynth_ocr.models.backends import LoadedModel, load_base
 
 
@@ -23,6 +23,7 @@ def load_for_inference(cfg: RunConfig) -> LoadedModel:
 
 def infer(specs: list[str], out_path: str | Path, cfg: RunConfig, loaded: LoadedModel | None = None) -> InferSummary:
     """OCR ``specs`` (files, folders, globs, PDFs) into ``out_path``; loads the model unless given one."""
+    require_some_input(specs)
     if cfg.infer.backend == "hf" and loaded is None:
         cfg.validate()
         loaded = load_for_inference(cfg)

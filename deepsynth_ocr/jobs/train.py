@@ -6,18 +6,21 @@ manifest says how it ended.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from deepsynth_ocr import versions
 from deepsynth_ocr.baselines import run_baselines
 from deepsynth_ocr.collate import make_collator
 from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.errors import NonFiniteLoss, TrainingInterrupted
 from deepsynth_ocr.evaluate import PeriodicEvalCallback, evaluate_dataset
 from deepsynth_ocr.export import MERGED_RTOL
 from deepsynth_ocr.models.adapters import save_adapter
@@ -29,6 +32,8 @@ from deepsynth_ocr.tracking import Tracker
 from deepsynth_ocr.training import (
     KitTrainer,
     MetricsCallback,
+    StopGuard,
+    last_complete_checkpoint,
     load_data,
     require_cuda_for_real_checkpoints,
     training_arguments,
@@ -62,6 +67,30 @@ def _evaluate(loaded, eval_ds, cfg: RunConfig, run: Run, tracker: Tracker, tag: 
     tracker.log_samples(f"eval_{tag}/samples", _sample_rows(eval_ds, run.paths.read_jsonl(out),
                                                             cfg.eval.num_logged_samples), step=step)
     return summary
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: KitTrainer):
+    """SIGTERM / SIGINT during training ask for a checkpoint at the end of the current step, then a stop;
+    a second signal acts as usual (the handlers are restored at the first)."""
+    previous = {}
+
+    def handler(signum, frame):
+        trainer.stop_request = signal.Signals(signum).name
+        log.warning("%s received: saving a checkpoint at the end of this step, then stopping", trainer.stop_request)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainResult:
@@ -106,17 +135,26 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainResult:
 
                 periodic = PeriodicEvalCallback(loaded, eval_ds, cfg.eval, log_periodic)
                 trainer.add_callback(periodic)
+            trainer.add_callback(StopGuard(trainer))
             checkpoints = run.paths.checkpoints
-            resume = get_last_checkpoint(str(checkpoints)) if cfg.train.resume and checkpoints.is_dir() else None
+            resume = last_complete_checkpoint(checkpoints) if cfg.train.resume else None
             if cfg.train.resume:
                 log.info("resuming from %s", resume or "scratch (no checkpoint found)")
             start = time.time()
             loaded.for_training()
-            output = trainer.train(resume_from_checkpoint=resume)
+            with stop_on_signals(trainer):
+                output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
             run.timing("train_s", time.time() - start)
+            step = trainer.state.global_step
+            if trainer.nonfinite is not None:
+                what, bad_step = trainer.nonfinite
+                last = last_complete_checkpoint(checkpoints)
+                raise NonFiniteLoss(what, bad_step, str(last) if last else None)
+            if trainer.stop_request is not None:
+                signum = getattr(signal, trainer.stop_request)
+                raise TrainingInterrupted(trainer.stop_request, signum, step, str(checkpoints / f"checkpoint-{step}"))
             if do_eval and cfg.eval.every_steps:
                 run.timing("eval_periodic_s", periodic.seconds)  # included in train_s
-            step = trainer.state.global_step
             after = _evaluate(loaded, eval_ds, cfg, run, tracker, "after", step) if do_eval else None
 
             fixed_batch = collator([train_ds[i] for i in range(min(2, len(train_ds)))])
