@@ -141,6 +141,8 @@ def update_manifest(directory: str | Path, **fields) -> dict:
 class Run:
     """One run directory being written: manifest, console log, metrics; a context manager for its status."""
 
+    is_main = True
+
     def __init__(self, directory: Path, cfg: RunConfig):
         self.paths = RunPaths(directory)
         self.dir = directory
@@ -218,6 +220,62 @@ class Run:
         log.info("run %s: %s (%s)", status, self.dir, self.paths.manifest)
         logging.getLogger().removeHandler(self._handler)
         self._handler.close()
+
+
+class FollowerRun:
+    """A data-parallel run's non-main process: the main process's run directory, nothing written."""
+
+    is_main = False
+
+    def __init__(self, directory: Path, cfg: RunConfig):
+        self.paths, self.dir, self.cfg, self.manifest = RunPaths(directory), directory, cfg, {}
+
+    def __enter__(self) -> FollowerRun:
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        return False
+
+    def update(self, **fields) -> None:
+        pass
+
+    def timing(self, name: str, seconds: float) -> None:
+        pass
+
+    def log_metrics(self, record: dict) -> None:
+        pass
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process under torchrun / accelerate launch; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def start_run(cfg: RunConfig, directory: str | Path | None = None) -> Run | FollowerRun:
+    """``Run.start`` in a single process; under a launcher the main process starts the run and every other
+    process follows it in the same directory (only the main process writes the manifest, logs and outputs)."""
+    rank, size = world()
+    if size == 1:
+        return Run.start(cfg, directory)
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    PartialState()  # joins the process group the launcher set up (gloo on CPUs, nccl on GPUs)
+    shared: list = [None]
+    run = None
+    if rank == 0:
+        try:
+            run = Run.start(cfg, directory)
+            shared[0] = str(run.dir)
+        finally:
+            dist.broadcast_object_list(shared, src=0)  # None tells the others the start failed
+        run.update(world_size=size)
+        return run
+    dist.broadcast_object_list(shared, src=0)
+    if shared[0] is None:
+        raise RunDirError("the main process could not start the run (its error is in its own output)")
+    logging.getLogger("deepsynth_ocr").setLevel(logging.WARNING)  # one copy of the log: the main process's
+    return FollowerRun(Path(shared[0]), cfg)
 
 
 def _pid_alive(pid: int) -> bool:

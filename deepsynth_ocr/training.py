@@ -23,8 +23,9 @@ from deepsynth_ocr.models.families import get_family
 log = logging.getLogger(__name__)
 
 
-def load_data(cfg: RunConfig, tokenizer, family, report_path: Path):
-    """Validated train and eval datasets; rejections are logged, written to ``report_path`` and never silent."""
+def load_data(cfg: RunConfig, tokenizer, family, report_path: Path | None):
+    """Validated train and eval datasets; rejections are logged, written to ``report_path`` (when given) and
+    never silent."""
     train_ds, train_report = prepare_manifest(cfg.data.train_path, cfg.data, tokenizer, family.default_prompt,
                                                  prepare_cfg=cfg.prepare)
     reports = [train_report]
@@ -41,7 +42,8 @@ def load_data(cfg: RunConfig, tokenizer, family, report_path: Path):
         eval_ds = None
     for report in reports:
         (log.warning if report.rejected else log.info)("data %s", report.summary())
-    write_data_report(reports, report_path)
+    if report_path is not None:
+        write_data_report(reports, report_path)
     return train_ds, eval_ds
 
 

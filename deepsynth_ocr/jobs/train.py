@@ -11,7 +11,7 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from transformers import set_seed
@@ -27,7 +27,7 @@ from deepsynth_ocr.models.adapters import save_adapter
 from deepsynth_ocr.models.backends import LoadedModel, checkpoint_source, load_model, require_transformers_for
 from deepsynth_ocr.models.families import get_family
 from deepsynth_ocr.report import write_report
-from deepsynth_ocr.runs import Run
+from deepsynth_ocr.runs import Run, start_run, world
 from deepsynth_ocr.tracking import Tracker
 from deepsynth_ocr.training import (
     KitTrainer,
@@ -100,8 +100,11 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainResult:
     require_cuda_for_real_checkpoints(cfg)
     tracker = None
     try:
-        with Run.start(cfg, run_dir) as run:
-            run.update(version_mismatches=versions.warn_mismatches())
+        with start_run(cfg, run_dir) as run:
+            main = run.is_main
+            world_size = world()[1]
+            run.update(version_mismatches=versions.warn_mismatches(), world_size=world_size,
+                       global_batch=cfg.train.per_device_batch_size * cfg.train.gradient_accumulation_steps * world_size)
             set_seed(cfg.seed)
             start = time.time()
             loaded = load_model(cfg)
@@ -111,9 +114,12 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainResult:
                        parameters={"frozen": loaded.frozen_params, "trainable": loaded.trainable_params,
                                    "trained": loaded.trained, "language_model_precision": loaded.lm_precision})
             run.timing("load_s", time.time() - start)
-            train_ds, eval_ds = load_data(cfg, loaded.processor.tokenizer, loaded.family, run.paths.data_report)
-            tracker = Tracker(run.paths.wandb, cfg.tracking, run.dir.name, cfg.to_dict())
-            do_eval = cfg.eval.enabled and eval_ds is not None
+            train_ds, eval_ds = load_data(cfg, loaded.processor.tokenizer, loaded.family,
+                                          run.paths.data_report if main else None)
+            tracking = cfg.tracking if main else replace(cfg.tracking, wandb="disabled")
+            tracker = Tracker(run.paths.wandb, tracking, run.dir.name, cfg.to_dict())
+            # Under a launcher only the main process evaluates; the others wait for it at the first collective.
+            do_eval = main and cfg.eval.enabled and eval_ds is not None
             before = _evaluate(loaded, eval_ds, cfg, run, tracker, "before", 0) if do_eval else None
             if do_eval:
                 for name, summary in run_baselines(eval_ds, cfg.eval, run.paths.eval_dir).items():
@@ -157,6 +163,8 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainResult:
                 run.timing("eval_periodic_s", periodic.seconds)  # included in train_s
             after = _evaluate(loaded, eval_ds, cfg, run, tracker, "after", step) if do_eval else None
 
+            if not main:
+                return TrainResult(run.dir, None, None, output.training_loss, loaded)
             fixed_batch = collator([train_ds[i] for i in range(min(2, len(train_ds)))])
             saved = run.paths.adapter if cfg.lora.enabled else run.paths.model
             if cfg.lora.enabled:

@@ -95,6 +95,9 @@ def choose_backend(requested: str) -> tuple[str, str]:
     if requested == "hf":
         return "hf", "requested in config"
     if requested == "unsloth":
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError("model.backend: 'unsloth' trains on one GPU; under torchrun or accelerate launch use "
+                            "backend 'hf' (or 'auto'), which runs data-parallel")
         if not (has_cuda and has_unsloth):
             missing = "CUDA" if not has_cuda else "the unsloth package"
             raise UserError(
@@ -104,6 +107,9 @@ def choose_backend(requested: str) -> tuple[str, str]:
         return "unsloth", "requested in config"
     if os.environ.get("DEEPSYNTH_SKIP_UNSLOTH") == "1":
         has_unsloth = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Unsloth's patched training loop is written for one GPU; data-parallel runs use transformers + peft.
+        return "hf", "auto: several processes (a launcher), using transformers + peft, which run data-parallel"
     if has_cuda and has_unsloth:
         try:
             importlib.import_module("unsloth")

@@ -1,0 +1,54 @@
+"""Data-parallel training: the CLI unchanged under torchrun, 2 CPU processes over gloo, one run directory
+written by the main process, and the loss curve of the single-process run at the same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from deepsynth_ocr.models import backends
+
+from .conftest import ROOT
+from .test_resume import _env, _losses, _only_run_dir
+
+STEPS = 10
+# Measured: relative differences of at most 3e-7 per step (reduction order across two processes).
+TOLERANCE = 1e-5
+
+
+def _train(root, per_device, launcher=()):
+    cmd = [*launcher, "-m", "deepsynth_ocr.cli", "train", "-c", "configs/smoke.yaml", "-s", f"output_root={root}",
+           "-s", f"train.max_steps={STEPS}", "-s", f"train.per_device_batch_size={per_device}",
+           "-s", "train.logging_steps=1", "-s", "train.save_steps=5", "-s", "eval.enabled=false",
+           "-s", "tracking.wandb=disabled"]
+    proc = subprocess.run(cmd if launcher else [sys.executable, *cmd], cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return _only_run_dir(root)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process_at_the_same_global_batch(tmp_path):
+    single = _train(tmp_path / "single", 16)
+    torchrun = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2", "--master_port", "29533"]
+    ddp = _train(tmp_path / "ddp", 8, torchrun)
+    a, b = _losses(single), _losses(ddp)
+    assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
+    worst = max(abs(a[s] - b[s]) / abs(a[s]) for s in a)
+    assert worst <= TOLERANCE, worst
+    manifest = json.loads((ddp / "manifest.json").read_text())
+    assert (manifest["status"], manifest["world_size"], manifest["global_batch"]) == ("ok", 2, 16)
+    assert manifest["backend"] == "hf"
+    # Only the main process wrote: one log line per step, one adapter, the checkpoints with both ranks' RNG.
+    assert len((ddp / "metrics.jsonl").read_text().splitlines()) == STEPS + 1  # + the end-of-training summary
+    assert (ddp / "adapter" / "adapter_model.safetensors").is_file()
+    assert {p.name for p in (ddp / "checkpoints" / "checkpoint-5").glob("rng_state_*.pth")} == {
+        "rng_state_0.pth", "rng_state_1.pth"}
+
+
+def test_unsloth_is_refused_under_a_launcher_and_auto_picks_hf(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(backends.UserError, match="trains on one GPU"):
+        backends.choose_backend("unsloth")
+    assert backends.choose_backend("auto")[0] == "hf"
