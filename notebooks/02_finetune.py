@@ -5,6 +5,11 @@
 #
 # Trains LoRA adapters on the language model, scores the same eval set before and after, and writes
 # everything to one run directory. Unattended: `deepsynth-ocr notebook 02_finetune -f configs/smoke.yaml`.
+#
+# Several GPUs: a notebook kernel is one process, so run the same job from a terminal under a launcher,
+# with the same config: `torchrun --nproc_per_node 4 -m deepsynth_ocr.cli train -c configs/deepseek-ocr-2-qlora.yaml`
+# (or `accelerate launch --config_file configs/accelerate/ddp.yaml -m deepsynth_ocr.cli train -c ...`).
+# The run directory it writes opens here with `nb.metrics_table(run_dir)` and the cells below.
 
 # %%
 import subprocess
