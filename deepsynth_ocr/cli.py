@@ -100,6 +100,21 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    import logging
+
+    from deepsynth_ocr.jobs.sweep import sweep
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = RunConfig.load(args.config, args.set)
+    r = sweep(cfg, args.space, args.trials, args.sweep_dir, args.storage, args.notebook, args.config)
+    print(f"sweep: {r.complete} complete, {r.pruned} pruned, {r.failed} failed trials in {r.sweep_dir}")
+    if r.best_value is not None:
+        print(f"best: CER {r.best_value:.4f} with {r.best_params}; config: {r.sweep_dir / 'best_config.yaml'}")
+    print(f"report: {r.sweep_dir / 'report.html'}")
+    return 0
+
+
 def cmd_notebook(args) -> int:
     import logging
 
@@ -163,6 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strict", action="store_true", help="fail on the first bad row instead of reporting it")
     _add_set(p, "override a config field, e.g. -s prepare.test_size=200 (repeatable)")
     p.set_defaults(func=cmd_prepare)
+    p = sub.add_parser("sweep", help="an Optuna study over a search space: one run directory per trial, a report, the best config")
+    p.add_argument("--config", "-c", help="YAML run config every trial starts from")
+    p.add_argument("--space", required=True, help="YAML search space: section.field: {low, high[, log]} or {choices: [...]}")
+    p.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
+    p.add_argument("--sweep-dir", help="sweep directory (default OUTPUT_ROOT/sweep-NAME; the same one resumes)")
+    p.add_argument("--storage", help="Optuna storage URL shared by several machines (default: a journal file in the sweep directory)")
+    p.add_argument("--notebook", action="store_true", help="run each trial as a papermill execution of 02_finetune (no pruning)")
+    _add_set(p, "override a config field for every trial")
+    p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("notebook", help="execute a kit notebook with papermill into a new run directory")
     p.add_argument("name", help="01_prepare_data, 02_finetune, 03_evaluate, 04_inference (or a path)")
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),

@@ -341,7 +341,11 @@ class RunConfig:
         The one parser of overrides: the CLI's ``-s``, and (through ``parse_value``) the notebook
         CLI's ``-p NAME VALUE``, read values as YAML (numbers, booleans, lists, strings).
         """
-        data = (cls.from_yaml(config_path) if config_path else cls()).to_dict()
+        return (cls.from_yaml(config_path) if config_path else cls()).with_overrides(overrides)
+
+    def with_overrides(self, overrides: list[str]) -> RunConfig:
+        """A copy of this config with ``section.field=value`` overrides applied (values read as YAML)."""
+        data = self.to_dict()
         for item in overrides:
             key, sep, value = item.partition("=")
             if not sep:
@@ -353,7 +357,7 @@ class RunConfig:
                     raise ConfigError(f"{key}: unknown config section {part!r}; sections: {list(SECTIONS)}")
                 node = node[part]
             node[leaf] = parse_value(value)
-        return cls.from_dict(data)
+        return RunConfig.from_dict(data)
 
     # --- flat names for notebook parameters --------------------------------------------------
     def to_flat(self) -> dict[str, Any]:

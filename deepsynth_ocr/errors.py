@@ -39,3 +39,13 @@ class NonFiniteLoss(RunStopped):
         super().__init__(f"non-finite {what} at step {step}; {kept}. Lower train.learning_rate or check the data")
         self.step = step
         self.status = f"failed: non-finite loss at step {step}"
+
+
+class RunPruned(RunStopped):
+    """A sweep's pruner stopped this trial at ``step`` (its periodic CER was behind the other trials')."""
+
+    status = "pruned"
+
+    def __init__(self, step: int, value: float):
+        super().__init__(f"pruned at step {step} (periodic CER {value:.4f})")
+        self.step, self.value = step, value

@@ -33,13 +33,14 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 _SCORE_FIELDS = {f.name for f in dataclasses.fields(metrics.SampleScore)}
 
 
-def _png(fig) -> str:
+def png_data_uri(fig) -> str:
+    """A matplotlib figure as an inline ``data:`` URI, for self-contained HTML."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _figure(figsize=(6, 3.2)):
+def figure(figsize=(6, 3.2)):
     # A bare Figure renders with savefig under any backend: no matplotlib.use(), which would
     # switch the backend of a notebook that imports the kit and stop its inline plots.
     os.environ.setdefault("MPLCONFIGDIR", str(Path(tempfile.gettempdir()) / "deepsynth-ocr-matplotlib"))
@@ -54,7 +55,7 @@ def loss_figure(records: list[dict]):
     losses = [(r["step"], r["loss"]) for r in records if "loss" in r and "eval" not in r]
     if not losses:
         return None
-    fig, ax = _figure()
+    fig, ax = figure()
     ax.plot(*zip(*losses, strict=True), marker=".")
     ax.set(xlabel="step", ylabel="training loss", title="Loss")
     ax.grid(alpha=0.3)
@@ -66,7 +67,7 @@ def error_rate_figure(records: list[dict], baselines: dict[str, dict]):
     evals = sorted((r["step"], r.get("cer"), r.get("wer")) for r in records if r.get("eval") in ("before", "periodic", "after"))
     if not evals:
         return None
-    fig, ax = _figure()
+    fig, ax = figure()
     for i, name in ((1, "CER"), (2, "WER")):
         points = [(e[0], e[i]) for e in evals if e[i] is not None]
         if points:
@@ -82,7 +83,7 @@ def error_rate_figure(records: list[dict], baselines: dict[str, dict]):
 
 def _plots(records: list[dict], baselines: dict[str, dict]) -> dict[str, str]:
     figures = {"loss": loss_figure(records), "cer": error_rate_figure(records, baselines)}
-    return {name: _png(fig) for name, fig in figures.items() if fig is not None}
+    return {name: png_data_uri(fig) for name, fig in figures.items() if fig is not None}
 
 
 def _summary(rows: list[dict], norm: dict) -> dict:

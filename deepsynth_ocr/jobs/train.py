@@ -11,6 +11,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -93,8 +94,13 @@ def stop_on_signals(trainer: KitTrainer):
             signal.signal(sig, old)
 
 
-def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainResult:
-    """Fine-tune as ``cfg`` says into ``run_dir`` (default: a new ``<output_root>/<name>_<timestamp>``)."""
+def train(cfg: RunConfig, run_dir: str | Path | None = None,
+          on_periodic: Callable[[dict, int], None] | None = None) -> TrainResult:
+    """Fine-tune as ``cfg`` says into ``run_dir`` (default: a new ``<output_root>/<name>_<timestamp>``).
+
+    ``on_periodic(summary, step)`` sees each periodic evaluation (a sweep's pruner); raising
+    ``errors.RunPruned`` there ends the run with status ``pruned``.
+    """
     cfg.validate()
     require_transformers_for(get_family(cfg.model.family))
     require_cuda_for_real_checkpoints(cfg)
@@ -138,6 +144,8 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None) -> TrainResult:
                 def log_periodic(summary: dict, step: int) -> None:
                     run.log_metrics({"step": step, "eval": "periodic", **summary})
                     tracker.log({f"eval_periodic/{k}": v for k, v in summary.items()}, step=step)
+                    if on_periodic is not None:
+                        on_periodic(summary, step)
 
                 periodic = PeriodicEvalCallback(loaded, eval_ds, cfg.eval, log_periodic)
                 trainer.add_callback(periodic)

@@ -1,0 +1,227 @@
+"""The sweep job: an Optuna study over a search space, one training run directory per trial.
+
+Owns the sweep directory (default ``<output_root>/sweep-<name>``): ``study.journal`` (Optuna's
+JournalStorage, unless ``--storage`` names a database URL that several machines share),
+``trials/trial_NNN/`` (each trial's own run directory), ``report.html`` and ``best_config.yaml``
+(a config that ``deepsynth-ocr train -c`` accepts). The objective is the validation CER after
+training; the pruner sees the periodic CER (``eval.every_steps``).
+
+Fault safety. Rerunning the same command resumes the study: finished trials count towards
+``--trials``, and a trial left RUNNING by a process that is gone on this host is marked failed and
+queued again with the same parameters. Workers take trials under a file lock in the sweep directory,
+so two processes on one study together finish the requested number, never more, and no trial twice.
+(Workers on several machines through a database share the study, but not the file lock: each may
+start one trial past the count.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import html
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from deepsynth_ocr.config import ConfigError, RunConfig
+from deepsynth_ocr.errors import MissingFileError, RunPruned, RunStopped
+from deepsynth_ocr.jobs.notebook import run_notebook
+from deepsynth_ocr.jobs.train import train
+from deepsynth_ocr.report import figure, png_data_uri
+from deepsynth_ocr.runs import RunPaths
+
+log = logging.getLogger(__name__)
+
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: Path
+    complete: int
+    pruned: int
+    failed: int
+    best_value: float | None
+    best_params: dict
+
+
+def load_space(path: str | Path, base: RunConfig) -> dict:
+    """``section.field: {low, high[, log, type]}`` or ``{choices: [...]}`` per line -> Optuna distributions."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"--space: search space file not found: {path}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict) or not spec:
+        raise ConfigError(f"{path}: expected a mapping of section.field to {{low, high}} or {{choices}}")
+    space = {}
+    for name, entry in spec.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: {name}: expected {{low, high}} or {{choices: [...]}}, got {entry!r}")
+        if "choices" in entry:
+            space[name] = CategoricalDistribution(list(entry["choices"]))
+        elif {"low", "high"} <= set(entry):
+            is_int = entry.get("type") == "int" or (isinstance(entry["low"], int) and isinstance(entry["high"], int)
+                                                    and entry.get("type") != "float")
+            kind = IntDistribution if is_int else FloatDistribution
+            space[name] = kind(entry["low"], entry["high"], log=bool(entry.get("log", False)))
+        else:
+            raise ConfigError(f"{path}: {name}: give low and high, or choices")
+        sample = space[name].choices[0] if "choices" in entry else entry["low"]
+        trial_config(base, {name: sample}, "check")  # an unknown field fails here, naming it
+    return space
+
+
+def trial_config(base: RunConfig, params: dict, name: str) -> RunConfig:
+    """``base`` with a trial's parameters (``section.field: value``) and its own name."""
+    cfg = base.with_overrides([f"{k}={json.dumps(v)}" for k, v in params.items()])
+    cfg.name = name
+    return cfg
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _pid_gone(trial) -> bool:
+    pid, host = trial.user_attrs.get("pid"), trial.user_attrs.get("host")
+    if host != socket.gethostname() or not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _reclaim_stale(study) -> None:
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if _pid_gone(t):
+            log.warning("sweep: trial %d was left running by pid %s, which is gone: marked failed and queued again",
+                        t.number, t.user_attrs.get("pid"))
+            study.tell(t.number, state=TrialState.FAIL)
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+
+
+def _next_trial(study, space: dict, wanted: int, lock: Path):
+    """The next trial to run, or None when the study has (or is running) ``wanted`` trials."""
+    with _locked(lock):
+        _reclaim_stale(study)
+        counted = study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING))
+        if len(counted) >= wanted:
+            return None
+        trial = study.ask(space)
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("host", socket.gethostname())
+        return trial
+
+
+def _run_trial(trial, base: RunConfig, config_path: str | None, sweep_dir: Path, notebook: bool) -> float:
+    run_dir = sweep_dir / "trials" / f"trial_{trial.number:03d}"
+    trial.set_user_attr("run_dir", str(run_dir))
+    cfg = trial_config(base, trial.params, f"{base.name}-trial{trial.number:03d}")
+    if notebook:
+        # papermill runs the kit's fine-tune notebook in its own kernel: the same training, no pruning.
+        flat = {k.replace(".", "_"): v for k, v in trial.params.items()} | {"name": cfg.name}
+        run_notebook("02_finetune", flat, config_path, run_dir)
+        after = (RunPaths(run_dir).read_manifest().get("metrics") or {}).get("after") or {}
+    else:
+        def report(summary: dict, step: int) -> None:
+            trial.report(summary["cer"], step)
+            if trial.should_prune():
+                raise RunPruned(step, summary["cer"])
+
+        after = train(cfg, run_dir, on_periodic=report).after or {}
+    if after.get("cer") is None:
+        raise ConfigError("the trial ran no evaluation after training: the sweep needs data.eval_path (or "
+                          "data.eval_size) and eval.enabled")
+    return after["cer"]
+
+
+def sweep(cfg: RunConfig, space_path: str | Path, trials: int, sweep_dir: str | Path | None = None,
+          storage: str | None = None, notebook: bool = False, config_path: str | None = None) -> SweepResult:
+    """Run trials of ``cfg`` over the space until the study holds ``trials`` finished ones; write the report."""
+    cfg.validate()
+    if not cfg.eval.enabled:
+        raise ConfigError("eval.enabled: a sweep minimises the validation CER after training; enable evaluation")
+    space = load_space(space_path, cfg)
+    sweep_dir = Path(sweep_dir) if sweep_dir else Path(cfg.output_root) / f"sweep-{cfg.name}"
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if storage is None:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = JournalStorage(JournalFileBackend(str(sweep_dir / "study.journal")))
+    study = optuna.create_study(study_name=cfg.name, storage=storage, direction="minimize", load_if_exists=True,
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    failures = 0
+    while (trial := _next_trial(study, space, trials, sweep_dir / "ask.lock")) is not None:
+        log.info("sweep: trial %d with %s", trial.number, trial.params)
+        try:
+            value = _run_trial(trial, cfg, config_path, sweep_dir, notebook)
+        except RunPruned as e:
+            study.tell(trial, state=TrialState.PRUNED)
+            log.info("sweep: trial %d %s", trial.number, e)
+            continue
+        except (RunStopped, Exception) as e:  # one broken trial must not end the study
+            study.tell(trial, state=TrialState.FAIL)
+            failures += 1
+            log.error("sweep: trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+            if failures > trials:
+                raise RuntimeError(f"sweep: {failures} trials failed; see the trials' console.log under {sweep_dir}") from e
+            continue
+        study.tell(trial, value)
+        log.info("sweep: trial %d CER %.4f", trial.number, value)
+    return write_sweep_report(study, cfg, sweep_dir)
+
+
+def write_sweep_report(study, cfg: RunConfig, sweep_dir: Path) -> SweepResult:
+    """``report.html`` (the trials, CER against each parameter) and ``best_config.yaml``."""
+    all_trials = study.get_trials(deepcopy=False)
+    complete = [t for t in all_trials if t.state == TrialState.COMPLETE]
+    best = min(complete, key=lambda t: t.value) if complete else None
+    if best is not None:
+        best_cfg = trial_config(cfg, best.params, f"{cfg.name}-best")
+        best_cfg.to_yaml(sweep_dir / "best_config.yaml")
+    names = sorted({k for t in all_trials for k in t.params})
+    rows = "".join(
+        f"<tr><td>{t.number}</td><td>{t.state.name.lower()}</td><td>{'' if t.value is None else f'{t.value:.4f}'}</td>"
+        + "".join(f"<td>{html.escape(str(t.params.get(n, '')))}</td>" for n in names)
+        + f"<td>{html.escape(Path(t.user_attrs.get('run_dir', '')).name)}</td></tr>" for t in all_trials)
+    plots = []
+    for name in names:
+        points = [(t.params[name], t.value) for t in complete if name in t.params]
+        if points:
+            fig, ax = figure((4, 3))
+            ax.scatter([p for p, _ in points], [v for _, v in points])
+            ax.set_xlabel(name)
+            ax.set_ylabel("validation CER after training")
+            if all(isinstance(p, (int, float)) and p > 0 for p, _ in points) and max(p for p, _ in points) / min(p for p, _ in points) > 20:
+                ax.set_xscale("log")
+            plots.append(f"<img alt='CER against {html.escape(name)}' src='{png_data_uri(fig)}'>")
+    best_line = (f"<p>best: trial {best.number}, CER {best.value:.4f}, {html.escape(json.dumps(best.params))}; "
+                 "config: <code>best_config.yaml</code></p>") if best else "<p>no trial has completed yet.</p>"
+    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>sweep " + html.escape(cfg.name) + "</title>"
+            "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;border-bottom:1px solid #ddd}</style>"
+            f"</head><body><h1>Sweep {html.escape(cfg.name)}</h1>{best_line}<table id='trials'><tr><th>trial</th>"
+            "<th>state</th><th>CER</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names)
+            + f"<th>run directory</th></tr>{rows}</table><h2>CER against each parameter</h2>{''.join(plots)}</body></html>")
+    (sweep_dir / "report.html").write_text(page, encoding="utf-8")
+    count = {s: sum(t.state == s for t in all_trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    return SweepResult(sweep_dir, count[TrialState.COMPLETE], count[TrialState.PRUNED], count[TrialState.FAIL],
+                       best.value if best else None, best.params if best else {})
