@@ -157,3 +157,20 @@ def test_infer_given_only_missing_paths_exits_non_zero_in_one_line(tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "no input found" in err and "nope.png" in err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_planted_secrets_appear_nowhere_in_a_notebook_run(tmp_path):
+    """papermill: the injected parameters and the cells' outputs (the config is shown) are masked too."""
+    token = "hf_FAKEnotebookToken12345"
+    env = {**_env(), "HF_TOKEN": token, "HOME": str(tmp_path / "home")}
+    run_dir = tmp_path / "nb"
+    proc = subprocess.run([sys.executable, "-m", "deepsynth_ocr.cli", "notebook", "02_finetune", "-f", "configs/smoke.yaml",
+                           "--run-dir", str(run_dir), "-p", "train_max_steps", "2", "-p", "eval_max_samples", "2",
+                           "-p", "tracking_wandb", "offline", "-p", "export_hub_repo_id", f"someone/{token}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (run_dir / "02_finetune.ipynb").is_file()
+    leaks = [str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
+    assert leaks == []
+    assert "someone/***" in (run_dir / "02_finetune.ipynb").read_text()

@@ -13,6 +13,7 @@ from deepsynth_ocr.cells import PROJECT_ROOT
 from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.errors import MissingFileError
 from deepsynth_ocr.runs import RunPaths, new_run_path, update_manifest
+from deepsynth_ocr.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def run_notebook(name: str, parameters: dict | None = None, config_path: str | N
         papermill.execute_notebook(str(notebook), str(executed), parameters=parameters, cwd=str(PROJECT_ROOT),
                                    kernel_name=_kernel_name(), progress_bar=False)
     except papermill.PapermillExecutionError as e:
+        _mask_secrets(executed)
         cell = _failing_cell(executed)
         update_manifest(run_dir, status="failed", notebook=str(executed), failing_cell=cell,
                          error=f"{e.ename}: {e.evalue}")
@@ -86,6 +88,16 @@ def run_notebook(name: str, parameters: dict | None = None, config_path: str | N
             f"{notebook.name} failed in cell {cell.get('index')} ({e.ename}: {e.evalue}); "
             f"executed notebook with the error: {executed}"
         ) from None
+    _mask_secrets(executed)
     status = RunPaths(run_dir).read_manifest().get("status")
     update_manifest(run_dir, notebook=str(executed), status=status or "ok")
     return run_dir
+
+
+def _mask_secrets(executed: Path) -> None:
+    """The executed notebook holds the injected parameters and every cell's output: no token stays in it."""
+    if executed.is_file():
+        text = executed.read_text(encoding="utf-8")
+        masked = redact(text)
+        if masked != text:
+            executed.write_text(masked, encoding="utf-8")
