@@ -107,7 +107,7 @@ def cmd_sweep(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = RunConfig.load(args.config, args.set)
-    r = sweep(cfg, args.space, args.trials, args.sweep_dir, args.storage, args.notebook, args.config)
+    r = sweep(cfg, args.space, args.trials, args.sweep_dir, args.storage, args.notebook)
     print(f"sweep: {r.complete} complete, {r.pruned} pruned, {r.failed} failed trials in {r.sweep_dir}")
     if r.best_value is not None:
         print(f"best: CER {r.best_value:.4f} with {r.best_params}; config: {r.sweep_dir / 'best_config.yaml'}")

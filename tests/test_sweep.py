@@ -108,3 +108,15 @@ def test_a_search_space_naming_an_unknown_field_is_one_line(tmp_path, capsys, mo
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "train.learning_rat" in err and "unknown field" in err
+
+
+@pytest.mark.slow
+def test_trials_can_be_papermill_runs_of_the_fine_tune_notebook(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(_args(tmp_path, 1, "--notebook", "-s", "eval.every_steps=0")) == 0
+    (trial,) = _study(tmp_path / "sweep-smoke").get_trials(deepcopy=False)
+    run_dir = tmp_path / "sweep-smoke" / "trials" / "trial_000"
+    assert trial.state == TrialState.COMPLETE and (run_dir / "02_finetune.ipynb").is_file()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert trial.value == manifest["metrics"]["after"]["cer"]
+    assert RunConfig.from_yaml(run_dir / "config.yaml").lora.r == trial.params["lora.r"]

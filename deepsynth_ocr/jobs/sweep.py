@@ -131,14 +131,17 @@ def _next_trial(study, space: dict, wanted: int, lock: Path):
         return trial
 
 
-def _run_trial(trial, base: RunConfig, config_path: str | None, sweep_dir: Path, notebook: bool) -> float:
+def _run_trial(trial, base: RunConfig, sweep_dir: Path, notebook: bool) -> float:
     run_dir = sweep_dir / "trials" / f"trial_{trial.number:03d}"
     trial.set_user_attr("run_dir", str(run_dir))
     cfg = trial_config(base, trial.params, f"{base.name}-trial{trial.number:03d}")
     if notebook:
-        # papermill runs the kit's fine-tune notebook in its own kernel: the same training, no pruning.
-        flat = {k.replace(".", "_"): v for k, v in trial.params.items()} | {"name": cfg.name}
-        run_notebook("02_finetune", flat, config_path, run_dir)
+        # papermill runs the kit's fine-tune notebook in its own kernel: the same training, no pruning. The
+        # notebook starts from the trial's whole config (overrides and parameters included).
+        trial_yaml = sweep_dir / "trials" / f"trial_{trial.number:03d}.yaml"
+        trial_yaml.parent.mkdir(parents=True, exist_ok=True)
+        cfg.to_yaml(trial_yaml)
+        run_notebook("02_finetune", {}, str(trial_yaml), run_dir)
         after = (RunPaths(run_dir).read_manifest().get("metrics") or {}).get("after") or {}
     else:
         def report(summary: dict, step: int) -> None:
@@ -154,7 +157,7 @@ def _run_trial(trial, base: RunConfig, config_path: str | None, sweep_dir: Path,
 
 
 def sweep(cfg: RunConfig, space_path: str | Path, trials: int, sweep_dir: str | Path | None = None,
-          storage: str | None = None, notebook: bool = False, config_path: str | None = None) -> SweepResult:
+          storage: str | None = None, notebook: bool = False) -> SweepResult:
     """Run trials of ``cfg`` over the space until the study holds ``trials`` finished ones; write the report."""
     cfg.validate()
     if not cfg.eval.enabled:
@@ -173,7 +176,7 @@ def sweep(cfg: RunConfig, space_path: str | Path, trials: int, sweep_dir: str | 
     while (trial := _next_trial(study, space, trials, sweep_dir / "ask.lock")) is not None:
         log.info("sweep: trial %d with %s", trial.number, trial.params)
         try:
-            value = _run_trial(trial, cfg, config_path, sweep_dir, notebook)
+            value = _run_trial(trial, cfg, sweep_dir, notebook)
         except RunPruned as e:
             study.tell(trial, state=TrialState.PRUNED)
             log.info("sweep: trial %d %s", trial.number, e)
