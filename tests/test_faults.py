@@ -174,3 +174,35 @@ def test_planted_secrets_appear_nowhere_in_a_notebook_run(tmp_path):
     leaks = [str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
     assert leaks == []
     assert "someone/***" in (run_dir / "02_finetune.ipynb").read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_papermill_run_checkpoints_and_the_notebook_resumes_to_the_uninterrupted_result(tmp_path):
+    plain = tmp_path / "plain"
+    subprocess.run(_train_command(plain, "-s", "train.save_steps=1000"), cwd=ROOT, env=_env(), check=True,
+                   capture_output=True)
+    expected = _losses(_only_run_dir(plain))
+    run_dir = tmp_path / "nb"
+    params = ["-p", "train_max_steps", "30", "-p", "train_save_steps", "1000", "-p", "train_logging_steps", "1",
+              # evaluation stays on (the notebook shows it) but small; greedy decoding leaves the training RNG alone
+              "-p", "eval_max_samples", "4", "-p", "eval_every_steps", "0", "-p", "tracking_wandb", "disabled"]
+    cmd = [sys.executable, "-m", "deepsynth_ocr.cli", "notebook", "02_finetune", "-f", "configs/smoke.yaml",
+           "--run-dir", str(run_dir), *params]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (run_dir / "metrics.jsonl").is_file() and 10 in _losses(run_dir):
+            proc.send_signal(signal.SIGTERM)
+            break
+        assert proc.poll() is None, "the notebook ended before the signal"
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    step = manifest["stopped_at_step"]
+    assert manifest["status"] == "interrupted" and 10 <= step < 30
+    resumed = subprocess.run(cmd + ["-p", "train_resume", "true"], cwd=ROOT, env=_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    got = _losses(run_dir)
+    assert [got[s] for s in range(step + 1, 31)] == [expected[s] for s in range(step + 1, 31)]
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "ok"

@@ -6,12 +6,17 @@ run's ``manifest.json`` says ``failed`` and names the failing cell, and the call
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 from pathlib import Path
+
+import psutil
 
 from deepsynth_ocr.cells import PROJECT_ROOT
 from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.errors import MissingFileError
+from deepsynth_ocr.errors import MissingFileError, RunStopped
 from deepsynth_ocr.runs import RunPaths, new_run_path, update_manifest
 from deepsynth_ocr.secrets import redact
 
@@ -23,6 +28,16 @@ KERNEL_NAME = "deepsynth-ocr"  # registered in the venv by `make setup`
 
 class NotebookFailed(RuntimeError):
     """A cell of the notebook raised; the executed notebook with the error is in the run directory."""
+
+
+class NotebookInterrupted(RunStopped):
+    """A signal stopped the notebook's training cell after it saved a checkpoint (status ``interrupted``)."""
+
+    status = "interrupted"
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 def find_notebook(name: str) -> Path:
@@ -77,10 +92,15 @@ def run_notebook(name: str, parameters: dict | None = None, config_path: str | N
     parameters.update(run_dir=str(run_dir), config_path=config_path or "")
     log.info("executing %s -> %s", notebook, executed)
     try:
-        papermill.execute_notebook(str(notebook), str(executed), parameters=parameters, cwd=str(PROJECT_ROOT),
-                                   kernel_name=_kernel_name(), progress_bar=False)
+        with _signals_to_kernel() as received:
+            papermill.execute_notebook(str(notebook), str(executed), parameters=parameters, cwd=str(PROJECT_ROOT),
+                                       kernel_name=_kernel_name(), progress_bar=False)
     except papermill.PapermillExecutionError as e:
         _mask_secrets(executed)
+        if e.ename == "TrainingInterrupted" and received:
+            # The training cell saved a checkpoint and marked the run interrupted; the notebook stops there.
+            update_manifest(run_dir, notebook=str(executed))
+            raise NotebookInterrupted(f"{notebook.name}: {e.evalue}", received[0]) from None
         cell = _failing_cell(executed)
         update_manifest(run_dir, status="failed", notebook=str(executed), failing_cell=cell,
                          error=f"{e.ename}: {e.evalue}")
@@ -92,6 +112,29 @@ def run_notebook(name: str, parameters: dict | None = None, config_path: str | N
     status = RunPaths(run_dir).read_manifest().get("status")
     update_manifest(run_dir, notebook=str(executed), status=status or "ok")
     return run_dir
+
+
+@contextlib.contextmanager
+def _signals_to_kernel():
+    """A SIGTERM to this process (a scheduler stopping the job) is passed to the notebook's kernel, where a
+    training cell saves a checkpoint and stops (``jobs.train``); papermill then sees that cell fail. Ctrl-C
+    needs no forwarding: the terminal sends SIGINT to the kernel too (same process group)."""
+    received: list[int] = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.send_signal(signal.SIGTERM)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _mask_secrets(executed: Path) -> None:
