@@ -74,7 +74,7 @@ gpu-proof:
 
 # Everything, slow tests included (what CI runs); well under 15 minutes on 2 CPU cores.
 test: setup
-	$(BIN)/python -m pytest -m "slow or not slow"
+	$(BIN)/python -m pytest -m "slow or not slow" --durations=12
 
 # The quick inner loop: skips tests marked slow.
 test-fast: setup
