@@ -32,7 +32,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from deepsynth_ocr.config import ConfigError, RunConfig
-from deepsynth_ocr.errors import MissingFileError, RunPruned, RunStopped
+from deepsynth_ocr.errors import MissingFileError, RunPruned
 from deepsynth_ocr.jobs.notebook import run_notebook
 from deepsynth_ocr.jobs.train import train
 from deepsynth_ocr.report import figure, png_data_uri
@@ -181,7 +181,7 @@ def sweep(cfg: RunConfig, space_path: str | Path, trials: int, sweep_dir: str | 
             study.tell(trial, state=TrialState.PRUNED)
             log.info("sweep: trial %d %s", trial.number, e)
             continue
-        except (RunStopped, Exception) as e:  # one broken trial must not end the study
+        except Exception as e:  # one broken trial (a bug, a non-finite loss) must not end the study
             study.tell(trial, state=TrialState.FAIL)
             failures += 1
             log.error("sweep: trial %d failed: %s: %s", trial.number, type(e).__name__, e)
