@@ -4,6 +4,8 @@ Its message names the field, file or value and says what to do; the CLI prints i
 Anything else is a bug and keeps its traceback.
 """
 
+import signal
+
 
 class UserError(ValueError):
     """A mistake the user can fix; the message says which and how."""
@@ -25,10 +27,10 @@ class TrainingInterrupted(RunStopped):
 
     status = "interrupted"
 
-    def __init__(self, signal_name: str, signum: int, step: int, checkpoint: str):
+    def __init__(self, signal_name: str, step: int, checkpoint: str):
         super().__init__(f"{signal_name} at step {step}: checkpoint saved at {checkpoint}; "
                          "continue with -s train.resume=true")
-        self.step, self.exit_code = step, 128 + signum
+        self.step, self.exit_code = step, 128 + signal.Signals[signal_name].value
 
 
 class NonFiniteLoss(RunStopped):

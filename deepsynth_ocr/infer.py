@@ -56,13 +56,14 @@ class InferSummary:
                 f"({self.errors} errors)")
 
 
-def require_some_input(specs: list[str]) -> None:
-    """Stop in one line when not one of ``specs`` names an existing image or PDF (a typo, a wrong folder):
-    a run that would write only error rows and exit 0 is no run."""
+def require_some_input(specs: list[str]) -> tuple[list[InferInput], list[dict]]:
+    """``expand_inputs(specs)``, or a one-line error when not one spec names an existing image or PDF (a
+    typo, a wrong folder): a run that would write only error rows and exit 0 is no run."""
     items, spec_errors = expand_inputs(specs)
     if not items and not any("file" in e for e in spec_errors):
         raise MissingFileError(f"no input found: {', '.join(e['input'] for e in spec_errors)} "
                                "(no such file, or no image/PDF file in that folder or glob)")
+    return items, spec_errors
 
 
 def _pdf_pages(path: Path) -> int:
@@ -187,14 +188,16 @@ def _vllm_generator(cfg: RunConfig):
     return generate
 
 
-def ocr_inputs(specs: list[str], out_path: str | Path, cfg: RunConfig, loaded=None) -> InferSummary:
+def ocr_inputs(specs: list[str], out_path: str | Path, cfg: RunConfig, loaded=None,
+               expanded: tuple[list[InferInput], list[dict]] | None = None) -> InferSummary:
     """OCR every input of ``specs`` into ``out_path`` (JSONL), skipping inputs already there.
 
-    With the ``hf`` backend pass the ``LoadedModel`` to read with (``jobs.infer`` loads it).
+    With the ``hf`` backend pass the ``LoadedModel`` to read with (``jobs.infer`` loads it), and
+    ``expanded``, ``expand_inputs(specs)`` when the caller already has it.
     """
     cfg.validate()
     out_path = Path(out_path)
-    items, spec_errors = expand_inputs(specs)
+    items, spec_errors = expanded if expanded is not None else expand_inputs(specs)
     done = done_inputs(out_path)
     todo = [i for i in items if i.key not in done]
     generate_rows = _vllm_generator(cfg) if cfg.infer.backend == "vllm" else _hf_generator(loaded, cfg)

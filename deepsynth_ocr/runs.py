@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.devices import world
 from deepsynth_ocr.errors import RunStopped, UserError
 from deepsynth_ocr.secrets import RedactingFilter, redact
 
@@ -127,15 +128,20 @@ def open_finished(directory: str | Path, need_adapter: bool = False) -> RunPaths
 
 
 def update_manifest(directory: str | Path, **fields) -> dict:
-    """Merge ``fields`` into a run directory's manifest (atomically); the one manifest writer."""
+    """Merge ``fields`` into a run directory's manifest on disk (for a job that did not start the run)."""
     paths = RunPaths(Path(directory))
     manifest = paths.read_manifest() or {"created_at": datetime.now().isoformat(timespec="seconds")}
     manifest.update(fields)
+    _write_manifest(paths, manifest)
+    return manifest
+
+
+def _write_manifest(paths: RunPaths, manifest: dict) -> None:
+    """The one manifest writer: atomic (write, then rename), secrets masked."""
     paths.dir.mkdir(parents=True, exist_ok=True)
     tmp = paths.manifest.with_suffix(".tmp")
     tmp.write_text(json.dumps(redact(json.loads(json.dumps(manifest, default=str))), indent=2))
     tmp.replace(paths.manifest)
-    return manifest
 
 
 class Run:
@@ -191,7 +197,7 @@ class Run:
         return False
 
     def save(self) -> None:
-        update_manifest(self.dir, **self.manifest)
+        _write_manifest(self.paths, self.manifest)  # the in-memory manifest is the whole of it
 
     def update(self, **fields) -> None:
         self.manifest.update(fields)
@@ -246,11 +252,6 @@ class FollowerRun:
         pass
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process under torchrun / accelerate launch; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def start_run(cfg: RunConfig, directory: str | Path | None = None) -> Run | FollowerRun:
     """``Run.start`` in a single process; under a launcher the main process starts the run and every other
     process follows it in the same directory (only the main process writes the manifest, logs and outputs)."""
@@ -269,7 +270,6 @@ def start_run(cfg: RunConfig, directory: str | Path | None = None) -> Run | Foll
             shared[0] = str(run.dir)
         finally:
             dist.broadcast_object_list(shared, src=0)  # None tells the others the start failed
-        run.update(world_size=size)
         return run
     dist.broadcast_object_list(shared, src=0)
     if shared[0] is None:
@@ -278,14 +278,19 @@ def start_run(cfg: RunConfig, directory: str | Path | None = None) -> Run | Foll
     return FollowerRun(Path(shared[0]), cfg)
 
 
-def _pid_alive(pid: int) -> bool:
+def holder_gone(holder: dict) -> bool:
+    """Whether the process a lock or a sweep trial names (``{pid, host}``) is gone. Known only for this
+    host: a process on another host is never presumed dead."""
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
         return True
-    return True
+    except PermissionError:  # alive, owned by another user
+        return False
+    return False
 
 
 def acquire_lock(paths: RunPaths) -> dict:
@@ -301,8 +306,7 @@ def acquire_lock(paths: RunPaths) -> dict:
                 holder = json.loads(paths.lock.read_text())
             except (OSError, json.JSONDecodeError):
                 holder = {}
-            same_host = holder.get("host") == mine["host"]
-            if same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
+            if holder_gone(holder):
                 took_over = holder
                 paths.lock.unlink(missing_ok=True)
                 continue

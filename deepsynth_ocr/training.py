@@ -72,6 +72,10 @@ class KitTrainer(Trainer):
     stop_request: str | None = None  # "SIGTERM" / "SIGINT": save a checkpoint, then stop
     nonfinite: tuple[str, int] | None = None  # ("loss" | "gradient norm", step): stop, save nothing more
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_callback(StopGuard(self))
+
     def _prepare_inputs(self, inputs):
         return to_model(inputs, self.model)
 

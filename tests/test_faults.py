@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from safetensors.torch import load_file
@@ -17,7 +16,7 @@ from deepsynth_ocr.jobs.train import train
 from deepsynth_ocr.runs import RunLocked
 
 from .conftest import ROOT
-from .test_resume import _env, _losses, _only_run_dir, _train_command
+from .test_resume import _env, _logged, _losses, _newest_run, _only_run_dir, _signal_when, _train_command
 
 
 def _quick(cfg, steps=4, save=2):
@@ -102,18 +101,9 @@ def test_sigterm_saves_a_checkpoint_marks_the_run_interrupted_and_resumes_to_the
     stopped = tmp_path / "stopped"
     proc = subprocess.Popen(_train_command(stopped, *no_periodic), cwd=ROOT, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        dirs = list(stopped.glob("smoke_*")) if stopped.is_dir() else []
-        if dirs and (dirs[0] / "metrics.jsonl").is_file() and 10 in _losses(dirs[0]):
-            proc.send_signal(signal.SIGTERM)
-            break
-        assert proc.poll() is None, "the run ended before the signal"
-        time.sleep(0.02)
-    _, err = proc.communicate(timeout=120)
+    run_dir, err = _signal_when(proc, lambda: _logged(_newest_run(stopped), 10), signal.SIGTERM)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "stopped: SIGTERM at step" in err and "train.resume=true" in err
-    run_dir = dirs[0]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     step = manifest["stopped_at_step"]
     assert manifest["status"] == "interrupted" and 10 <= step < 30
@@ -189,14 +179,7 @@ def test_sigterm_to_a_papermill_run_checkpoints_and_the_notebook_resumes_to_the_
     cmd = [sys.executable, "-m", "deepsynth_ocr.cli", "notebook", "02_finetune", "-f", "configs/smoke.yaml",
            "--run-dir", str(run_dir), *params]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if (run_dir / "metrics.jsonl").is_file() and 10 in _losses(run_dir):
-            proc.send_signal(signal.SIGTERM)
-            break
-        assert proc.poll() is None, "the notebook ended before the signal"
-        time.sleep(0.05)
-    _, err = proc.communicate(timeout=180)
+    _, err = _signal_when(proc, lambda: _logged(run_dir, 10), signal.SIGTERM)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     step = manifest["stopped_at_step"]

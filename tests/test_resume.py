@@ -39,26 +39,48 @@ def _only_run_dir(root: Path) -> Path:
     return dirs[0]
 
 
+def _signal_when(proc, ready, sig) -> tuple[Path, str]:
+    """Send ``sig`` to ``proc`` once ``ready()`` returns its run directory (None until then); wait for the
+    process to end. Returns the run directory and what the process wrote to stderr (if piped)."""
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            run_dir = ready()
+            if run_dir is not None:
+                proc.send_signal(sig)
+                break
+            assert proc.poll() is None, "the run ended before the signal"
+            time.sleep(0.02)
+        else:
+            pytest.fail("the run did not get there within 300 s")
+    finally:
+        _, err = proc.communicate(timeout=180)
+    return run_dir, err or ""
+
+
+def _logged(run_dir: Path | None, step: int) -> Path | None:
+    """``run_dir`` once its metrics.jsonl holds ``step``."""
+    metrics = run_dir / "metrics.jsonl" if run_dir else None
+    return run_dir if metrics and metrics.is_file() and step in _losses(run_dir) else None
+
+
+def _newest_run(output_root: Path) -> Path | None:
+    return next(iter(output_root.glob("smoke_*")), None) if output_root.is_dir() else None
+
+
 def _kill_after_checkpoint(output_root: Path) -> Path:
     """Start a run, SIGKILL it once checkpoint-KILL_AFTER is complete (training has logged the step after it)."""
     proc = subprocess.Popen(_train_command(output_root), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline:
-            dirs = list(output_root.glob("smoke_*")) if output_root.is_dir() else []
-            if dirs and (dirs[0] / "checkpoints" / f"checkpoint-{KILL_AFTER}" / "trainer_state.json").is_file() \
-                    and KILL_AFTER + 1 in _losses(dirs[0]):
-                proc.send_signal(signal.SIGKILL)
-                break
-            assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.02)
-        else:
-            pytest.fail("no checkpoint within 300 s")
-    finally:
-        proc.wait(timeout=60)
+
+    def ready():
+        run_dir = _logged(_newest_run(output_root), KILL_AFTER + 1)
+        complete = run_dir and (run_dir / "checkpoints" / f"checkpoint-{KILL_AFTER}" / "trainer_state.json").is_file()
+        return run_dir if complete else None
+
+    run_dir, _ = _signal_when(proc, ready, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
-    return dirs[0]
+    return run_dir
 
 
 @pytest.mark.slow

@@ -23,8 +23,8 @@ def load_for_inference(cfg: RunConfig) -> LoadedModel:
 
 def infer(specs: list[str], out_path: str | Path, cfg: RunConfig, loaded: LoadedModel | None = None) -> InferSummary:
     """OCR ``specs`` (files, folders, globs, PDFs) into ``out_path``; loads the model unless given one."""
-    require_some_input(specs)
+    expanded = require_some_input(specs)  # before the model loads: a typo costs no minute of loading
     if cfg.infer.backend == "hf" and loaded is None:
         cfg.validate()
         loaded = load_for_inference(cfg)
-    return ocr_inputs(specs, out_path, cfg, loaded)
+    return ocr_inputs(specs, out_path, cfg, loaded, expanded)

@@ -36,7 +36,7 @@ from deepsynth_ocr.errors import MissingFileError, RunPruned
 from deepsynth_ocr.jobs.notebook import run_notebook
 from deepsynth_ocr.jobs.train import train
 from deepsynth_ocr.report import figure, png_data_uri
-from deepsynth_ocr.runs import RunPaths
+from deepsynth_ocr.runs import RunPaths, holder_gone
 
 log = logging.getLogger(__name__)
 
@@ -96,22 +96,9 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _pid_gone(trial) -> bool:
-    pid, host = trial.user_attrs.get("pid"), trial.user_attrs.get("host")
-    if host != socket.gethostname() or not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def _reclaim_stale(study) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _pid_gone(t):
+        if holder_gone(t.user_attrs):
             log.warning("sweep: trial %d was left running by pid %s, which is gone: marked failed and queued again",
                         t.number, t.user_attrs.get("pid"))
             study.tell(t.number, state=TrialState.FAIL)

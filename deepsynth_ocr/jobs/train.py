@@ -21,6 +21,7 @@ from deepsynth_ocr import versions
 from deepsynth_ocr.baselines import run_baselines
 from deepsynth_ocr.collate import make_collator
 from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.devices import world
 from deepsynth_ocr.errors import NonFiniteLoss, TrainingInterrupted
 from deepsynth_ocr.evaluate import PeriodicEvalCallback, evaluate_dataset
 from deepsynth_ocr.export import MERGED_RTOL
@@ -28,12 +29,11 @@ from deepsynth_ocr.models.adapters import save_adapter
 from deepsynth_ocr.models.backends import LoadedModel, checkpoint_source, load_model, require_transformers_for
 from deepsynth_ocr.models.families import get_family
 from deepsynth_ocr.report import write_report
-from deepsynth_ocr.runs import Run, start_run, world
+from deepsynth_ocr.runs import Run, start_run
 from deepsynth_ocr.tracking import Tracker
 from deepsynth_ocr.training import (
     KitTrainer,
     MetricsCallback,
-    StopGuard,
     last_complete_checkpoint,
     load_data,
     require_cuda_for_real_checkpoints,
@@ -149,7 +149,6 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
 
                 periodic = PeriodicEvalCallback(loaded, eval_ds, cfg.eval, log_periodic)
                 trainer.add_callback(periodic)
-            trainer.add_callback(StopGuard(trainer))
             checkpoints = run.paths.checkpoints
             resume = last_complete_checkpoint(checkpoints) if cfg.train.resume else None
             if cfg.train.resume:
@@ -165,8 +164,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
                 last = last_complete_checkpoint(checkpoints)
                 raise NonFiniteLoss(what, bad_step, str(last) if last else None)
             if trainer.stop_request is not None:
-                signum = getattr(signal, trainer.stop_request)
-                raise TrainingInterrupted(trainer.stop_request, signum, step, str(checkpoints / f"checkpoint-{step}"))
+                raise TrainingInterrupted(trainer.stop_request, step, str(checkpoints / f"checkpoint-{step}"))
             if do_eval and cfg.eval.every_steps:
                 run.timing("eval_periodic_s", periodic.seconds)  # included in train_s
             after = _evaluate(loaded, eval_ds, cfg, run, tracker, "after", step) if do_eval else None

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from deepsynth_ocr.config import ConfigError, RunConfig
-from deepsynth_ocr.devices import compute_device, resolve_dtype, torch_dtype
+from deepsynth_ocr.devices import compute_device, resolve_dtype, torch_dtype, world
 from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.models.adapters import load_adapter
 from deepsynth_ocr.models.families import Family, get_family
@@ -95,7 +95,7 @@ def choose_backend(requested: str) -> tuple[str, str]:
     if requested == "hf":
         return "hf", "requested in config"
     if requested == "unsloth":
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if world()[1] > 1:
             raise UserError("model.backend: 'unsloth' trains on one GPU; under torchrun or accelerate launch use "
                             "backend 'hf' (or 'auto'), which runs data-parallel")
         if not (has_cuda and has_unsloth):
@@ -107,7 +107,7 @@ def choose_backend(requested: str) -> tuple[str, str]:
         return "unsloth", "requested in config"
     if os.environ.get("DEEPSYNTH_SKIP_UNSLOTH") == "1":
         has_unsloth = False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if world()[1] > 1:
         # Unsloth's patched training loop is written for one GPU; data-parallel runs use transformers + peft.
         return "hf", "auto: several processes (a launcher), using transformers + peft, which run data-parallel"
     if has_cuda and has_unsloth:
@@ -443,6 +443,7 @@ def unsloth_save_merged_kwargs(processor) -> dict:
 
 
 def load_unsloth(cfg: RunConfig, family: Family, reason: str, for_training: bool) -> LoadedModel:
+    require_transformers_for(family)
     from unsloth import FastVisionModel
 
     kwargs = unsloth_load_kwargs(cfg, family)
@@ -460,7 +461,6 @@ def load_unsloth(cfg: RunConfig, family: Family, reason: str, for_training: bool
 
 
 def load_model(cfg: RunConfig, for_training: bool = True) -> LoadedModel:
-    require_transformers_for(get_family(cfg.model.family))
     backend, reason = choose_backend(cfg.model.backend)
     dtype, dtype_reason = resolve_dtype(cfg.model.dtype)
     log.info("backend: %s (%s)", backend, reason)
