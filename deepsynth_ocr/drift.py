@@ -295,7 +295,6 @@ def lora_probe() -> dict:
 
     Runs in a process of its own (``lora_probe_in_subprocess``): ``import unsloth`` patches transformers for good.
     """
-    import json
     import os
 
     os.environ.setdefault("UNSLOTH_ALLOW_CPU", "1")
@@ -326,7 +325,7 @@ def lora_probe() -> dict:
         out["unsloth"]["kit_check"] = str(e)
     hf_model, *_ = backends.prepare_for_training(tiny.build_tiny_model(tokenizer, family.tiny_geometry, seed=0), family, cfg)
     out["hf"] = {"modules": backends.lora_modules(hf_model)}
-    return json.loads(json.dumps(out))
+    return out
 
 
 def lora_probe_in_subprocess(root: Path) -> dict:

@@ -14,13 +14,16 @@ sets ``status: running``; leaving the block sets ``ok``, or ``failed`` with the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -276,6 +279,21 @@ def start_run(cfg: RunConfig, directory: str | Path | None = None) -> Run | Foll
         raise RunDirError("the main process could not start the run (its error is in its own output)")
     logging.getLogger("deepsynth_ocr").setLevel(logging.WARNING)  # one copy of the log: the main process's
     return FollowerRun(Path(shared[0]), cfg)
+
+
+@contextlib.contextmanager
+def signal_handlers(handler, signals=(signal.SIGTERM, signal.SIGINT)):
+    """``handler`` for ``signals`` while the block runs, the previous handlers restored after it. Python
+    delivers signals to the main thread only, so elsewhere (a notebook's worker thread) nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def holder_gone(holder: dict) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import threading
 from pathlib import Path
 
 import psutil
@@ -17,7 +16,7 @@ import psutil
 from deepsynth_ocr.cells import PROJECT_ROOT
 from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.errors import MissingFileError, RunStopped
-from deepsynth_ocr.runs import RunPaths, new_run_path, update_manifest
+from deepsynth_ocr.runs import RunPaths, new_run_path, signal_handlers, update_manifest
 from deepsynth_ocr.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -127,14 +126,8 @@ def _signals_to_kernel():
             with contextlib.suppress(psutil.Error):
                 child.send_signal(signal.SIGTERM)
 
-    if threading.current_thread() is not threading.main_thread():
+    with signal_handlers(forward, (signal.SIGTERM,)):
         yield received
-        return
-    previous = signal.signal(signal.SIGTERM, forward)
-    try:
-        yield received
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _mask_secrets(executed: Path) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -29,7 +29,7 @@ from deepsynth_ocr.models.adapters import save_adapter
 from deepsynth_ocr.models.backends import LoadedModel, checkpoint_source, load_model, require_transformers_for
 from deepsynth_ocr.models.families import get_family
 from deepsynth_ocr.report import write_report
-from deepsynth_ocr.runs import Run, start_run
+from deepsynth_ocr.runs import Run, signal_handlers, start_run
 from deepsynth_ocr.tracking import Tracker
 from deepsynth_ocr.training import (
     KitTrainer,
@@ -73,25 +73,19 @@ def _evaluate(loaded, eval_ds, cfg: RunConfig, run: Run, tracker: Tracker, tag: 
 @contextlib.contextmanager
 def stop_on_signals(trainer: KitTrainer):
     """SIGTERM / SIGINT during training ask for a checkpoint at the end of the current step, then a stop;
-    a second signal acts as usual (the handlers are restored at the first)."""
-    previous = {}
-
+    a second signal acts as usual (SIGINT raises KeyboardInterrupt, SIGTERM ends the process)."""
     def handler(signum, frame):
+        if trainer.stop_request is not None:  # the second signal acts as it would without the kit
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
         trainer.stop_request = signal.Signals(signum).name
-        log.warning("%s received: saving a checkpoint at the end of this step, then stopping", trainer.stop_request)
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        log.warning("%s received: saving a checkpoint at the end of this step, then stopping "
+                    "(a second signal stops at once)", trainer.stop_request)
 
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+    with signal_handlers(handler):
         yield
-        return
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def train(cfg: RunConfig, run_dir: str | Path | None = None,
