@@ -154,8 +154,8 @@ def require_cuda_for_real_checkpoints(cfg: RunConfig) -> None:
     if get_family(cfg.model.family).tiny_geometry is None and not torch.cuda.is_available():
         why = "this machine has none"
         if torch.version.cuda:
-            why = f"this torch (a CUDA {torch.version.cuda} build) sees none: is the NVIDIA driver new enough for it?"
-        raise UserError(f"model.family {cfg.model.family!r} ({cfg.model.name_or_path}) trains on a CUDA GPU and {why} "
+            why = f"this torch (a CUDA {torch.version.cuda} build) sees none (is the NVIDIA driver new enough for it?)"
+        raise UserError(f"model.family {cfg.model.family!r} ({cfg.model.name_or_path}) trains on a CUDA GPU and {why}. "
                         "Run this recipe on a GPU machine, or configs/smoke.yaml (the tiny model) here")
 
 
