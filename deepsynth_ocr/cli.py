@@ -134,6 +134,22 @@ def cmd_notebook(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from deepsynth_ocr.jobs.serve import serve
+
+    cfg = _load_run_config(args.run, args.config, args.set)
+    flags = {"host": args.host, "port": args.port, "backend": args.backend, "max_batch_size": args.max_batch_size,
+             "max_wait_ms": args.max_wait_ms, "api_keys_file": args.api_key_file, "file_root": args.allow_files_under}
+    for name, value in flags.items():
+        if value is not None:
+            setattr(cfg.serve, name, value)
+    if args.model:
+        cfg.model.name_or_path = args.model
+    cfg.serve.adapters = [*cfg.serve.adapters, *args.adapter]
+    cfg.serve.log_content = cfg.serve.log_content or args.log_content
+    return serve(cfg, args.run, args.vllm_script, args.dry_run)
+
+
 def _add_set(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.FIELD=VALUE", help=help)
 
@@ -187,6 +203,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notebook", action="store_true", help="run each trial as a papermill execution of 02_finetune (no pruning)")
     _add_set(p, "override a config field for every trial")
     p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("serve", help="an OpenAI-compatible OCR server for a run's fine-tune (or a model and adapters)")
+    p.add_argument("--run", help="a finished run directory: its config, and its adapter served under the run's name")
+    p.add_argument("--model", help="base model: hub id or checkpoint directory (model.name_or_path)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
+                   help="also serve this LoRA adapter as model NAME (repeatable)")
+    p.add_argument("--config", "-c", help="YAML run config (model, infer and serve sections)")
+    p.add_argument("--host", help="listen address (serve.host, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (serve.port, default 8000)")
+    p.add_argument("--backend", choices=["hf", "vllm"], help="hf: this process; vllm: write and run the vLLM recipe's command")
+    p.add_argument("--max-batch-size", type=int, help="images per batch (serve.max_batch_size)")
+    p.add_argument("--max-wait-ms", type=int, help="how long a batch waits to fill (serve.max_wait_ms)")
+    p.add_argument("--api-key-file", help="file of API keys, one per line (also: $DEEPSYNTH_OCR_API_KEYS, comma-separated)")
+    p.add_argument("--allow-files-under", metavar="DIR", help="let requests name image files under DIR (serve.file_root)")
+    p.add_argument("--log-content", action="store_true", help="put recognised text in the access log (off: ids and timings only)")
+    p.add_argument("--vllm-script", help="where --backend vllm writes its command (default RUN/vllm_serve.sh or ./vllm_serve.sh)")
+    p.add_argument("--dry-run", action="store_true", help="--backend vllm: write and print the command, do not start it")
+    _add_set(p, "override a config field, e.g. -s serve.max_queue=128 (repeatable)")
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("notebook", help="execute a kit notebook with papermill into a new run directory")
     p.add_argument("name", help="01_prepare_data, 02_finetune, 03_evaluate, 04_inference (or a path)")
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),

@@ -290,6 +290,41 @@ class ExportConfig:
 
 
 @dataclass
+class ServeConfig:
+    host: str = _f("127.0.0.1", "Address `deepsynth-ocr serve` listens on; 0.0.0.0 exposes it to the network (set API keys then).")
+    port: int = _f(8000, "TCP port of the server.")
+    backend: str = _f("hf", "'hf' (this process: transformers batched generate behind a batching queue) or 'vllm' "
+                      "(writes and starts the `vllm serve` command of the official recipe; GPU, vllm package).")
+    adapters: list = _f([], "Extra LoRA adapters to serve beside the base, as NAME=DIRECTORY; the request's `model` picks one.")
+    base_name: str = _f("", "Name the base model is listed and requested under; empty: model.name_or_path (as vLLM names it), "
+                        "or 'tiny-base' for the bundled tiny base.")
+    max_batch_size: int = _f(8, "Most requests (images) generated together in one batch.")
+    max_wait_ms: int = _f(10, "How long the first request of a batch waits for others to join it (milliseconds).")
+    max_queue: int = _f(64, "Images waiting for generation beyond which new requests get 503 with Retry-After.")
+    request_timeout_s: float = _f(120.0, "A request not answered in this many seconds gets 504 and its queued work is dropped.")
+    max_body_mb: float = _f(20.0, "Largest request body accepted (413 beyond), in MiB.")
+    max_tokens_limit: int = _f(8192, "Largest `max_tokens` a request may ask for (400 beyond); requests without one get infer.max_new_tokens.")
+    max_pdf_pages: int = _f(32, "Most pages of a PDF uploaded to /v1/ocr (400 beyond).")
+    api_keys_env: str = _f("DEEPSYNTH_OCR_API_KEYS", "Environment variable holding comma-separated API keys (Bearer tokens).")
+    api_keys_file: str = _f("", "File with one API key per line (blank lines and # comments skipped); adds to api_keys_env.")
+    file_root: str = _f("", "Directory whose files requests may name as image_url (file:// or a path); empty: file paths are refused.")
+    log_content: bool = _f(False, "Privacy switch: true adds the recognised text to the access log; images are never logged.")
+
+    def validate(self) -> None:
+        _check(self.backend in ("hf", "vllm"), "serve.backend", f"must be hf or vllm, got {self.backend!r}")
+        _check(0 < self.port < 65536, "serve.port", f"must be 1..65535, got {self.port}")
+        _check(isinstance(self.adapters, list) and all(isinstance(a, str) and "=" in a for a in self.adapters),
+               "serve.adapters", f"must be a list of NAME=DIRECTORY, got {self.adapters!r}")
+        _check(self.max_batch_size > 0, "serve.max_batch_size", f"must be > 0, got {self.max_batch_size}")
+        _check(self.max_wait_ms >= 0, "serve.max_wait_ms", f"must be >= 0, got {self.max_wait_ms}")
+        _check(self.max_queue > 0, "serve.max_queue", f"must be > 0, got {self.max_queue}")
+        _check(self.request_timeout_s > 0, "serve.request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
+        _check(self.max_body_mb > 0, "serve.max_body_mb", f"must be > 0, got {self.max_body_mb}")
+        _check(self.max_tokens_limit > 0, "serve.max_tokens_limit", f"must be > 0, got {self.max_tokens_limit}")
+        _check(self.max_pdf_pages > 0, "serve.max_pdf_pages", f"must be > 0, got {self.max_pdf_pages}")
+
+
+@dataclass
 class RunConfig:
     name: str = _f("run", "Run name; the run directory is <output_root>/<name>_<timestamp>.")
     output_root: str = _f("runs", "Directory that holds run directories.")
@@ -303,6 +338,7 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata={"help": "W&B and privacy."})
     infer: InferConfig = field(default_factory=InferConfig, metadata={"help": "`deepsynth-ocr infer`: batch OCR of images and PDFs."})
     export: ExportConfig = field(default_factory=ExportConfig, metadata={"help": "`deepsynth-ocr export`: adapter, merged weights, hub push."})
+    serve: ServeConfig = field(default_factory=ServeConfig, metadata={"help": "`deepsynth-ocr serve`: the OpenAI-compatible OCR server."})
 
     def validate(self) -> RunConfig:
         _check(bool(self.name) and "/" not in self.name, "name", f"must be non-empty without '/', got {self.name!r}")
@@ -390,7 +426,7 @@ def parse_value(text: str) -> Any:
         return text  # not YAML (an unbalanced quote, a stray colon): the literal string
 
 
-SECTIONS = ("model", "lora", "data", "prepare", "train", "eval", "tracking", "infer", "export")
+SECTIONS = ("model", "lora", "data", "prepare", "train", "eval", "tracking", "infer", "export", "serve")
 
 
 def _build(cls: type, data: dict, prefix: str) -> Any:

@@ -42,6 +42,7 @@ class Prediction:
     stopped: bool  # emitted EOS before the token bound
     looped: bool = False  # the output ends in a repetition loop (stopped by the guard, or ran to the bound)
     n_tokens: int = 0
+    prompt_tokens: int = 0  # the row's input length (image placeholders included), padding excluded
 
 
 def loop_mask(ids: torch.Tensor, max_period: int, min_repeats: int, min_span: int) -> torch.Tensor:
@@ -77,7 +78,7 @@ def max_new_tokens_for(references: list[str], tokenizer, cfg: EvalConfig) -> int
     return int(longest * (1 + cfg.max_new_tokens_margin)) + 2
 
 
-def _decode(row: list[int], tokenizer, pad_id: int, cfg: EvalConfig) -> Prediction:
+def _decode(row: list[int], tokenizer, pad_id: int, cfg: EvalConfig, prompt_tokens: int = 0) -> Prediction:
     eos = tokenizer.eos_token_id
     stopped = eos in row
     if stopped:
@@ -87,12 +88,18 @@ def _decode(row: list[int], tokenizer, pad_id: int, cfg: EvalConfig) -> Predicti
             row = row[:-1]
     looped = not stopped and bool(row) and bool(
         loop_mask(torch.tensor([row]), cfg.loop_max_period, cfg.loop_min_repeats, cfg.loop_min_span)[0])
-    return Prediction(tokenizer.decode(row, skip_special_tokens=True), stopped, looped, len(row))
+    return Prediction(tokenizer.decode(row, skip_special_tokens=True), stopped, looped, len(row), prompt_tokens)
 
 
 @torch.no_grad()
-def generate_batch(model, collator: OcrCollator, rows: list[dict], cfg: EvalConfig, max_new_tokens: int) -> list[Prediction]:
-    """One batch of {image, prompt} rows: greedy, left padded, with the repetition guard."""
+def generate_batch(model, collator: OcrCollator, rows: list[dict], cfg: EvalConfig, max_new_tokens: int,
+                   bounds: list[int] | None = None) -> list[Prediction]:
+    """One batch of {image, prompt} rows: greedy, left padded, with the repetition guard.
+
+    ``bounds`` (one per row, each <= ``max_new_tokens``) cuts each row to its own token bound: greedy
+    decoding of a row does not depend on how far it runs, so rows with different bounds (server
+    requests with their own ``max_tokens``) share one batch and get what each would get alone.
+    """
     tokenizer = collator.tokenizer
     batch = to_model(collator(rows), model)
     width = batch["input_ids"].shape[1]
@@ -105,7 +112,10 @@ def generate_batch(model, collator: OcrCollator, rows: list[dict], cfg: EvalConf
                              no_repeat_ngram_size=cfg.no_repeat_ngram_size or None,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=collator.pad_id)
     generated = model.generate(**batch, generation_config=generation_config, stopping_criteria=guard)[:, width:]
-    return [_decode(row, tokenizer, collator.pad_id, cfg) for row in generated.tolist()]
+    prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
+    bounds = bounds or [max_new_tokens] * len(rows)
+    return [_decode(row[:bound], tokenizer, collator.pad_id, cfg, n)
+            for row, bound, n in zip(generated.tolist(), bounds, prompt_tokens, strict=True)]
 
 
 def generate(loaded, rows, cfg: EvalConfig, max_new_tokens: int, desc: str = "generate") -> list[Prediction]:

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 import torch
-from peft import PeftConfig, get_peft_model
+from peft import PeftConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
 from deepsynth_ocr.devices import to_model
@@ -56,16 +56,26 @@ def copy_adapter_weights(model, state: dict[str, torch.Tensor], adapter_name: st
     return len(loaded)
 
 
-def load_adapter(base_model, adapter_dir: str | Path, trainable: bool = False):
-    """Attach the adapter saved in ``adapter_dir`` to ``base_model``; every weight is checked to land."""
+def load_adapter(base_model, adapter_dir: str | Path, trainable: bool = False, adapter_name: str = "default"):
+    """Attach the adapter saved in ``adapter_dir`` to ``base_model``; every weight is checked to land.
+
+    A ``base_model`` that already carries adapters (a ``PeftModel``) gets this one beside them under
+    ``adapter_name``: several fine-tunes then share one copy of the base (select with ``set_adapter``).
+    """
     adapter_dir = Path(adapter_dir)
     weights = adapter_dir / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise AdapterError(f"no adapter weights at {weights}; pass the directory written by save_adapter")
     config = PeftConfig.from_pretrained(str(adapter_dir))
     config.inference_mode = not trainable
-    model = get_peft_model(base_model, config)
-    n = copy_adapter_weights(model, load_file(str(weights)), "default", str(weights))
+    if isinstance(base_model, PeftModel):
+        if adapter_name in base_model.peft_config:
+            raise AdapterError(f"{adapter_dir}: an adapter named {adapter_name!r} is already loaded")
+        base_model.add_adapter(adapter_name, config)
+        model = base_model
+    else:
+        model = get_peft_model(base_model, config, adapter_name=adapter_name)
+    n = copy_adapter_weights(model, load_file(str(weights)), adapter_name, str(weights))
     log.info("adapter loaded from %s: %d tensors", adapter_dir, n)
     if not trainable:
         model.requires_grad_(False)

@@ -1,0 +1,274 @@
+"""The OpenAI-compatible OCR server: endpoints, API keys, body limit, access log and metrics.
+
+``create_app(engine, cfg, api_keys)`` returns a FastAPI app; ``jobs.serve`` loads the models and runs
+it under uvicorn. Endpoints: ``POST /v1/chat/completions`` (OpenAI's schema with one ``image_url``
+part), ``GET /v1/models``, ``POST /v1/ocr`` (multipart image or PDF, one result per page),
+``GET /health``, ``GET /ready`` and ``GET /metrics`` (Prometheus text).
+
+Every refusal is a 4xx with OpenAI's error body (``{"error": {"message", "type", "param", "code"}}``).
+The gate in front of the app checks the API key (constant-time, against every key), refuses bodies
+over ``serve.max_body_mb`` (declared or streamed), gives each request an id (``X-Request-Id``) and
+writes one JSON access-log line per request: ids, status, timings, sizes, never the key, the image
+or (unless ``serve.log_content``) the text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.serving.engine import OcrEngine
+from deepsynth_ocr.serving.inputs import (
+    ApiError,
+    OcrRequest,
+    check_max_tokens,
+    check_model,
+    parse_chat,
+    parse_upload,
+    with_image_placeholder,
+)
+from deepsynth_ocr.serving.metrics import ServerMetrics
+from deepsynth_ocr.serving.queue import BatchQueue, BatchStats, GenerationFailed, QueueFull
+
+access_log = logging.getLogger("deepsynth_ocr.serving.access")
+log = logging.getLogger(__name__)
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # a client's own id is kept only when it cannot forge log lines
+PROTECTED = ("/v1/", "/metrics")
+CLIENT_GONE = 499  # nginx's code for "client closed request": logged and counted, never sent
+
+
+class _Gate:
+    """ASGI middleware: request id, API key, body limit, access log and request metrics."""
+
+    def __init__(self, app, api_keys: list[str], max_body: int, metrics: ServerMetrics):
+        self.app, self.metrics, self.max_body = app, metrics, max_body
+        self.keys = [k.encode() for k in api_keys]
+
+    def _authorised(self, headers: dict[bytes, bytes]) -> bool:
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        ok = False
+        for key in self.keys:  # every key is compared: the time taken does not tell which one matched
+            ok |= hmac.compare_digest(key, token.strip())
+        return ok and scheme.lower() == b"bearer"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        client_id = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = client_id if REQUEST_ID.match(client_id) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = [500]
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _too_large(self.max_body)
+            return message
+
+        path = scope["path"]
+        endpoint = self.metrics.endpoint(path)
+        self.metrics.in_flight.inc()
+        try:
+            refusal = None
+            if self.keys and path.startswith(PROTECTED) and not self._authorised(headers):
+                refusal = ApiError(401, "invalid_api_key", "missing or invalid API key: send the header "
+                                   "'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})
+            elif int(headers.get(b"content-length", b"0") or 0) > self.max_body:
+                refusal = _too_large(self.max_body)
+            if refusal is not None:
+                state["error"] = refusal.code
+                await _error_response(refusal)(scope, receive, send_with_id)
+            else:
+                await self.app(scope, counting_receive, send_with_id)
+        finally:
+            self.metrics.in_flight.dec()
+            seconds = time.perf_counter() - started
+            self.metrics.latency.labels(endpoint).observe(seconds)
+            self.metrics.requests.labels(endpoint, str(status[0])).inc()
+            if status[0] >= 400 or state.get("error"):
+                self.metrics.errors.labels(state.get("error") or f"http_{status[0]}").inc()
+            record = {"ts": round(time.time(), 3), "request_id": request_id, "method": scope["method"], "path": path,
+                      "status": status[0], "ms": round(seconds * 1000, 1), "bytes_in": received}
+            record |= {k: v for k, v in state.items() if k not in ("request_id", "text")}
+            if "text" in state:
+                record["text"] = state["text"]
+            access_log.info(json.dumps(record, ensure_ascii=False))
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"the request body exceeds serve.max_body_mb ({limit / 2**20:g} MiB); "
+                    "send a smaller image")
+
+
+def _error_response(e: ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+async def _client_gone(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.05)
+
+
+def create_app(engine: OcrEngine, cfg: RunConfig, api_keys: list[str]) -> FastAPI:
+    serve_cfg = cfg.serve
+    metrics = ServerMetrics()
+
+    def on_batch(stats: BatchStats) -> None:
+        metrics.batch_size.observe(stats.size)
+        metrics.batch_seconds.observe(stats.seconds)
+        metrics.generated_tokens.inc(stats.tokens)
+
+    queue = BatchQueue(engine.run_batch, serve_cfg.max_batch_size, serve_cfg.max_wait_ms, serve_cfg.max_queue, on_batch)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        queue.start()
+        yield
+        await queue.close()  # uvicorn has already waited for the requests in flight; this drains the rest
+
+    app = FastAPI(title="DeepSynth OCR", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.queue, app.state.metrics, app.state.engine = queue, metrics, engine
+    app.add_middleware(_Gate, api_keys=api_keys, max_body=int(serve_cfg.max_body_mb * 2**20), metrics=metrics)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        request.state.error = e.code
+        return _error_response(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "bad_request")
+        request.state.error = code
+        return _error_response(ApiError(e.status_code, code, f"{request.method} {request.url.path}: {e.detail}"))
+
+    async def read_json(request: Request):
+        body = await request.body()
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from None
+
+    async def answer(request: Request, req: OcrRequest) -> list:
+        """Queue the request's images and wait for them, its timeout or its client leaving."""
+        request.state.model, request.state.images = req.model, len(req.images)
+        rows = [{"image": image, "prompt": req.prompt} for image in req.images]
+        try:
+            futures = queue.submit(req.model, rows, [req.max_tokens] * len(rows))
+        except QueueFull as e:
+            raise ApiError(503, "queue_full", f"the server is busy ({e}); retry after the Retry-After seconds",
+                           headers={"Retry-After": str(e.retry_after)}) from None
+        metrics.queue_depth.set(queue.depth)
+        gathered = asyncio.gather(*futures)
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            done, _ = await asyncio.wait({gathered, gone}, timeout=serve_cfg.request_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            metrics.queue_depth.set(queue.depth)
+        if gathered not in done:
+            gathered.cancel()  # cancels every image's future: the worker skips those still queued
+            if gone in done:
+                raise ApiError(CLIENT_GONE, "client_disconnected", "the client closed the connection; its work was dropped")
+            raise ApiError(504, "timeout", f"not answered within serve.request_timeout_s={serve_cfg.request_timeout_s:g} s; "
+                           "its queued work was dropped")
+        try:
+            results = gathered.result()
+        except GenerationFailed as e:
+            raise ApiError(500, "generation_failed", f"generation failed for this image: {e}") from None
+        request.state.queue_ms = round(max(d.queued_s for d in results) * 1000, 1)
+        request.state.generate_ms = round(max(d.generate_s for d in results) * 1000, 1)
+        request.state.batch_size = max(d.batch_size for d in results)
+        request.state.completion_tokens = sum(d.result.n_tokens for d in results)
+        if serve_cfg.log_content:
+            request.state.text = "\n".join(d.result.text for d in results)
+        return [d.result for d in results]
+
+    def finish_reason(pred, bound: int) -> str:
+        return "length" if not (pred.stopped or pred.looped) and pred.n_tokens >= bound else "stop"
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        payload = await read_json(request)
+        req = parse_chat(payload, engine.names, serve_cfg, cfg.data, engine.default_prompt, cfg.infer.max_new_tokens)
+        (pred,) = await answer(request, req)
+        return {
+            "id": f"chatcmpl-{request.state.request_id}", "object": "chat.completion", "created": int(time.time()),
+            "model": req.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": pred.text},
+                         "finish_reason": finish_reason(pred, req.max_tokens), "repetition_stopped": pred.looped}],
+            "usage": {"prompt_tokens": pred.prompt_tokens, "completion_tokens": pred.n_tokens,
+                      "total_tokens": pred.prompt_tokens + pred.n_tokens},
+        }
+
+    @app.post("/v1/ocr")
+    async def ocr(request: Request):
+        form = await request.form(max_files=1, max_fields=8)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise ApiError(400, "missing_file", "send the image or PDF as a multipart form field named 'file'", param="file")
+        model = check_model(form.get("model") or engine.default_model, engine.names)
+        raw = form.get("max_tokens") or None
+        max_tokens = check_max_tokens(int(raw) if isinstance(raw, str) and raw.isdigit() else raw,
+                                      cfg.infer.max_new_tokens, serve_cfg.max_tokens_limit)
+        prompt = form.get("prompt")
+        images, pages = parse_upload(await upload.read(), upload.filename or "", serve_cfg, cfg.data, cfg.infer.pdf_dpi)
+        req = OcrRequest(model, images, with_image_placeholder(prompt) if prompt else engine.default_prompt, max_tokens, pages)
+        preds = await answer(request, req)
+        return {
+            "model": model, "file": upload.filename,
+            "pages": [{"page": page, "text": p.text, "finish_reason": finish_reason(p, max_tokens),
+                       "repetition_stopped": p.looped, "completion_tokens": p.n_tokens} for page, p in zip(pages, preds, strict=True)],
+            "usage": {"prompt_tokens": sum(p.prompt_tokens for p in preds), "completion_tokens": sum(p.n_tokens for p in preds),
+                      "total_tokens": sum(p.prompt_tokens + p.n_tokens for p in preds)},
+        }
+
+    @app.get("/v1/models")
+    async def models():
+        created = int(time.time())
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": created, "owned_by": "deepsynth-ocr",
+             "parent": None if name == engine.base_name else engine.base_name} for name in engine.names]}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready():
+        if not queue.running:
+            return JSONResponse({"status": "not ready"}, status_code=503)
+        return {"status": "ready", "models": engine.names, "queue_depth": queue.depth}
+
+    @app.get("/metrics")
+    async def prometheus():
+        metrics.queue_depth.set(queue.depth)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
