@@ -315,13 +315,9 @@ class ServeConfig:
         _check(0 < self.port < 65536, "serve.port", f"must be 1..65535, got {self.port}")
         _check(isinstance(self.adapters, list) and all(isinstance(a, str) and "=" in a for a in self.adapters),
                "serve.adapters", f"must be a list of NAME=DIRECTORY, got {self.adapters!r}")
-        _check(self.max_batch_size > 0, "serve.max_batch_size", f"must be > 0, got {self.max_batch_size}")
         _check(self.max_wait_ms >= 0, "serve.max_wait_ms", f"must be >= 0, got {self.max_wait_ms}")
-        _check(self.max_queue > 0, "serve.max_queue", f"must be > 0, got {self.max_queue}")
-        _check(self.request_timeout_s > 0, "serve.request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
-        _check(self.max_body_mb > 0, "serve.max_body_mb", f"must be > 0, got {self.max_body_mb}")
-        _check(self.max_tokens_limit > 0, "serve.max_tokens_limit", f"must be > 0, got {self.max_tokens_limit}")
-        _check(self.max_pdf_pages > 0, "serve.max_pdf_pages", f"must be > 0, got {self.max_pdf_pages}")
+        for name in ("max_batch_size", "max_queue", "request_timeout_s", "max_body_mb", "max_tokens_limit", "max_pdf_pages"):
+            _check(getattr(self, name) > 0, f"serve.{name}", f"must be > 0, got {getattr(self, name)}")
 
 
 @dataclass

@@ -12,6 +12,7 @@ linear layers only (vLLM PR #31569); an adapter that touches anything else needs
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -54,8 +55,6 @@ def adapter_outside_vllm_lora(adapter_dir: Path, family: Family) -> list[str]:
 
 
 def lora_rank(adapter_dir: Path) -> int:
-    import json
-
     return int(json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["r"])
 
 
