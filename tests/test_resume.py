@@ -1,5 +1,9 @@
-"""``train.resume`` after a SIGKILL continues the run exactly: the same loss at every later step and
-the same final adapter as the run that was never interrupted (GPU_AUDIT.md item 7)."""
+"""``train.resume`` after a SIGKILL continues the run: the same loss at every later step and the same
+final adapter as the run that was never interrupted, to float32 rounding (GPU_AUDIT.md item 7).
+
+Rounding, not bit equality: on a shared CI machine two identical CPU runs have differed in the 7th
+significant digit (BLAS kernels chosen by alignment and thread timing). What tells a resume from a
+silent restart is that the resumed attempt logs no step at or before the checkpoint."""
 
 import json
 import os
@@ -101,12 +105,15 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tmp
     # metrics.jsonl holds both attempts; the resumed attempt's rows come last and win.
     got = _losses(killed_dir)
     after = range(KILL_AFTER + 1, STEPS + 1)
-    assert [got[s] for s in after] == [expected[s] for s in after]
+    loss_rows = [json.loads(line) for line in (killed_dir / "metrics.jsonl").read_text().splitlines()]
+    early = [r["step"] for r in loss_rows if "loss" in r and r["step"] <= KILL_AFTER]
+    assert len(early) == len(set(early)), "the resumed attempt trained again from before its checkpoint"
+    assert [got[s] for s in after] == pytest.approx([expected[s] for s in after], rel=1e-5)
     a = load_file(str(plain_dir / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(killed_dir / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and len(a) > 0
-    diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-    assert diff <= 1e-6, diff
+    far = [k for k in a if not torch.allclose(b[k].float(), a[k].float(), rtol=1e-4, atol=1e-5)]
+    assert not far, f"{len(far)} adapter tensors differ beyond rounding, e.g. {far[:3]}"
     assert json.loads((killed_dir / "manifest.json").read_text())["status"] == "ok"
     log = (killed_dir / "console.log").read_text()
     assert f"resuming from {killed_dir / 'checkpoints' / f'checkpoint-{KILL_AFTER}'}" in log

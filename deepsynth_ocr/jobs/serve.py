@@ -96,13 +96,23 @@ def serve(cfg: RunConfig, run_dir: str | None = None, vllm_script: str | None = 
         log.warning("serve: listening on %s without API keys: anyone who can reach the port can use it "
                     "(set %s or serve.api_keys_file)", cfg.serve.host, cfg.serve.api_keys_env)
     log.info("serve: API keys %s", f"required ({len(keys)} configured)" if keys else "off")
-    engine = OcrEngine(load_base(cfg), cfg, plan.base_name, plan.adapters)
-    app = create_app(engine, cfg, keys)
-    config = uvicorn.Config(app, host=cfg.serve.host, port=cfg.serve.port, access_log=False, log_config=None,
-                            timeout_graceful_shutdown=int(cfg.serve.request_timeout_s) + 5)
-    _Server(config).run()
+    _Server(server_config(build_app(plan, keys))).run()
     log.info("serve: stopped")
     return 0
+
+
+def build_app(plan: ServePlan, keys: list[str]):
+    """The FastAPI app for ``plan``: the base loaded once, each adapter attached under its name."""
+    engine = OcrEngine(load_base(plan.cfg), plan.cfg, plan.base_name, plan.adapters)
+    return create_app(engine, plan.cfg, keys)
+
+
+def server_config(app) -> uvicorn.Config:
+    """uvicorn settings: no access log of its own (the app writes one), and a graceful shutdown that
+    waits for the longest a request may take."""
+    cfg = app.state.engine.cfg
+    return uvicorn.Config(app, host=cfg.serve.host, port=cfg.serve.port, access_log=False, log_config=None,
+                          timeout_graceful_shutdown=int(cfg.serve.request_timeout_s) + 5)
 
 
 class _Server(uvicorn.Server):

@@ -66,12 +66,18 @@ class OcrRequest:
 _IMAGE_STATUS = {"decompression_bomb": 413, "image_too_large": 413}
 
 
+def _image_format(data: bytes) -> str | None:
+    """The image format whose signature ``data`` starts with (Pillow's own checks), if any."""
+    Image.init()
+    return next((name for name, (_, accept) in Image.OPEN.items() if accept and accept(data[:64])), None)
+
+
 def decode_image(data: bytes, data_cfg: DataConfig, what: str) -> Image.Image:
     """``data`` as a checked RGB image; an ``ApiError`` naming ``what`` when it is not one."""
     try:
         checked = check_image(data, Path("."), data_cfg)
     except RowError as e:
-        if e.reason == "undecodable_image" and "cannot identify" in e.detail:  # no image format at all
+        if e.reason == "undecodable_image" and not _image_format(data):  # not a broken image: no image at all
             raise ApiError(415, "unsupported_media_type", f"{what}: not an image format the server reads "
                            "(send PNG, JPEG, WebP, TIFF, BMP or GIF; PDFs to POST /v1/ocr)", param=what) from None
         raise ApiError(_IMAGE_STATUS.get(e.reason, 400), e.reason, f"{what}: {e.detail}", param=what) from None
