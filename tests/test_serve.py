@@ -329,6 +329,26 @@ def test_a_request_past_its_timeout_is_a_504_and_its_work_is_dropped(run_dir):
         assert done < 6, "timed-out requests were generated anyway"
 
 
+def test_a_client_that_disconnects_has_its_queued_work_dropped(run_dir):
+    cfg = run_config(run_dir, max_batch_size=1, max_queue=64)
+    with live(cfg, run_dir) as url:
+        async def impatient():
+            async with httpx.AsyncClient(timeout=0.15) as client:
+                body = chat_body("tiny-base", data_url(IMAGES[0].read_bytes()))
+                return await asyncio.gather(*(client.post(f"{url}/v1/chat/completions", json=body) for _ in range(40)),
+                                            return_exceptions=True)
+
+        replies = asyncio.run(impatient())
+        gave_up = sum(isinstance(r, httpx.TimeoutException) for r in replies)
+        assert gave_up > 0, "every request was answered within the client's timeout: nothing was abandoned"
+        time.sleep(1.5)
+        text = httpx.get(f"{url}/metrics").text
+        assert metric(text, "deepsynth_ocr_errors_total", kind="client_disconnected") > 0
+        assert metric(text, "deepsynth_ocr_batch_size_count") < 40, "abandoned requests were generated anyway"
+        assert metric(text, "deepsynth_ocr_queue_depth") == 0
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
 def _serve_process(run_dir: Path, port: int, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DEEPSYNTH_OCR_API_KEYS": ""}
     return subprocess.Popen([sys.executable, "-m", "deepsynth_ocr.cli", "serve", "--run", str(run_dir), "--port", str(port),
