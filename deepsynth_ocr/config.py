@@ -304,7 +304,7 @@ class ServeConfig:
     request_timeout_s: float = _f(120.0, "A request not answered in this many seconds gets 504 and its queued work is dropped.")
     max_body_mb: float = _f(20.0, "Largest request body accepted (413 beyond), in MiB.")
     max_tokens_limit: int = _f(8192, "Largest `max_tokens` a request may ask for (400 beyond); requests without one get infer.max_new_tokens.")
-    max_pdf_pages: int = _f(32, "Most pages of a PDF uploaded to /v1/ocr (400 beyond).")
+    max_pdf_pages: int = _f(32, "Most pages of a PDF uploaded to /v1/ocr (413 beyond).")
     api_keys_env: str = _f("DEEPSYNTH_OCR_API_KEYS", "Environment variable holding comma-separated API keys (Bearer tokens).")
     api_keys_file: str = _f("", "File with one API key per line (blank lines and # comments skipped); adds to api_keys_env.")
     file_root: str = _f("", "Directory whose files requests may name as image_url (file:// or a path); empty: file paths are refused.")
