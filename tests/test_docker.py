@@ -214,3 +214,24 @@ def test_torch_and_the_gpu_base_image_agree_on_one_cuda_and_xformers_is_gone():
     assert not re.search(r"^(torch|xformers)\b", training, re.M)  # Colab keeps its own CUDA torch
     for notebook in sorted((ROOT / "notebooks").glob("*.py")):
         assert "torch==" not in notebook.read_text(), notebook.name
+
+
+def test_the_serve_services_are_probed_on_ready_and_stop_after_the_longest_request():
+    """The health check asks /ready on the port the server listens on; the stop grace period outlasts
+    a request's timeout, so SIGTERM's graceful drain is not cut short by the engine's SIGKILL."""
+    from deepsynth_ocr.config import ServeConfig
+
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    timeout = ServeConfig().request_timeout_s
+    for name in ("serve", "serve-cpu"):
+        svc = services[name]
+        command = svc["command"]
+        port = command[command.index("--port") + 1]
+        assert command[command.index("--host") + 1] == "0.0.0.0", name  # reachable through the published port
+        assert any(p.endswith(f":{port}") and p.startswith("127.0.0.1:") for p in svc["ports"]), name
+        probe = " ".join(svc["healthcheck"]["test"])
+        assert f"127.0.0.1:{port}/ready" in probe, name
+        assert int(svc["stop_grace_period"].rstrip("s")) > timeout, name
+    for requirements in ("requirements-cpu.txt", "requirements-training.txt"):  # what each image installs
+        text = (ROOT / requirements).read_text()
+        assert all(re.search(rf"^{pkg}==", text, re.M) for pkg in ("fastapi", "uvicorn", "prometheus-client", "python-multipart")), requirements
