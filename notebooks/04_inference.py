@@ -42,3 +42,10 @@ summary
 
 # %%
 nb.predictions_table(out_path)
+
+# %% [markdown]
+# ## Serving the same fine-tune
+#
+# For requests instead of files: `deepsynth-ocr serve --run <finetune_run_dir>` starts an OpenAI-compatible
+# server (the `openai` client with an `image_url` part, or a plain upload to `/v1/ocr`) that answers with the
+# same text as this notebook, batching concurrent requests. See `docs/serving.md`.
