@@ -463,3 +463,16 @@ def test_the_vllm_backend_refuses_an_adapter_on_experts_and_the_tiny_base(run_di
     cfg = run_config(run_dir, backend="vllm")
     with pytest.raises(UserError, match="vllm needs model.name_or_path"):
         serve(cfg, str(run_dir), str(tmp_path / "v.sh"), dry_run=True)
+
+
+def test_a_port_in_use_is_a_clear_error_before_the_model_loads(run_dir, monkeypatch):
+    from deepsynth_ocr.errors import UserError
+    from deepsynth_ocr.jobs import serve as serve_job
+
+    monkeypatch.setattr(serve_job, "load_base", lambda cfg: pytest.fail("the model loaded before the port was checked"))
+    cfg = run_config(run_dir)
+    with socket.socket() as taken:
+        taken.bind((cfg.serve.host, cfg.serve.port))
+        taken.listen()
+        with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1:{cfg.serve.port}.*--port"):
+            serve_job.serve(cfg, str(run_dir))

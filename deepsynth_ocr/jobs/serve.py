@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,7 @@ def serve(cfg: RunConfig, run_dir: str | None = None, vllm_script: str | None = 
     if cfg.serve.backend == "vllm":
         return _serve_vllm(plan, run_dir, vllm_script, dry_run)
     keys = api_keys(cfg.serve)
+    check_address_free(cfg.serve.host, cfg.serve.port)
     if not keys and cfg.serve.host not in LOOPBACK:
         log.warning("serve: listening on %s without API keys: anyone who can reach the port can use it "
                     "(set %s or serve.api_keys_file)", cfg.serve.host, cfg.serve.api_keys_env)
@@ -99,6 +101,18 @@ def serve(cfg: RunConfig, run_dir: str | None = None, vllm_script: str | None = 
     _Server(server_config(build_app(plan, keys))).run()
     log.info("serve: stopped")
     return 0
+
+
+def check_address_free(host: str, port: int) -> None:
+    """Fail before the model loads (a minute for a real checkpoint) when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pick another port with --port "
+                            "or stop what uses it") from None
 
 
 def build_app(plan: ServePlan, keys: list[str]):
