@@ -20,7 +20,6 @@ import base64
 import contextlib
 import json
 import os
-import re
 import socket
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = sorted((ROOT / "data" / "smoke-domain" / "images").glob("eval_*.png"))[:64]
@@ -110,9 +110,9 @@ async def load(url: str, clients: int, requests: int, urls: list[tuple[str, str]
 
 
 def mean_batch(url: str) -> float:
-    text = httpx.get(f"{url}/metrics").text
-    total, count = (float(re.search(rf"^deepsynth_ocr_batch_size_{k} (\S+)$", text, re.M)[1]) for k in ("sum", "count"))
-    return total / count
+    samples = {s.name: s.value for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+               for s in family.samples if not s.labels}
+    return samples["deepsynth_ocr_batch_size_sum"] / samples["deepsynth_ocr_batch_size_count"]
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ import openai
 import pytest
 import uvicorn
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.jobs.serve import build_app, plan_models, server_config
@@ -93,11 +94,9 @@ def live(cfg: RunConfig, run_dir: Path | None, keys: list[str] = ()):
 
 
 def metric(text: str, name: str, **labels) -> float:
-    """One sample's value from Prometheus text (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = rf"^{re.escape(name)}(?:\{{{re.escape(want)}\}})? (\S+)$" if want else rf"^{re.escape(name)} (\S+)$"
-    found = re.findall(pattern, text, re.M)
-    return float(found[0]) if found else 0.0
+    """The value of the sample ``name`` with exactly ``labels`` in Prometheus text (0 when absent)."""
+    return next((sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+                 if sample.name == name and sample.labels == labels), 0.0)
 
 
 def post_all(url: str, bodies: list[dict]) -> list[httpx.Response]:
