@@ -1,21 +1,26 @@
 """DeepSynth OCR: fine-tune DeepSeek-OCR(-2) with LoRA on your documents and measure CER/WER before and after.
 
 Unsloth patches transformers, peft and trl when it is imported, and code imported before it runs
-unpatched (it says so in a warning). So where Unsloth is installed and can run (a CUDA device, or
-``UNSLOTH_ALLOW_CPU=1``), importing this package imports Unsloth first, before any of those. A broken
-Unsloth install is remembered here and reported when the backend is chosen, never raised at import.
-``DEEPSYNTH_SKIP_UNSLOTH=1`` keeps Unsloth out of the process: the hf backend then runs on
-transformers as released (the GPU proof's hf case does this).
+unpatched (it says so in a warning). Importing Unsloth costs 20-40 s and imports torch, so the package
+does not import it up front: importing this package installs an import hook that imports Unsloth just
+before the first import of transformers, peft or trl in the process, where Unsloth is installed and
+can run (a CUDA device, or ``UNSLOTH_ALLOW_CPU=1``). Light tools (``deepsynth_ocr.runs``, the ``runs``
+and ``stop`` commands) therefore start without torch, and every path that loads a model still gets
+Unsloth first. A broken Unsloth install is not raised here: ``models.backends.choose_backend`` tries the
+import again and reports why it chose transformers + peft. ``DEEPSYNTH_SKIP_UNSLOTH=1`` keeps Unsloth
+out of the process: the hf backend then runs on transformers as released (the GPU proof's hf case).
 """
 
+import importlib.abc
 import importlib.util
+import logging
 import os
+import sys
 
-UNSLOTH_IMPORT_ERROR: str | None = None
+PATCHED_BY_UNSLOTH = ("transformers", "peft", "trl")
 
 
-def _import_unsloth_first() -> None:
-    global UNSLOTH_IMPORT_ERROR
+def _import_unsloth() -> None:
     if os.environ.get("DEEPSYNTH_SKIP_UNSLOTH") == "1" or importlib.util.find_spec("unsloth") is None:
         return
     import torch  # Unsloth imports torch itself; only transformers, peft and trl must come after it
@@ -24,8 +29,21 @@ def _import_unsloth_first() -> None:
         return
     try:
         import unsloth  # noqa: F401
-    except Exception as e:  # the hf backend can still run; choose_backend reports this
-        UNSLOTH_IMPORT_ERROR = f"{type(e).__name__}: {e}"
+    except Exception as e:  # the hf backend can still run; choose_backend says why it was chosen
+        logging.getLogger("deepsynth_ocr").warning("unsloth failed to import (%s: %s)", type(e).__name__, e)
 
 
-_import_unsloth_first()
+class _UnslothFirst(importlib.abc.MetaPathFinder):
+    """Imports Unsloth once, just before the first of the libraries it patches; finds nothing itself."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.partition(".")[0] in PATCHED_BY_UNSLOTH:
+            sys.meta_path.remove(self)  # once, and not again for the imports Unsloth makes itself
+            _import_unsloth()
+        return None
+
+
+if any(name in sys.modules for name in PATCHED_BY_UNSLOTH):  # too late to come first: as Unsloth itself would
+    _import_unsloth()
+elif not any(isinstance(f, _UnslothFirst) for f in sys.meta_path):
+    sys.meta_path.insert(0, _UnslothFirst())

@@ -7,24 +7,20 @@ is printed as one line with exit code 2; anything else is a bug and keeps its tr
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from deepsynth_ocr.config import RunConfig, parse_value
 from deepsynth_ocr.errors import RunStopped, UserError
-from deepsynth_ocr.runs import RunPaths, open_finished
-
-
-def _load_run_config(run_dir: str | None, config_path: str | None, overrides: list[str]) -> RunConfig:
-    """A run directory's resolved config, else a YAML config, with -s overrides."""
-    return RunConfig.load(open_finished(run_dir).config if run_dir else config_path, overrides)
+from deepsynth_ocr.runs import LIVE, RunPaths, find_run, list_runs, load_config, open_finished, read_run
 
 
 def cmd_evaluate(args) -> int:
     from deepsynth_ocr.jobs.evaluate import evaluate
 
-    cfg = _load_run_config(args.run, args.config, args.set)
+    cfg = load_config(args.run, args.config, args.set)
     adapter = args.adapter or (str(open_finished(args.run, need_adapter=True).adapter) if args.run else None)
-    run_dir, summaries = evaluate(cfg, adapter)
+    run_dir, summaries = evaluate(cfg, adapter, args.run_dir)
     for tag, s in summaries.items():
         print(f"{tag}: CER {s['cer']} WER {s['wer']} exact {s['exact_match']:.3f} catastrophic {s['catastrophic_rate']:.3f}")
     print(f"report: {RunPaths(run_dir).report}")
@@ -37,7 +33,7 @@ def cmd_infer(args) -> int:
     from deepsynth_ocr.jobs.infer import infer
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = _load_run_config(args.run, args.config, args.set)
+    cfg = load_config(args.run, args.config, args.set)
     if args.run and not cfg.infer.adapter:
         cfg.infer.adapter = str(open_finished(args.run, need_adapter=True).adapter)
     print(infer(args.inputs, args.out, cfg))
@@ -49,7 +45,7 @@ def cmd_export(args) -> int:
     from deepsynth_ocr.export import ExportError
     from deepsynth_ocr.jobs.export import export
 
-    cfg = _load_run_config(args.run_dir, None, args.set)
+    cfg = load_config(args.run_dir, None, args.set)
     cfg.export.merged = cfg.export.merged and not args.no_merged
     cfg.export.hub_repo_id = args.push or cfg.export.hub_repo_id
     cfg.export.hub_private = cfg.export.hub_private and not args.public
@@ -77,7 +73,7 @@ def cmd_report(args) -> int:
 def cmd_train(args) -> int:
     from deepsynth_ocr.jobs.train import train
 
-    result = train(RunConfig.load(args.config, args.set))
+    result = train(RunConfig.load(args.config, args.set), args.run_dir)
     if result.before and result.after:
         print(f"CER before {result.before.get('cer', float('nan')):.4f} -> after {result.after.get('cer', float('nan')):.4f}")
     print(f"run directory: {result.run_dir}")
@@ -107,7 +103,7 @@ def cmd_sweep(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = RunConfig.load(args.config, args.set)
-    r = sweep(cfg, args.space, args.trials, args.sweep_dir, args.storage, args.notebook)
+    r = sweep(cfg, args.space, args.trials, args.run_dir, args.storage, args.notebook)
     print(f"sweep: {r.complete} complete, {r.pruned} pruned, {r.failed} failed trials in {r.sweep_dir}")
     if r.best_value is not None:
         print(f"best: CER {r.best_value:.4f} with {r.best_params}; config: {r.sweep_dir / 'best_config.yaml'}")
@@ -137,7 +133,7 @@ def cmd_notebook(args) -> int:
 def cmd_serve(args) -> int:
     from deepsynth_ocr.jobs.serve import serve
 
-    cfg = _load_run_config(args.run, args.config, args.set)
+    cfg = load_config(args.run, args.config, args.set)
     flags = {"host": args.host, "port": args.port, "backend": args.backend, "max_batch_size": args.max_batch_size,
              "max_wait_ms": args.max_wait_ms, "api_keys_file": args.api_key_file, "file_root": args.allow_files_under}
     for name, value in flags.items():
@@ -150,6 +146,69 @@ def cmd_serve(args) -> int:
     return serve(cfg, args.run, args.vllm_script, args.dry_run)
 
 
+def _cer(before, after) -> str:
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    return "" if before is None and after is None else f"{fmt(before)} -> {fmt(after)}"
+
+
+def _steps(info) -> str:
+    return "" if info.step is None and info.total is None else f"{info.step or 0}/{info.total or '?'}"
+
+
+def cmd_runs(args) -> int:
+    if args.run:
+        info = read_run(find_run(args.run, args.root))
+        if args.json:
+            print(json.dumps({**info.to_dict(), "manifest": info.manifest}, indent=2, default=str))
+        else:
+            for key, value in info.to_dict().items():
+                print(f"{key:12} {'' if value is None else value}")
+        return 0
+    runs = list_runs(args.root, args.status, args.name)
+    if args.json:
+        print(json.dumps([i.to_dict() for i in runs], indent=2, default=str))
+        return 0
+    if not runs:
+        print(f"no runs under {args.root}" + (" matching the filter" if args.status or args.name else ""))
+        return 0
+    rows = [("RUN", "KIND", "STATUS", "STARTED", "STEPS", "CER BEFORE -> AFTER", "PID")]
+    rows += [(i.dir.name, i.kind, i.status, (i.created_at or "").replace("T", " "), _steps(i),
+              _cer(i.cer_before, i.cer_after), ",".join(map(str, i.pids))) for i in runs]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_stop(args) -> int:
+    from deepsynth_ocr.runs import stop_run, wait_stopped
+
+    run_dir = find_run(args.run, args.root)
+    pids = stop_run(run_dir)
+    print(f"sent SIGTERM to pid {', '.join(map(str, pids))}: training saves a checkpoint at the end of its step, "
+          "then stops")
+    if args.no_wait:
+        return 0
+    info = wait_stopped(run_dir, args.timeout)
+    if info.status in LIVE:
+        print(f"still {info.status} after {args.timeout:g} s; `deepsynth-ocr runs {run_dir}` shows it", file=sys.stderr)
+        return 1
+    print(f"{run_dir}: {info.status}" + (f"; continue with: deepsynth-ocr resume {run_dir}" if info.status != "ok" else ""))
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from deepsynth_ocr.jobs.launch import resume_launch, start
+
+    launch = resume_launch(find_run(args.run, args.root))
+    if args.detach:
+        proc = start(launch)
+        print(f"resumed {launch.run_dir} in the background (pid {proc.pid}); output: {RunPaths(launch.run_dir).console_log}")
+        return 0
+    print(f"resuming {launch.run_dir}: deepsynth-ocr {' '.join(launch.args)}")
+    return main(launch.args)
+
+
 def _add_set(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.FIELD=VALUE", help=help)
 
@@ -160,12 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="fine-tune with a YAML run config; writes a run directory")
     p.add_argument("--config", "-c", help="YAML run config (e.g. configs/smoke.yaml)")
     _add_set(p, "override a config field, e.g. -s train.max_steps=20 (repeatable)")
+    p.add_argument("--run-dir", help="write into this directory (default: a new OUTPUT_ROOT/NAME_TIMESTAMP)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="score the base model, an adapter and the baselines on data.eval_path; writes a report")
     p.add_argument("--run", help="a run directory: its config and adapter/ are used")
     p.add_argument("--adapter", help="adapter directory to score as the fine-tuned model")
     p.add_argument("--config", "-c", help="YAML run config")
     _add_set(p, "override a config field")
+    p.add_argument("--run-dir", help="write into this directory (default: a new OUTPUT_ROOT/NAME_TIMESTAMP)")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("infer", help="batch OCR of images, folders, globs and PDFs to a resumable JSONL file")
     p.add_argument("inputs", nargs="+", help="image files, folders, globs (quote them) or PDFs")
@@ -198,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", "-c", help="YAML run config every trial starts from")
     p.add_argument("--space", required=True, help="YAML search space: section.field: {low, high[, log]} or {choices: [...]}")
     p.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
-    p.add_argument("--sweep-dir", help="sweep directory (default OUTPUT_ROOT/sweep-NAME; the same one resumes)")
+    p.add_argument("--run-dir", "--sweep-dir", dest="run_dir",
+                   help="sweep directory (default OUTPUT_ROOT/sweep-NAME; the same one resumes)")
     p.add_argument("--storage", help="Optuna storage URL shared by several machines (default: a journal file in the sweep directory)")
     p.add_argument("--notebook", action="store_true", help="run each trial as a papermill execution of 02_finetune (no pruning)")
     _add_set(p, "override a config field for every trial")
@@ -221,6 +283,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="--backend vllm: write and print the command, do not start it")
     _add_set(p, "override a config field, e.g. -s serve.max_queue=128 (repeatable)")
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("runs", help="list runs and sweeps (newest first), or show one: status, steps, CER, pid")
+    p.add_argument("run", nargs="?", help="show this run directory (a path, or a directory name under --root)")
+    p.add_argument("--root", default="runs", help="the directory that holds run directories (output_root; default runs)")
+    p.add_argument("--status", help="only runs with this status (running, starting, ok, failed, interrupted, died, ...)")
+    p.add_argument("--name", help="only runs whose name contains this")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_runs)
+    p = sub.add_parser("stop", help="stop a running run or sweep: SIGTERM to its process; training checkpoints first")
+    p.add_argument("run", help="run directory (a path, or a directory name under --root)")
+    p.add_argument("--root", default="runs", help="the directory that holds run directories (default runs)")
+    p.add_argument("--no-wait", action="store_true", help="return at once instead of waiting for the run to stop")
+    p.add_argument("--timeout", type=float, default=300, help="seconds to wait for the run to stop (default 300)")
+    p.set_defaults(func=cmd_stop)
+    p = sub.add_parser("resume", help="continue an interrupted, died or failed run or sweep in its own directory")
+    p.add_argument("run", help="run directory (a path, or a directory name under --root)")
+    p.add_argument("--root", default="runs", help="the directory that holds run directories (default runs)")
+    p.add_argument("--detach", action="store_true", help="start it in the background, output to its console.log")
+    p.set_defaults(func=cmd_resume)
     p = sub.add_parser("notebook", help="execute a kit notebook with papermill into a new run directory")
     p.add_argument("name", help="01_prepare_data, 02_finetune, 03_evaluate, 04_inference (or a path)")
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),

@@ -23,11 +23,6 @@ from deepsynth_ocr.errors import UserError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process under torchrun / accelerate launch; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def compute_device() -> torch.device:
     """The device a model is loaded onto: this process's GPU (``LOCAL_RANK`` under a launcher), else the CPU."""
     if torch.cuda.is_available():

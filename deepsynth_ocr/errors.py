@@ -22,15 +22,24 @@ class RunStopped(Exception):
     exit_code = 1
 
 
-class TrainingInterrupted(RunStopped):
-    """SIGTERM or SIGINT during training: a checkpoint was saved at ``step``, ``train.resume`` continues from it."""
+class Interrupted(RunStopped):
+    """SIGTERM or SIGINT stopped the job (status ``interrupted``, exit 128 + the signal's number); a job with
+    nothing to checkpoint stops at once, a resume starts it again in the same directory."""
 
     status = "interrupted"
 
-    def __init__(self, signal_name: str, step: int, checkpoint: str):
-        super().__init__(f"{signal_name} at step {step}: checkpoint saved at {checkpoint}; "
-                         "continue with -s train.resume=true")
-        self.step, self.exit_code = step, 128 + signal.Signals[signal_name].value
+    def __init__(self, signal_name: str, message: str | None = None):
+        super().__init__(message or f"{signal_name} received: stopped (nothing to checkpoint at this point)")
+        self.signal_name, self.exit_code = signal_name, 128 + signal.Signals[signal_name].value
+
+
+class TrainingInterrupted(Interrupted):
+    """SIGTERM or SIGINT during training: a checkpoint was saved at ``step``; a resume continues from it."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: str, run_dir: str):
+        super().__init__(signal_name, f"{signal_name} at step {step}: checkpoint saved at {checkpoint}; "
+                                      f"continue with: deepsynth-ocr resume {run_dir}")
+        self.step = step
 
 
 class NonFiniteLoss(RunStopped):

@@ -9,12 +9,19 @@ the executed notebook, and ``manifest.json`` (status, versions, git commit, timi
 
 Lifecycle: ``with Run.start(cfg) as run:`` writes the resolved config, attaches the console log and
 sets ``status: running``; leaving the block sets ``ok``, or ``failed`` with the error, or
-``interrupted`` on Ctrl-C; the exception is never swallowed.
+``interrupted`` on SIGTERM / SIGINT (a job with nothing to checkpoint stops at once; training installs
+its own handler that checkpoints first); the exception is never swallowed.
+
+The read and stop side (``read_run``, ``list_runs``, ``stop_run``) serves the ``runs`` / ``stop`` /
+``resume`` commands and the UI. It imports no torch: listing 200 runs reads 200 small JSON files. A
+run whose manifest says ``running`` while the process holding it is gone on this host reads ``died``.
+Sweep directories (kind ``sweep``) are listed beside runs; their manifest names their worker processes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -33,8 +40,8 @@ from pathlib import Path
 import yaml
 
 from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.devices import world
-from deepsynth_ocr.errors import RunStopped, UserError
+from deepsynth_ocr.errors import Interrupted, RunStopped, UserError
+from deepsynth_ocr.ranks import world
 from deepsynth_ocr.secrets import RedactingFilter, redact
 
 log = logging.getLogger("deepsynth_ocr")
@@ -73,6 +80,8 @@ class RunPaths:
     wandb = _file("wandb")
     export = _file("export")
     lock = _file(".lock")  # {pid, host, started} of the process writing the directory
+    launch = _file(".launch")  # {pid, host, started, kind, name, argv} of the process jobs.launch started
+    study = _file("study.journal")  # a sweep's Optuna journal
 
     def eval_file(self, tag: str) -> Path:
         """Per-sample predictions of one evaluation: ``before``, ``after``, ``baseline_<engine>``."""
@@ -108,13 +117,33 @@ def git_commit() -> str | None:
 
 
 def new_run_path(output_root: str | Path, name: str) -> Path:
-    """``<output_root>/<name>_<YYYYmmdd_HHMMSS>`` (not created)."""
-    return Path(output_root) / f"{name}_{datetime.now().strftime('%Y%m%d_%H%M%S')}"
+    """A new, empty ``<output_root>/<name>_<YYYYmmdd_HHMMSS>``, created here so that two runs started in the
+    same second get two directories (the second gets ``_2``)."""
+    root = Path(output_root)
+    root.mkdir(parents=True, exist_ok=True)
+    base = root / f"{name}_{datetime.now().strftime('%Y%m%d_%H%M%S')}"
+    for n in range(1, 1000):
+        path = base if n == 1 else base.with_name(f"{base.name}_{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RunDirError(f"{base}: a thousand runs of this name started in one second")
+
+
+RESUMABLE = ("train", "notebook", "sweep")
 
 
 def latest_run_dir(output_root: str | Path, name: str) -> Path | None:
-    dirs = sorted(p for p in Path(output_root).glob(f"{name}_*") if RunPaths(p).manifest.is_file())
-    return dirs[-1] if dirs else None
+    """The newest training run of exactly ``name`` under ``output_root`` (``train.resume`` without a
+    directory): never another name's run that shares the prefix, nor an evaluation's directory."""
+    found = []
+    for path in Path(output_root).glob(f"{name}_*"):
+        manifest = RunPaths(path).read_manifest()
+        if manifest.get("name") == name and run_kind(manifest, path) in ("train", "notebook") and RunPaths(path).config.is_file():
+            found.append((manifest.get("created_at", ""), path.name, path))
+    return max(found)[2] if found else None
 
 
 def open_finished(directory: str | Path, need_adapter: bool = False) -> RunPaths:
@@ -130,13 +159,48 @@ def open_finished(directory: str | Path, need_adapter: bool = False) -> RunPaths
     return paths
 
 
+@contextlib.contextmanager
+def _manifest_lock(paths: RunPaths):
+    """Serialises read-modify-write of a manifest between the processes of one job (a sweep's workers)."""
+    paths.dir.mkdir(parents=True, exist_ok=True)
+    with (paths.dir / ".manifest.lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def edit_manifest(directory: str | Path, edit) -> dict:
+    """Apply ``edit(manifest)`` (in place) to a run directory's manifest on disk, for a job that does not
+    hold a ``Run``; under a file lock, so concurrent job processes never lose each other's changes."""
+    paths = RunPaths(Path(directory))
+    with _manifest_lock(paths):
+        manifest = paths.read_manifest() or {"created_at": datetime.now().isoformat(timespec="seconds")}
+        edit(manifest)
+        _write_manifest(paths, manifest)
+    return manifest
+
+
 def update_manifest(directory: str | Path, **fields) -> dict:
     """Merge ``fields`` into a run directory's manifest on disk (for a job that did not start the run)."""
-    paths = RunPaths(Path(directory))
-    manifest = paths.read_manifest() or {"created_at": datetime.now().isoformat(timespec="seconds")}
-    manifest.update(fields)
-    _write_manifest(paths, manifest)
-    return manifest
+    return edit_manifest(directory, lambda manifest: manifest.update(fields))
+
+
+def this_process() -> dict:
+    """``{pid, host, started}``: how a lock, a launch record or a manifest's ``workers`` name a process."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now().isoformat(timespec="seconds")}
+
+
+def join_workers(manifest: dict, me: dict) -> None:
+    """Add ``me`` to the manifest's ``workers``, dropping workers whose process is gone."""
+    manifest["workers"] = [w for w in manifest.get("workers") or [] if not holder_gone(w) and w.get("pid") != me["pid"]] + [me]
+
+
+def leave_workers(manifest: dict, me: dict) -> list[dict]:
+    """Remove ``me`` (and gone workers) from ``workers``; returns the workers still there."""
+    manifest["workers"] = [w for w in manifest.get("workers") or [] if not holder_gone(w) and w.get("pid") != me["pid"]]
+    return manifest["workers"]
 
 
 def _write_manifest(paths: RunPaths, manifest: dict) -> None:
@@ -152,19 +216,25 @@ class Run:
 
     is_main = True
 
-    def __init__(self, directory: Path, cfg: RunConfig):
+    def __init__(self, directory: Path, cfg: RunConfig, kind: str = "train"):
         self.paths = RunPaths(directory)
         self.dir = directory
         self.cfg = cfg
         self.started = time.time()
+        now = datetime.now().isoformat(timespec="seconds")
         self.manifest = self.paths.read_manifest()
-        if self.manifest:  # resumed run: keep its history
-            self.manifest["resumed_at"] = datetime.now().isoformat(timespec="seconds")
-        else:
-            self.manifest = {"name": cfg.name, "created_at": datetime.now().isoformat(timespec="seconds")}
+        if "versions" in self.manifest:  # a Run wrote here before: resumed; how each attempt ended is kept
+            self.manifest["resumed_at"] = now
+            previous = {k: self.manifest.pop(k, None) for k in ("status", "ended_at", "error", "stopped_at_step")}
+            self.manifest.setdefault("attempts", []).append(previous)
+        self.manifest.setdefault("created_at", now)
+        self.manifest.setdefault("name", cfg.name)
+        self.manifest.setdefault("kind", kind)  # a notebook run keeps "notebook" when its training cell starts
+        self.manifest.pop("ended_at", None)
         self.manifest.update({"status": "running", "versions": package_versions(), "git_commit": git_commit(),
                               "command": sys.argv, "timings": self.manifest.get("timings", {})})
         self._lock = acquire_lock(self.paths)
+        self._signals = contextlib.ExitStack()
         self._handler = _attach_console_log(self.paths.console_log)
         if self._lock["took_over"]:  # logged once the console log is attached, so the run's log has it
             stale = self._lock["took_over"]
@@ -174,20 +244,23 @@ class Run:
         self.save()
 
     @classmethod
-    def start(cls, cfg: RunConfig, directory: str | Path | None = None) -> Run:
-        """A new run directory, or with ``train.resume`` the newest one of the same name."""
-        if directory is None and cfg.train.resume:
+    def start(cls, cfg: RunConfig, directory: str | Path | None = None, kind: str = "train") -> Run:
+        """A run in ``directory``, else with ``train.resume`` the newest training run of the same name, else a
+        new ``<output_root>/<name>_<timestamp>``."""
+        if directory is None and cfg.train.resume and kind == "train":
             directory = latest_run_dir(cfg.output_root, cfg.name)
-        if directory is None:
-            directory = new_run_path(cfg.output_root, cfg.name)
-        directory = Path(directory)
+        directory = Path(directory) if directory is not None else new_run_path(cfg.output_root, cfg.name)
         directory.mkdir(parents=True, exist_ok=True)
-        return cls(directory, cfg)
+        return cls(directory, cfg, kind)
 
     def __enter__(self) -> Run:
+        # Until a job installs its own (training checkpoints first), a stop signal ends the job at once,
+        # recorded as interrupted rather than leaving "running" behind.
+        self._signals.enter_context(interrupt_on_signals())
         return self
 
     def __exit__(self, kind, error, tb) -> bool:
+        self._signals.close()
         if error is None:
             self.finish("ok")
         elif isinstance(error, RunStopped):
@@ -216,6 +289,7 @@ class Run:
 
     def finish(self, status: str, error: BaseException | None = None) -> None:
         self.manifest["status"] = status
+        self.manifest["ended_at"] = datetime.now().isoformat(timespec="seconds")
         self.manifest["timings"]["total_s"] = round(time.time() - self.started, 3)
         if error is not None:
             self.manifest["error"] = f"{type(error).__name__}: {error}"
@@ -227,8 +301,9 @@ class Run:
         self.save()
         release_lock(self.paths, self._lock)
         log.info("run %s: %s (%s)", status, self.dir, self.paths.manifest)
-        logging.getLogger().removeHandler(self._handler)
-        self._handler.close()
+        if self._handler is not None:
+            logging.getLogger().removeHandler(self._handler)
+            self._handler.close()
 
 
 class FollowerRun:
@@ -255,12 +330,12 @@ class FollowerRun:
         pass
 
 
-def start_run(cfg: RunConfig, directory: str | Path | None = None) -> Run | FollowerRun:
+def start_run(cfg: RunConfig, directory: str | Path | None = None, kind: str = "train") -> Run | FollowerRun:
     """``Run.start`` in a single process; under a launcher the main process starts the run and every other
     process follows it in the same directory (only the main process writes the manifest, logs and outputs)."""
     rank, size = world()
     if size == 1:
-        return Run.start(cfg, directory)
+        return Run.start(cfg, directory, kind)
     import torch.distributed as dist
     from accelerate import PartialState
 
@@ -269,7 +344,7 @@ def start_run(cfg: RunConfig, directory: str | Path | None = None) -> Run | Foll
     run = None
     if rank == 0:
         try:
-            run = Run.start(cfg, directory)
+            run = Run.start(cfg, directory, kind)
             shared[0] = str(run.dir)
         finally:
             dist.broadcast_object_list(shared, src=0)  # None tells the others the start failed
@@ -296,6 +371,17 @@ def signal_handlers(handler, signals=(signal.SIGTERM, signal.SIGINT)):
             signal.signal(sig, old)
 
 
+@contextlib.contextmanager
+def interrupt_on_signals():
+    """SIGTERM / SIGINT raise ``errors.Interrupted`` where the program is (status ``interrupted``, exit 143 or
+    130), for the stretches of a job with nothing to save first."""
+    def handler(signum, frame):
+        raise Interrupted(signal.Signals(signum).name)
+
+    with signal_handlers(handler):
+        yield
+
+
 def holder_gone(holder: dict) -> bool:
     """Whether the process a lock or a sweep trial names (``{pid, host}``) is gone. Known only for this
     host: a process on another host is never presumed dead."""
@@ -308,13 +394,16 @@ def holder_gone(holder: dict) -> bool:
         return True
     except PermissionError:  # alive, owned by another user
         return False
-    return False
+    try:  # a zombie has exited; only its parent has not collected it yet (Linux; elsewhere it counts as alive)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def acquire_lock(paths: RunPaths) -> dict:
     """Take the run directory's lock, or refuse in one line naming its holder; a dead holder on this host
     (a killed run) is taken over with a warning. Creation is atomic (O_EXCL), so two starts cannot both win."""
-    mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now().isoformat(timespec="seconds")}
+    mine = this_process()
     took_over = None
     for _ in range(2):
         try:
@@ -345,6 +434,163 @@ def release_lock(paths: RunPaths, mine: dict) -> None:
         pass
 
 
+# --- the read and stop side ----------------------------------------------------------------------------
+
+LIVE = ("starting", "running")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def run_kind(manifest: dict, directory: Path) -> str:
+    """``train``, ``evaluate``, ``notebook`` or ``sweep``; a manifest written before kinds were recorded is a
+    sweep when it has a study journal, else training."""
+    if manifest.get("kind"):
+        return manifest["kind"]
+    return "sweep" if RunPaths(directory).study.is_file() else "train"
+
+
+@dataclass
+class RunInfo:
+    """What ``deepsynth-ocr runs`` and the UI show of one run or sweep directory."""
+
+    dir: Path
+    name: str
+    kind: str
+    status: str  # the manifest's, except ``died`` (its process is gone) and ``starting`` (launched, not yet begun)
+    created_at: str | None
+    ended_at: str | None
+    step: int | None  # optimizer steps done (trials finished, for a sweep)
+    total: int | None  # train.max_steps (trials wanted, for a sweep)
+    cer_before: float | None
+    cer_after: float | None  # after training; a sweep's best trial
+    pids: list[int]  # the live processes holding the directory (a sweep's workers)
+    host: str | None
+    error: str | None
+    manifest: dict
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "manifest"}
+        return {**out, "dir": str(self.dir)}
+
+
+def _holders(paths: RunPaths, manifest: dict) -> list[dict]:
+    """The processes that say they hold the directory, the one to signal first: the lock's, then the job
+    processes the manifest names (a sweep's workers, a notebook's papermill process), else the launched one."""
+    holders = [h for h in [_read_json(paths.lock)] if h] + list(manifest.get("workers") or [])
+    if not holders:
+        holders = [h for h in [_read_json(paths.launch)] if h]
+    return holders
+
+
+def _cer(metrics, tag: str) -> float | None:
+    value = (metrics or {}).get(tag) if isinstance(metrics, dict) else None
+    return value.get("cer") if isinstance(value, dict) else None
+
+
+def read_run(directory: str | Path) -> RunInfo:
+    """One run or sweep directory as ``RunInfo``; a one-line error when it is neither."""
+    paths = RunPaths(Path(directory))
+    manifest, launch = paths.read_manifest() if paths.manifest.is_file() else {}, _read_json(paths.launch)
+    if not manifest and not launch:
+        raise RunDirError(f"{paths.dir} is not a run directory: it has no manifest.json")
+    kind = run_kind(manifest, paths.dir) if manifest else launch.get("kind", "train")
+    status = manifest.get("status") or "starting"
+    holders = _holders(paths, manifest)
+    live = [h for h in holders if not holder_gone(h)]
+    if status in LIVE and not live:
+        status = "died"
+    elif status not in LIVE and launch and not holder_gone(launch) and launch.get("started", "") >= manifest.get("ended_at", ""):
+        status = "starting"  # resumed by the launcher; the process has not opened the run yet
+        live = [launch]
+    progress = manifest.get("progress") or {}
+    metrics = manifest.get("metrics")
+    step, total = progress.get("step"), progress.get("max_steps")
+    before, after = _cer(metrics, "before"), _cer(metrics, "after")
+    if kind == "sweep":
+        trials = manifest.get("trials") or {}
+        step, total = trials.get("done"), trials.get("wanted")
+        before, after = None, (manifest.get("best") or {}).get("cer")
+    elif step is None and isinstance(metrics, dict):
+        step = metrics.get("steps")
+    return RunInfo(paths.dir, manifest.get("name") or launch.get("name") or paths.dir.name, kind, status,
+                   manifest.get("created_at") or launch.get("started"), manifest.get("ended_at"), step, total,
+                   before, after, [h["pid"] for h in live if isinstance(h.get("pid"), int)] if status in LIVE else [],
+                   (live[0] if live else holders[0] if holders else {}).get("host"), manifest.get("error"), manifest)
+
+
+def list_runs(root: str | Path, status: str | None = None, name: str | None = None) -> list[RunInfo]:
+    """Every run and sweep directory directly under ``root``, newest first; ``status`` and ``name`` (a
+    substring) filter. A directory that is neither (no manifest, no launch record) is left out."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        if not path.is_dir() or not (RunPaths(path).manifest.is_file() or RunPaths(path).launch.is_file()):
+            continue
+        info = read_run(path)
+        if (status is None or info.status == status) and (name is None or name in info.name):
+            found.append(info)
+    return sorted(found, key=lambda i: (i.created_at or "", i.dir.name), reverse=True)
+
+
+def find_run(spec: str | Path, root: str | Path = "runs") -> Path:
+    """A run directory from a path, or from its directory name under ``root``."""
+    for path in (Path(spec), Path(root) / str(spec)):
+        if path.is_dir() and (RunPaths(path).manifest.is_file() or RunPaths(path).launch.is_file()):
+            return path
+    raise RunDirError(f"no run directory {spec} (nor {Path(root) / str(spec)}); `deepsynth-ocr runs` lists them")
+
+
+def stop_run(directory: str | Path, sig: int = signal.SIGTERM) -> list[int]:
+    """Send ``sig`` to the live processes holding a run (a sweep's workers); returns their pids. Training
+    saves a checkpoint at the end of its step and ends ``interrupted``; ``deepsynth-ocr resume`` continues it."""
+    info = read_run(directory)
+    if info.status not in LIVE:
+        raise RunDirError(f"{info.dir} is not running (status {info.status}); nothing to stop")
+    here = socket.gethostname()
+    if info.host and info.host != here:
+        raise RunDirError(f"{info.dir} is held by a process on host {info.host}; stop it there")
+    # One signal per job: a notebook's kernel (the lock holder) and the notebook process (which forwards
+    # signals to its kernel) must not both be signalled, or the kernel sees a second signal and dies at once.
+    targets = info.pids if info.kind == "sweep" else info.pids[:1]
+    for pid in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    return targets
+
+
+def wait_stopped(directory: str | Path, timeout: float) -> RunInfo:
+    """``read_run`` once the directory's processes are gone (or after ``timeout`` seconds)."""
+    deadline = time.time() + timeout
+    while True:
+        info = read_run(directory)
+        if info.status not in LIVE or time.time() >= deadline:
+            return info
+        time.sleep(0.2)
+
+
+def write_launch(directory: Path, pid: int, kind: str, name: str, argv: list[str]) -> None:
+    """The launcher's record of the process it started for ``directory`` (read until the run holds its lock)."""
+    record = {"pid": pid, "host": socket.gethostname(), "started": datetime.now().isoformat(timespec="seconds"),
+              "kind": kind, "name": name, "argv": redact(list(argv))}
+    tmp = RunPaths(directory).launch.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(RunPaths(directory).launch)
+
+
+def load_config(run_dir: str | Path | None, config_path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """A run directory's resolved config, else a YAML config (else the defaults), with ``section.field=value``
+    overrides."""
+    return RunConfig.load(open_finished(run_dir).config if run_dir else config_path, list(overrides))
+
+
 class _Console(logging.StreamHandler):
     """Logs to whatever ``sys.stdout`` is at the time (a notebook or a test may replace it after the first run)."""
 
@@ -360,14 +606,25 @@ class _Console(logging.StreamHandler):
         pass
 
 
-def _attach_console_log(path: Path) -> logging.Handler:
-    """Timestamped log of the kit (and Python warnings) to ``path``, plus the console."""
+def _writes_to(stream, path: Path) -> bool:
+    """Whether ``stream`` is already ``path`` (a process the launcher started with its output there)."""
+    try:
+        return path.exists() and os.path.samestat(os.fstat(stream.fileno()), os.stat(path))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a notebook's or a test's stream)
+        return False
+
+
+def _attach_console_log(path: Path) -> logging.Handler | None:
+    """Timestamped log of the kit (and Python warnings) to ``path``, plus the console. Returns the file's
+    handler, or None when the console already is that file (each line once)."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(fmt)
-    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
-    root.addHandler(handler)
+    handler = None
+    if not _writes_to(sys.stdout, path):
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(fmt)
+        handler.addFilter(RedactingFilter())
+        root.addHandler(handler)
     logging.captureWarnings(True)
     kit = logging.getLogger("deepsynth_ocr")
     kit.setLevel(logging.INFO)

@@ -11,7 +11,7 @@ import pytest
 from deepsynth_ocr.models import backends
 
 from .conftest import ROOT
-from .test_resume import _env, _losses, _only_run_dir
+from .runs_helpers import child_env, losses, smoke_launch
 
 STEPS = 10
 # Measured: relative differences of at most 3e-7 per step (reduction order across two processes).
@@ -19,13 +19,11 @@ TOLERANCE = 1e-5
 
 
 def _train(root, per_device, launcher=()):
-    cmd = [*launcher, "-m", "deepsynth_ocr.cli", "train", "-c", "configs/smoke.yaml", "-s", f"output_root={root}",
-           "-s", f"train.max_steps={STEPS}", "-s", f"train.per_device_batch_size={per_device}",
-           "-s", "train.logging_steps=1", "-s", "train.save_steps=5", "-s", "eval.enabled=false",
-           "-s", "tracking.wandb=disabled"]
-    proc = subprocess.run(cmd if launcher else [sys.executable, *cmd], cwd=ROOT, env=_env(), capture_output=True, text=True)
+    launch = smoke_launch(root, f"train.max_steps={STEPS}", f"train.per_device_batch_size={per_device}", "train.save_steps=5")
+    cmd = [*launcher, *launch.command[1:]] if launcher else launch.command  # torchrun runs the same module
+    proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return _only_run_dir(root)
+    return launch.run_dir
 
 
 @pytest.mark.slow
@@ -33,7 +31,7 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(tmp_path)
     single = _train(tmp_path / "single", 16)
     torchrun = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2", "--master_port", "29533"]
     ddp = _train(tmp_path / "ddp", 8, torchrun)
-    a, b = _losses(single), _losses(ddp)
+    a, b = losses(single), losses(ddp)
     assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
     worst = max(abs(a[s] - b[s]) / abs(a[s]) for s in a)
     assert worst <= TOLERANCE, worst

@@ -12,11 +12,12 @@ from safetensors.torch import load_file
 
 from deepsynth_ocr.cli import main
 from deepsynth_ocr.errors import NonFiniteLoss
+from deepsynth_ocr.jobs.launch import notebook_launch, start
 from deepsynth_ocr.jobs.train import train
 from deepsynth_ocr.runs import RunLocked
 
 from .conftest import ROOT
-from .test_resume import _env, _logged, _losses, _newest_run, _only_run_dir, _signal_when, _train_command
+from .runs_helpers import child_env, cli, logged, losses, only_run_dir, signal_when, smoke_launch, wait_for
 
 
 def _quick(cfg, steps=4, save=2):
@@ -72,7 +73,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     monkeypatch.setattr(KitTrainer, "compute_loss", turns_nan_at_step_5)
     with pytest.raises(NonFiniteLoss, match="non-finite loss at step 5; the last good checkpoint is .*checkpoint-4"):
         train(_quick(smoke_cfg, steps=20, save=2))
-    run_dir = _only_run_dir(tmp_path / "runs")
+    run_dir = only_run_dir(tmp_path / "runs")
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "failed: non-finite loss at step 5" and manifest["stopped_at_step"] == 5
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
@@ -88,33 +89,33 @@ def test_a_checkpoint_cut_short_is_skipped_for_the_one_before(tmp_path, smoke_cf
     assert resumed.run_dir == first.run_dir
     assert "checkpoint-4 is incomplete (no trainer_state.json)" in log
     assert f"resuming from {first.run_dir / 'checkpoints' / 'checkpoint-2'}" in log
-    assert [k for k in _losses(first.run_dir) if k > 2][-2:] == [5, 6]  # trained on from step 3
+    assert [k for k in losses(first.run_dir) if k > 2][-2:] == [5, 6]  # trained on from step 3
 
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_marks_the_run_interrupted_and_resumes_to_the_uninterrupted_result(tmp_path):
-    no_periodic = ["-s", "train.save_steps=1000"]  # the only checkpoint is the one the signal asks for
-    plain = tmp_path / "plain"
-    subprocess.run(_train_command(plain, *no_periodic), cwd=ROOT, env=_env(), check=True, capture_output=True)
-    expected = _losses(_only_run_dir(plain))
+    no_periodic = "train.save_steps=1000"  # the only checkpoint is the one the signal asks for
+    plain = smoke_launch(tmp_path / "plain", no_periodic)
+    subprocess.run(plain.command, cwd=ROOT, env=child_env(), check=True, capture_output=True)
+    expected = losses(plain.run_dir)
 
-    stopped = tmp_path / "stopped"
-    proc = subprocess.Popen(_train_command(stopped, *no_periodic), cwd=ROOT, env=_env(),
+    stopped = smoke_launch(tmp_path / "stopped", no_periodic)
+    proc = subprocess.Popen(stopped.command, cwd=ROOT, env=child_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    run_dir, err = _signal_when(proc, lambda: _logged(_newest_run(stopped), 10), signal.SIGTERM)
+    run_dir, err = signal_when(proc, lambda: logged(stopped.run_dir, 10), signal.SIGTERM)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert "stopped: SIGTERM at step" in err and "train.resume=true" in err
+    assert "stopped: SIGTERM at step" in err and f"deepsynth-ocr resume {run_dir}" in err
     manifest = json.loads((run_dir / "manifest.json").read_text())
     step = manifest["stopped_at_step"]
     assert manifest["status"] == "interrupted" and 10 <= step < 30
     assert (run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").is_file()
 
-    resumed = subprocess.run(_train_command(stopped, *no_periodic, "-s", "train.resume=true"), cwd=ROOT, env=_env(),
-                             capture_output=True, text=True)
+    resumed = subprocess.run(smoke_launch(tmp_path / "stopped", no_periodic, "train.resume=true", run_dir=run_dir).command,
+                             cwd=ROOT, env=child_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    got = _losses(run_dir)
+    got = losses(run_dir)
     assert [got[s] for s in range(step + 1, 31)] == [expected[s] for s in range(step + 1, 31)]
-    a = load_file(str(_only_run_dir(plain) / "adapter" / "adapter_model.safetensors"))
+    a = load_file(str(plain.run_dir / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) <= 1e-6
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "ok"
@@ -124,13 +125,12 @@ def test_planted_secrets_appear_in_no_file_of_the_run_directory(tmp_path):
     """Fake tokens in the environment and in a config value on the command line; the run (W&B offline,
     through the CLI in its own process) is scanned byte by byte."""
     secrets = {"HF_TOKEN": "hf_FAKEtoken1234567890", "WANDB_API_KEY": "wandbFAKEkey0987654321"}
-    env = {**_env(), **secrets, "HOME": str(tmp_path / "home")}
-    proc = subprocess.run([sys.executable, "-m", "deepsynth_ocr.cli", "train", "-c", "configs/smoke.yaml",
-                           "-s", f"output_root={tmp_path / 'runs'}", "-s", "train.max_steps=2", "-s", "eval.max_samples=2",
-                           "-s", "tracking.wandb=offline", "-s", f"export.hub_repo_id=someone/{secrets['HF_TOKEN']}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+    env = {**child_env(), **secrets, "HOME": str(tmp_path / "home")}
+    launch = smoke_launch(tmp_path / "runs", "train.max_steps=2", "eval.enabled=true", "eval.max_samples=2",
+                          "tracking.wandb=offline", f"export.hub_repo_id=someone/{secrets['HF_TOKEN']}")
+    proc = subprocess.run(launch.command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    run_dir = _only_run_dir(tmp_path / "runs")
+    run_dir = only_run_dir(tmp_path / "runs")
     assert list((run_dir / "wandb").glob("offline-run-*"))
     leaks = []
     for path in run_dir.rglob("*"):
@@ -153,12 +153,11 @@ def test_infer_given_only_missing_paths_exits_non_zero_in_one_line(tmp_path, cap
 def test_planted_secrets_appear_nowhere_in_a_notebook_run(tmp_path):
     """papermill: the injected parameters and the cells' outputs (the config is shown) are masked too."""
     token = "hf_FAKEnotebookToken12345"
-    env = {**_env(), "HF_TOKEN": token, "HOME": str(tmp_path / "home")}
+    env = {**child_env(), "HF_TOKEN": token, "HOME": str(tmp_path / "home")}
     run_dir = tmp_path / "nb"
-    proc = subprocess.run([sys.executable, "-m", "deepsynth_ocr.cli", "notebook", "02_finetune", "-f", "configs/smoke.yaml",
-                           "--run-dir", str(run_dir), "-p", "train_max_steps", "2", "-p", "eval_max_samples", "2",
-                           "-p", "tracking_wandb", "offline", "-p", "export_hub_repo_id", f"someone/{token}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+    launch = notebook_launch("02_finetune", "configs/smoke.yaml", {"train_max_steps": 2, "eval_max_samples": 2,
+                             "tracking_wandb": "offline", "export_hub_repo_id": f"someone/{token}"}, run_dir)
+    proc = subprocess.run(launch.command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (run_dir / "02_finetune.ipynb").is_file()
     leaks = [str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
@@ -168,24 +167,40 @@ def test_planted_secrets_appear_nowhere_in_a_notebook_run(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_to_a_papermill_run_checkpoints_and_the_notebook_resumes_to_the_uninterrupted_result(tmp_path):
-    plain = tmp_path / "plain"
-    subprocess.run(_train_command(plain, "-s", "train.save_steps=1000"), cwd=ROOT, env=_env(), check=True,
-                   capture_output=True)
-    expected = _losses(_only_run_dir(plain))
-    run_dir = tmp_path / "nb"
-    params = ["-p", "train_max_steps", "30", "-p", "train_save_steps", "1000", "-p", "train_logging_steps", "1",
+    plain = smoke_launch(tmp_path / "plain", "train.save_steps=1000")
+    subprocess.run(plain.command, cwd=ROOT, env=child_env(), check=True, capture_output=True)
+    expected = losses(plain.run_dir)
+    params = {"train_max_steps": 30, "train_save_steps": 1000, "train_logging_steps": 1,
               # evaluation stays on (the notebook shows it) but small; greedy decoding leaves the training RNG alone
-              "-p", "eval_max_samples", "4", "-p", "eval_every_steps", "0", "-p", "tracking_wandb", "disabled"]
-    cmd = [sys.executable, "-m", "deepsynth_ocr.cli", "notebook", "02_finetune", "-f", "configs/smoke.yaml",
-           "--run-dir", str(run_dir), *params]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, err = _signal_when(proc, lambda: _logged(run_dir, 10), signal.SIGTERM)
+              "eval_max_samples": 4, "eval_every_steps": 0, "tracking_wandb": "disabled"}
+    launch = notebook_launch("02_finetune", "configs/smoke.yaml", params, tmp_path / "nb")
+    proc = subprocess.Popen(launch.command, cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    run_dir, err = signal_when(proc, lambda: logged(launch.run_dir, 10), signal.SIGTERM)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     step = manifest["stopped_at_step"]
     assert manifest["status"] == "interrupted" and 10 <= step < 30
-    resumed = subprocess.run(cmd + ["-p", "train_resume", "true"], cwd=ROOT, env=_env(), capture_output=True, text=True)
+    resumed = cli("resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    got = _losses(run_dir)
+    got = losses(run_dir)
     assert [got[s] for s in range(step + 1, 31)] == [expected[s] for s in range(step + 1, 31)]
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_notebook_run_stopped_through_its_lock_holder_is_interrupted(tmp_path):
+    """`deepsynth-ocr stop` signals the kernel that holds the run's lock, not the papermill process."""
+    params = {"train_max_steps": 300, "train_logging_steps": 1, "eval_enabled": False, "tracking_wandb": "disabled"}
+    launch = notebook_launch("02_finetune", "configs/smoke.yaml", params, tmp_path / "nb")
+    proc = start(launch, env=child_env(), cwd=ROOT)
+    wait_for(lambda: logged(launch.run_dir, 3), proc)
+    holder = json.loads((launch.run_dir / ".lock").read_text())["pid"]
+    assert holder != proc.pid  # the kernel, a child of the notebook process
+    stopped = cli("stop", str(launch.run_dir))
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"sent SIGTERM to pid {holder}" in stopped.stdout and f"{launch.run_dir}: interrupted" in stopped.stdout
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    manifest = json.loads((launch.run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["kind"] == "notebook" and manifest["workers"] == []
+    assert "failing_cell" not in manifest

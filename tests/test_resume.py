@@ -6,115 +6,64 @@ significant digit (BLAS kernels chosen by alignment and thread timing). What tel
 silent restart is that the resumed attempt logs no step at or before the checkpoint."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from .conftest import ROOT
+from .runs_helpers import STEPS, child_env, cli, logged, losses, only_run_dir, signal_when, smoke_launch
 
-STEPS, KILL_AFTER = 30, 20
-
-
-def _train_command(output_root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "deepsynth_ocr.cli", "train", "-c", "configs/smoke.yaml",
-            "-s", f"output_root={output_root}", "-s", f"train.max_steps={STEPS}", "-s", "train.save_steps=10",
-            "-s", "train.logging_steps=1", "-s", "eval.enabled=false", "-s", "tracking.wandb=disabled", *extra]
+KILL_AFTER = 20
 
 
-def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
-def _losses(run_dir: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
-
-
-def _only_run_dir(root: Path) -> Path:
-    dirs = [p for p in root.iterdir() if p.is_dir()]
-    assert len(dirs) == 1, dirs
-    return dirs[0]
-
-
-def _signal_when(proc, ready, sig) -> tuple[Path, str]:
-    """Send ``sig`` to ``proc`` once ``ready()`` returns its run directory (None until then); wait for the
-    process to end. Returns the run directory and what the process wrote to stderr (if piped)."""
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline:
-            run_dir = ready()
-            if run_dir is not None:
-                proc.send_signal(sig)
-                break
-            assert proc.poll() is None, "the run ended before the signal"
-            time.sleep(0.02)
-        else:
-            pytest.fail("the run did not get there within 300 s")
-    finally:
-        _, err = proc.communicate(timeout=180)
-    return run_dir, err or ""
-
-
-def _logged(run_dir: Path | None, step: int) -> Path | None:
-    """``run_dir`` once its metrics.jsonl holds ``step``."""
-    metrics = run_dir / "metrics.jsonl" if run_dir else None
-    return run_dir if metrics and metrics.is_file() and step in _losses(run_dir) else None
-
-
-def _newest_run(output_root: Path) -> Path | None:
-    return next(iter(output_root.glob("smoke_*")), None) if output_root.is_dir() else None
-
-
-def _kill_after_checkpoint(output_root: Path) -> Path:
+def _kill_after_checkpoint(output_root) -> tuple:
     """Start a run, SIGKILL it once checkpoint-KILL_AFTER is complete (training has logged the step after it)."""
-    proc = subprocess.Popen(_train_command(output_root), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+    launch = smoke_launch(output_root)
+    proc = subprocess.Popen(launch.command, cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
     def ready():
-        run_dir = _logged(_newest_run(output_root), KILL_AFTER + 1)
+        run_dir = logged(launch.run_dir, KILL_AFTER + 1)
         complete = run_dir and (run_dir / "checkpoints" / f"checkpoint-{KILL_AFTER}" / "trainer_state.json").is_file()
         return run_dir if complete else None
 
-    run_dir, _ = _signal_when(proc, ready, signal.SIGKILL)
+    run_dir, _ = signal_when(proc, ready, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     return run_dir
 
 
 @pytest.mark.slow
-def test_a_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tmp_path):
-    plain = tmp_path / "plain"
-    subprocess.run(_train_command(plain), cwd=ROOT, env=_env(), check=True, capture_output=True)
-    plain_dir = _only_run_dir(plain)
+def test_a_run_killed_after_a_checkpoint_reads_died_and_resumes_by_directory_to_the_uninterrupted_result(tmp_path):
+    plain = smoke_launch(tmp_path / "plain")
+    subprocess.run(plain.command, cwd=ROOT, env=child_env(), check=True, capture_output=True)
 
     killed = tmp_path / "killed"
     killed_dir = _kill_after_checkpoint(killed)
     assert json.loads((killed_dir / "manifest.json").read_text())["status"] == "running"  # SIGKILL: no chance to record
-    assert max(_losses(killed_dir)) < STEPS
-    resumed = subprocess.run(_train_command(killed, "-s", "train.resume=true"), cwd=ROOT, env=_env(),
-                             capture_output=True, text=True)
+    listed = json.loads(cli("runs", "--root", str(killed), "--json").stdout)
+    assert [(r["dir"], r["status"], r["pids"]) for r in listed] == [(str(killed_dir), "died", [])]
+    assert max(losses(killed_dir)) < STEPS
+    resumed = cli("resume", str(killed_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert _only_run_dir(killed) == killed_dir  # the same run directory, continued
-    expected = _losses(plain_dir)
+    assert only_run_dir(killed) == killed_dir  # the same run directory, continued
+    expected = losses(plain.run_dir)
     # metrics.jsonl holds both attempts; the resumed attempt's rows come last and win.
-    got = _losses(killed_dir)
+    got = losses(killed_dir)
     after = range(KILL_AFTER + 1, STEPS + 1)
     loss_rows = [json.loads(line) for line in (killed_dir / "metrics.jsonl").read_text().splitlines()]
     early = [r["step"] for r in loss_rows if "loss" in r and r["step"] <= KILL_AFTER]
     assert len(early) == len(set(early)), "the resumed attempt trained again from before its checkpoint"
     assert [got[s] for s in after] == pytest.approx([expected[s] for s in after], rel=1e-5)
-    a = load_file(str(plain_dir / "adapter" / "adapter_model.safetensors"))
+    a = load_file(str(plain.run_dir / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(killed_dir / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and len(a) > 0
     far = [k for k in a if not torch.allclose(b[k].float(), a[k].float(), rtol=1e-4, atol=1e-5)]
     assert not far, f"{len(far)} adapter tensors differ beyond rounding, e.g. {far[:3]}"
-    assert json.loads((killed_dir / "manifest.json").read_text())["status"] == "ok"
+    manifest = json.loads((killed_dir / "manifest.json").read_text())
+    assert manifest["status"] == "ok" and manifest["attempts"][0]["status"] == "running"  # the attempt that died
     log = (killed_dir / "console.log").read_text()
     assert f"resuming from {killed_dir / 'checkpoints' / f'checkpoint-{KILL_AFTER}'}" in log
     assert "adapter tensors restored by exact key" in log

@@ -67,9 +67,9 @@ def run_dir(tmp_path_factory) -> Path:
 
 def run_config(run_dir: Path, **serve) -> RunConfig:
     """The run's own config (as ``serve --run`` reads it) with ``serve`` fields overridden."""
-    from deepsynth_ocr.cli import _load_run_config
+    from deepsynth_ocr.runs import load_config
 
-    cfg = _load_run_config(str(run_dir), None, [])
+    cfg = load_config(run_dir, None)
     for name, value in serve.items():
         setattr(cfg.serve, name, value)
     cfg.serve.port = free_port()

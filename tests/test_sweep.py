@@ -15,7 +15,7 @@ from deepsynth_ocr.cli import main
 from deepsynth_ocr.config import RunConfig
 
 from .conftest import ROOT
-from .test_resume import _env
+from .runs_helpers import child_env
 
 SPACE = ROOT / "configs" / "sweeps" / "smoke-space.yaml"
 
@@ -65,7 +65,7 @@ def test_a_four_trial_sweep_prunes_on_the_periodic_cer_and_writes_its_report_and
 def test_a_killed_sweep_resumes_and_ends_with_exactly_the_requested_complete_trials(tmp_path):
     cmd = [sys.executable, "-m", "deepsynth_ocr.cli", *_args(tmp_path, 4, "-s", "eval.every_steps=0")]
     sweep_dir = tmp_path / "sweep-smoke"
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline:
         if (sweep_dir / "study.journal").is_file() and len(_by_state(_study(sweep_dir))["COMPLETE"]) >= 2:
@@ -76,7 +76,7 @@ def test_a_killed_sweep_resumes_and_ends_with_exactly_the_requested_complete_tri
     proc.wait(timeout=60)
     killed = _by_state(_study(sweep_dir))
     assert len(killed["COMPLETE"]) == 2
-    subprocess.run(cmd, cwd=ROOT, env=_env(), check=True, capture_output=True)
+    subprocess.run(cmd, cwd=ROOT, env=child_env(), check=True, capture_output=True)
     states = _by_state(_study(sweep_dir))
     assert len(states["COMPLETE"]) == 4 and not states["RUNNING"] and not states["WAITING"]
     dirs = {t.user_attrs["run_dir"] for t in states["COMPLETE"]}
@@ -88,7 +88,7 @@ def test_a_killed_sweep_resumes_and_ends_with_exactly_the_requested_complete_tri
 @pytest.mark.slow
 def test_two_workers_on_one_study_finish_the_requested_trials_and_none_twice(tmp_path):
     cmd = [sys.executable, "-m", "deepsynth_ocr.cli", *_args(tmp_path, 4, "-s", "eval.every_steps=0")]
-    workers = [subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers = [subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
     errors = [w.communicate(timeout=600)[1] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], [e[-1500:] for e in errors]

@@ -25,7 +25,7 @@ def evaluate(cfg: RunConfig, adapter_dir: str | Path | None = None, run_dir: str
     cfg.validate()
     if not cfg.data.eval_path:
         raise ConfigError("data.eval_path: stand-alone evaluation needs an eval manifest")
-    with Run.start(cfg, run_dir) as run:
+    with Run.start(cfg, run_dir, kind="evaluate") as run:
         loaded = load_base(cfg)
         # A prepare output directory gives its validation split, as for the eval set of a training run.
         dataset, report = prepare_manifest(cfg.data.eval_path, cfg.data, loaded.processor.tokenizer,

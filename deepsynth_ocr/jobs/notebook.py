@@ -2,6 +2,9 @@
 
 The executed notebook is saved in the run directory whether or not a cell fails; on failure the
 run's ``manifest.json`` says ``failed`` and names the failing cell, and the caller exits non-zero.
+The manifest (kind ``notebook``) names this process among its ``workers`` while it runs and records
+the notebook, its parameters and config, so ``deepsynth-ocr resume`` can run it again in place.
+A stop signal, to this process or to the kernel that holds the run's lock, ends ``interrupted``.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import psutil
 
 from deepsynth_ocr.cells import PROJECT_ROOT
 from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.errors import MissingFileError, RunStopped
-from deepsynth_ocr.runs import RunPaths, new_run_path, signal_handlers, update_manifest
+from deepsynth_ocr.errors import Interrupted, MissingFileError
+from deepsynth_ocr.jobs.launch import notebook_run_dir
+from deepsynth_ocr.runs import RunPaths, edit_manifest, join_workers, leave_workers, signal_handlers, this_process
 from deepsynth_ocr.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -27,16 +31,6 @@ KERNEL_NAME = "deepsynth-ocr"  # registered in the venv by `make setup`
 
 class NotebookFailed(RuntimeError):
     """A cell of the notebook raised; the executed notebook with the error is in the run directory."""
-
-
-class NotebookInterrupted(RunStopped):
-    """A signal stopped the notebook's training cell after it saved a checkpoint (status ``interrupted``)."""
-
-    status = "interrupted"
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
 
 
 def find_notebook(name: str) -> Path:
@@ -58,14 +52,6 @@ def _kernel_name() -> str | None:
     return KERNEL_NAME if KERNEL_NAME in KernelSpecManager().find_kernel_specs() else None
 
 
-def new_run_dir(parameters: dict, config_path: str | None) -> Path:
-    base = RunConfig.from_yaml(config_path) if config_path else RunConfig()
-    flat = base.to_flat()
-    name = parameters.get("name", flat["name"])
-    root = parameters.get("output_root", flat["output_root"])
-    return new_run_path(root, name)
-
-
 def _failing_cell(executed: Path) -> dict:
     import nbformat
 
@@ -78,6 +64,12 @@ def _failing_cell(executed: Path) -> dict:
     return {}
 
 
+def _stop_signal(evalue: str) -> int:
+    """The signal a ``TrainingInterrupted`` message starts with (``SIGTERM at step 12: ...``)."""
+    name = evalue.split(" ", 1)[0]
+    return signal.Signals[name].value if name in signal.Signals.__members__ else signal.SIGTERM.value
+
+
 def run_notebook(name: str, parameters: dict | None = None, config_path: str | None = None,
                  run_dir: str | Path | None = None) -> Path:
     """Execute notebook ``name`` with ``parameters`` into ``run_dir`` (new when None); returns the run dir."""
@@ -85,32 +77,59 @@ def run_notebook(name: str, parameters: dict | None = None, config_path: str | N
 
     notebook = find_notebook(name)
     parameters = dict(parameters or {})
-    run_dir = Path(run_dir) if run_dir else new_run_dir(parameters, config_path)
+    run_dir = Path(run_dir) if run_dir else notebook_run_dir(parameters, config_path)
     run_dir.mkdir(parents=True, exist_ok=True)
     executed = run_dir / notebook.name
-    parameters.update(run_dir=str(run_dir), config_path=config_path or "")
+    me = this_process()
+
+    def begin(manifest: dict) -> None:
+        manifest.setdefault("name", parameters.get("name") or RunConfig.load(config_path).name)
+        manifest.update(kind="notebook", notebook_name=notebook.stem, notebook_parameters=parameters,
+                        config_path=str(Path(config_path).resolve()) if config_path else None)
+        manifest["status"] = "starting"  # until a training cell's Run says running (or, without one, the end)
+        join_workers(manifest, me)
+
+    edit_manifest(run_dir, begin)
     log.info("executing %s -> %s", notebook, executed)
     try:
         with _signals_to_kernel() as received:
-            papermill.execute_notebook(str(notebook), str(executed), parameters=parameters, cwd=str(PROJECT_ROOT),
+            papermill.execute_notebook(str(notebook), str(executed), parameters={**parameters, "run_dir": str(run_dir),
+                                       "config_path": config_path or ""}, cwd=str(PROJECT_ROOT),
                                        kernel_name=_kernel_name(), progress_bar=False)
     except papermill.PapermillExecutionError as e:
         _mask_secrets(executed)
-        if e.ename == "TrainingInterrupted" and received:
-            # The training cell saved a checkpoint and marked the run interrupted; the notebook stops there.
-            update_manifest(run_dir, notebook=str(executed))
-            raise NotebookInterrupted(f"{notebook.name}: {e.evalue}", received[0]) from None
+        if e.ename in ("TrainingInterrupted", "Interrupted") or received:
+            # Stopped on purpose: the training cell saved a checkpoint (or nothing had started); the kernel's
+            # Run marked the run interrupted, or this process does.
+            signum = received[0] if received else _stop_signal(e.evalue)
+            _end(run_dir, me, notebook=str(executed), status="interrupted")
+            raise Interrupted(signal.Signals(signum).name, f"{notebook.name}: {e.evalue}") from None
         cell = _failing_cell(executed)
-        update_manifest(run_dir, status="failed", notebook=str(executed), failing_cell=cell,
-                         error=f"{e.ename}: {e.evalue}")
+        _end(run_dir, me, status="failed", notebook=str(executed), failing_cell=cell, error=f"{e.ename}: {e.evalue}")
         raise NotebookFailed(
             f"{notebook.name} failed in cell {cell.get('index')} ({e.ename}: {e.evalue}); "
             f"executed notebook with the error: {executed}"
         ) from None
+    except BaseException:
+        if not received:
+            _end(run_dir, me, status="failed")
+            raise
+        _end(run_dir, me, status="interrupted")  # the kernel went down with the signal it was passed
+        name = signal.Signals(received[0]).name
+        raise Interrupted(name, f"{notebook.name}: stopped by {name}") from None
     _mask_secrets(executed)
     status = RunPaths(run_dir).read_manifest().get("status")
-    update_manifest(run_dir, notebook=str(executed), status=status or "ok")
+    _end(run_dir, me, notebook=str(executed), status="ok" if status in (None, "starting", "running") else status)
     return run_dir
+
+
+def _end(run_dir: Path, me: dict, **fields) -> None:
+    def end(manifest: dict) -> None:
+        leave_workers(manifest, me)
+        manifest.update(fields)
+        manifest["ended_at"] = this_process()["started"]
+
+    edit_manifest(run_dir, end)
 
 
 @contextlib.contextmanager

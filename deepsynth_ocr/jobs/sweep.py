@@ -6,9 +6,15 @@ JournalStorage, unless ``--storage`` names a database URL that several machines 
 (a config that ``deepsynth-ocr train -c`` accepts). The objective is the validation CER after
 training; the pruner sees the periodic CER (``eval.every_steps``).
 
+The sweep directory's ``manifest.json`` (kind ``sweep``) has the status, the trials done / wanted, the
+best CER and trial, and the worker processes; ``config.yaml`` and ``space.yaml`` are the sweep's own
+copies, so ``deepsynth-ocr resume SWEEP_DIR`` needs nothing else.
+
 Fault safety. Rerunning the same command resumes the study: finished trials count towards
 ``--trials``, and a trial left RUNNING by a process that is gone on this host is marked failed and
-queued again with the same parameters. Workers take trials under a file lock in the sweep directory,
+queued again with the same parameters, continuing its run directory from its last checkpoint.
+SIGTERM / SIGINT stop the study: the running trial checkpoints and is marked ``interrupted`` (not
+failed), queued again the same way, and the sweep ends ``interrupted`` (exit 143 / 130). Workers take trials under a file lock in the sweep directory,
 so two processes on one study together finish the requested number, never more, and no trial twice.
 (Workers on several machines through a database share the study, but not the file lock: each may
 start one trial past the count.)
@@ -22,6 +28,8 @@ import html
 import json
 import logging
 import os
+import shutil
+import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +40,20 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from deepsynth_ocr.config import ConfigError, RunConfig
-from deepsynth_ocr.errors import MissingFileError, RunPruned
+from deepsynth_ocr.errors import Interrupted, MissingFileError, RunPruned
 from deepsynth_ocr.jobs.notebook import run_notebook
 from deepsynth_ocr.jobs.train import train
 from deepsynth_ocr.report import figure, png_data_uri
-from deepsynth_ocr.runs import RunPaths, holder_gone
+from deepsynth_ocr.runs import (
+    RunPaths,
+    edit_manifest,
+    holder_gone,
+    join_workers,
+    leave_workers,
+    signal_handlers,
+    this_process,
+)
+from deepsynth_ocr.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +113,31 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _requeue(study, trial, why: str) -> None:
+    """Mark a trial that did not finish failed and queue its parameters again (``retry_of``, ``retry_reason``
+    ``why``); the retry continues the trial's run directory from its last complete checkpoint."""
+    study.tell(trial.number, state=TrialState.FAIL)
+    attrs = {"retry_of": trial.number, "retry_reason": why}
+    if trial.user_attrs.get("run_dir"):
+        attrs["run_dir"] = trial.user_attrs["run_dir"]
+    study.enqueue_trial(trial.params, user_attrs=attrs)
+
+
+def trial_states(trials) -> dict[int, str]:
+    """Each trial's state as a person reads it: ``complete``, ``pruned``, ``running``, ``waiting``, ``failed``,
+    or ``interrupted`` / ``died`` for a trial that was stopped and queued again."""
+    requeued = {t.user_attrs["retry_of"]: t.user_attrs.get("retry_reason", "died")
+                for t in trials if "retry_of" in t.user_attrs}
+    return {t.number: requeued.get(t.number, "failed") if t.state == TrialState.FAIL else
+            {TrialState.COMPLETE: "complete"}.get(t.state, t.state.name.lower()) for t in trials}
+
+
 def _reclaim_stale(study) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if holder_gone(t.user_attrs):
             log.warning("sweep: trial %d was left running by pid %s, which is gone: marked failed and queued again",
                         t.number, t.user_attrs.get("pid"))
-            study.tell(t.number, state=TrialState.FAIL)
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            _requeue(study, t, "died")
 
 
 def _next_trial(study, space: dict, wanted: int, lock: Path):
@@ -119,13 +154,16 @@ def _next_trial(study, space: dict, wanted: int, lock: Path):
 
 
 def _run_trial(trial, base: RunConfig, sweep_dir: Path, notebook: bool) -> float:
-    run_dir = sweep_dir / "trials" / f"trial_{trial.number:03d}"
+    # A retry (of an interrupted or dead trial) continues that trial's directory from its checkpoint.
+    retry_dir = trial.user_attrs.get("run_dir")
+    run_dir = Path(retry_dir) if retry_dir else sweep_dir / "trials" / f"trial_{trial.number:03d}"
     trial.set_user_attr("run_dir", str(run_dir))
     cfg = trial_config(base, trial.params, f"{base.name}-trial{trial.number:03d}")
+    cfg.train.resume = bool(retry_dir)
     if notebook:
         # papermill runs the kit's fine-tune notebook in its own kernel: the same training, no pruning. The
         # notebook starts from the trial's whole config (overrides and parameters included).
-        trial_yaml = sweep_dir / "trials" / f"trial_{trial.number:03d}.yaml"
+        trial_yaml = run_dir.with_suffix(".yaml")
         trial_yaml.parent.mkdir(parents=True, exist_ok=True)
         cfg.to_yaml(trial_yaml)
         run_notebook("02_finetune", {}, str(trial_yaml), run_dir)
@@ -143,6 +181,27 @@ def _run_trial(trial, base: RunConfig, sweep_dir: Path, notebook: bool) -> float
     return after["cer"]
 
 
+def _keep_inputs(cfg: RunConfig, space_path: Path, sweep_dir: Path) -> None:
+    """The sweep's own config.yaml and space.yaml (what ``deepsynth-ocr resume`` starts from)."""
+    import yaml
+
+    config, space = sweep_dir / "config.yaml", sweep_dir / "space.yaml"
+    config.write_text(yaml.safe_dump(redact(cfg.to_dict()), sort_keys=False))
+    if not (space.exists() and space.samefile(space_path)):
+        shutil.copyfile(space_path, space)
+
+
+def _trials_record(study, wanted: int) -> tuple[dict, dict | None]:
+    """The manifest's ``trials`` counts and ``best`` ({cer, trial})."""
+    all_trials = study.get_trials(deepcopy=False)
+    states = list(trial_states(all_trials).values())
+    record = {"wanted": wanted, "done": states.count("complete") + states.count("pruned"),
+              **{s: states.count(s) for s in ("complete", "pruned", "failed", "interrupted", "died", "running")}}
+    complete = [t for t in all_trials if t.state == TrialState.COMPLETE]
+    best = min(complete, key=lambda t: t.value) if complete else None
+    return record, ({"cer": best.value, "trial": best.number, "params": best.params} if best else None)
+
+
 def sweep(cfg: RunConfig, space_path: str | Path, trials: int, sweep_dir: str | Path | None = None,
           storage: str | None = None, notebook: bool = False) -> SweepResult:
     """Run trials of ``cfg`` over the space until the study holds ``trials`` finished ones; write the report."""
@@ -152,6 +211,8 @@ def sweep(cfg: RunConfig, space_path: str | Path, trials: int, sweep_dir: str | 
     space = load_space(space_path, cfg)
     sweep_dir = Path(sweep_dir) if sweep_dir else Path(cfg.output_root) / f"sweep-{cfg.name}"
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    _keep_inputs(cfg, Path(space_path), sweep_dir)
+    storage_url = storage
     if storage is None:
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -159,25 +220,74 @@ def sweep(cfg: RunConfig, space_path: str | Path, trials: int, sweep_dir: str | 
         storage = JournalStorage(JournalFileBackend(str(sweep_dir / "study.journal")))
     study = optuna.create_study(study_name=cfg.name, storage=storage, direction="minimize", load_if_exists=True,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    me = this_process()
+
+    def record(status: str | None = None, leaving: bool = False, error: str | None = None):
+        def edit(manifest: dict) -> None:
+            manifest.setdefault("created_at", me["started"])
+            manifest.update(name=cfg.name, kind="sweep",
+                            sweep={"trials": trials, "storage": storage_url, "notebook": notebook})
+            manifest["trials"], manifest["best"] = _trials_record(study, trials)
+            if leaving:
+                others = leave_workers(manifest, me)
+            else:
+                join_workers(manifest, me)
+                others = manifest["workers"]
+            if status == "running" or (status and not others):  # the last worker to leave says how it ended
+                manifest["status"] = status
+                manifest["error"] = error
+            if leaving and not others:
+                manifest["ended_at"] = this_process()["started"]
+        edit_manifest(sweep_dir, edit)
+
+    stop: list[str] = []  # a signal between trials ends the study before the next one starts
+
+    def between_trials(signum, frame):
+        stop.append(signal.Signals(signum).name)
+        log.warning("sweep: %s received: stopping before the next trial", stop[-1])
+
+    record("running")
     failures = 0
-    while (trial := _next_trial(study, space, trials, sweep_dir / "ask.lock")) is not None:
-        log.info("sweep: trial %d with %s", trial.number, trial.params)
-        try:
-            value = _run_trial(trial, cfg, sweep_dir, notebook)
-        except RunPruned as e:
-            study.tell(trial, state=TrialState.PRUNED)
-            log.info("sweep: trial %d %s", trial.number, e)
-            continue
-        except Exception as e:  # one broken trial (a bug, a non-finite loss) must not end the study
-            study.tell(trial, state=TrialState.FAIL)
-            failures += 1
-            log.error("sweep: trial %d failed: %s: %s", trial.number, type(e).__name__, e)
-            if failures > trials:
-                raise RuntimeError(f"sweep: {failures} trials failed; see the trials' console.log under {sweep_dir}") from e
-            continue
-        study.tell(trial, value)
-        log.info("sweep: trial %d CER %.4f", trial.number, value)
-    return write_sweep_report(study, cfg, sweep_dir)
+    try:
+        with signal_handlers(between_trials):
+            while not stop and (trial := _next_trial(study, space, trials, sweep_dir / "ask.lock")) is not None:
+                log.info("sweep: trial %d with %s", trial.number, trial.params)
+                try:
+                    value = _run_trial(trial, cfg, sweep_dir, notebook)
+                except RunPruned as e:
+                    study.tell(trial, state=TrialState.PRUNED)
+                    log.info("sweep: trial %d %s", trial.number, e)
+                    record()
+                    continue
+                except Interrupted as e:  # the trial saved a checkpoint; it runs again, from there, on resume
+                    with _locked(sweep_dir / "ask.lock"):
+                        _requeue(study, trial, "interrupted")
+                    log.warning("sweep: trial %d interrupted (%s); the study stops here", trial.number, e)
+                    raise
+                except Exception as e:  # one broken trial (a bug, a non-finite loss) must not end the study
+                    study.tell(trial, state=TrialState.FAIL)
+                    failures += 1
+                    log.error("sweep: trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+                    if failures > trials:
+                        raise RuntimeError(f"sweep: {failures} trials failed; see the trials' console.log under {sweep_dir}") from e
+                    record()
+                    continue
+                study.tell(trial, value)
+                log.info("sweep: trial %d CER %.4f", trial.number, value)
+                record()
+            if stop:
+                raise Interrupted(stop[0], f"{stop[0]} received between trials: the study stopped; "
+                                           f"continue with: deepsynth-ocr resume {sweep_dir}")
+    except Interrupted:
+        write_sweep_report(study, cfg, sweep_dir)
+        record("interrupted", leaving=True)
+        raise
+    except BaseException as e:
+        record("failed", leaving=True, error=f"{type(e).__name__}: {e}")
+        raise
+    result = write_sweep_report(study, cfg, sweep_dir)
+    record("ok", leaving=True)
+    return result
 
 
 def write_sweep_report(study, cfg: RunConfig, sweep_dir: Path) -> SweepResult:
@@ -189,8 +299,9 @@ def write_sweep_report(study, cfg: RunConfig, sweep_dir: Path) -> SweepResult:
         best_cfg = trial_config(cfg, best.params, f"{cfg.name}-best")
         best_cfg.to_yaml(sweep_dir / "best_config.yaml")
     names = sorted({k for t in all_trials for k in t.params})
+    states = trial_states(all_trials)
     rows = "".join(
-        f"<tr><td>{t.number}</td><td>{t.state.name.lower()}</td><td>{'' if t.value is None else f'{t.value:.4f}'}</td>"
+        f"<tr><td>{t.number}</td><td>{states[t.number]}</td><td>{'' if t.value is None else f'{t.value:.4f}'}</td>"
         + "".join(f"<td>{html.escape(str(t.params.get(n, '')))}</td>" for n in names)
         + f"<td>{html.escape(Path(t.user_attrs.get('run_dir', '')).name)}</td></tr>" for t in all_trials)
     plots = []

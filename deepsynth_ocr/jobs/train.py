@@ -21,13 +21,13 @@ from deepsynth_ocr import versions
 from deepsynth_ocr.baselines import run_baselines
 from deepsynth_ocr.collate import make_collator
 from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.devices import world
 from deepsynth_ocr.errors import NonFiniteLoss, TrainingInterrupted
 from deepsynth_ocr.evaluate import PeriodicEvalCallback, evaluate_dataset
 from deepsynth_ocr.export import MERGED_RTOL
 from deepsynth_ocr.models.adapters import save_adapter
 from deepsynth_ocr.models.backends import LoadedModel, checkpoint_source, load_model, require_transformers_for
 from deepsynth_ocr.models.families import get_family
+from deepsynth_ocr.ranks import world
 from deepsynth_ocr.report import write_report
 from deepsynth_ocr.runs import Run, signal_handlers, start_run
 from deepsynth_ocr.tracking import Tracker
@@ -104,7 +104,8 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
             main = run.is_main
             world_size = world()[1]
             run.update(version_mismatches=versions.warn_mismatches(), world_size=world_size,
-                       global_batch=cfg.train.per_device_batch_size * cfg.train.gradient_accumulation_steps * world_size)
+                       global_batch=cfg.train.per_device_batch_size * cfg.train.gradient_accumulation_steps * world_size,
+                       progress={**run.manifest.get("progress", {}), "max_steps": cfg.train.max_steps})
             set_seed(cfg.seed)
             start = time.time()
             loaded = load_model(cfg)
@@ -126,8 +127,17 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
                     run.log_metrics({"step": 0, "eval": f"baseline_{name}", **summary})
                     tracker.log({f"baseline_{name}/{k}": v for k, v in summary.items()}, step=0)
 
+            first: list = []  # (time, step) of this attempt's first log record: the pace for an ETA
+
             def log_train(record: dict) -> None:
                 run.log_metrics(record)
+                if "loss" in record:
+                    now, step = time.time(), record["step"]
+                    if not first:
+                        first.append((now, step))
+                    pace = (now - first[0][0]) / (step - first[0][1]) if step > first[0][1] else None
+                    run.update(progress={"step": step, "max_steps": cfg.train.max_steps, "s_per_step": pace,
+                                         "updated": round(now, 1)})
                 tracker.log({f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")},
                             step=record["step"])
 
@@ -158,7 +168,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
                 last = last_complete_checkpoint(checkpoints)
                 raise NonFiniteLoss(what, bad_step, str(last) if last else None)
             if trainer.stop_request is not None:
-                raise TrainingInterrupted(trainer.stop_request, step, str(checkpoints / f"checkpoint-{step}"))
+                raise TrainingInterrupted(trainer.stop_request, step, str(checkpoints / f"checkpoint-{step}"), str(run.dir))
             if do_eval and cfg.eval.every_steps:
                 run.timing("eval_periodic_s", periodic.seconds)  # included in train_s
             after = _evaluate(loaded, eval_ds, cfg, run, tracker, "after", step) if do_eval else None

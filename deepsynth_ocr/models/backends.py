@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 
 from deepsynth_ocr.config import ConfigError, RunConfig
-from deepsynth_ocr.devices import compute_device, resolve_dtype, torch_dtype, world
+from deepsynth_ocr.devices import compute_device, resolve_dtype, torch_dtype
 from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.models.adapters import load_adapter
 from deepsynth_ocr.models.families import Family, get_family
+from deepsynth_ocr.ranks import world
 
 log = logging.getLogger(__name__)
 
