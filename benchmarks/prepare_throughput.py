@@ -25,7 +25,7 @@ WORDS = ("invoice total amount date paid order number customer address street ci
 CHILD = r"""
 import json, resource, sys, time
 from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.data.prepare import load_tokenizer, prepare
+from deepsynth_ocr.jobs.prepare import load_tokenizer, prepare
 
 def rss_mb():
     for line in open("/proc/self/status"):

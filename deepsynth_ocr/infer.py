@@ -27,7 +27,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from deepsynth_ocr.collate import make_collator
-from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.config import DataConfig, RunConfig
+from deepsynth_ocr.data.images import load_image, render_pdf_page
 from deepsynth_ocr.errors import MissingFileError, UserError
 from deepsynth_ocr.evaluate import Prediction, generate_batch
 from deepsynth_ocr.models.families import get_family
@@ -106,16 +107,15 @@ def expand_inputs(specs: list[str]) -> tuple[list[InferInput], list[dict]]:
     return unique, errors
 
 
-def load_input(item: InferInput, dpi: int) -> Image.Image:
-    """The input as an RGB image; raises with the reason when it cannot be decoded."""
+def load_input(item: InferInput, dpi: int, data_cfg: DataConfig) -> Image.Image:
+    """The input as an RGB image, read as ``prepare`` and the server read it (``data.images``: the size limits,
+    EXIF rotation, RGB); raises with the reason when it cannot be read."""
     if item.page is None:
-        with Image.open(item.path) as im:
-            im.load()  # full decode: a truncated file fails here, not inside the model
-            return im.convert("RGB")
+        return load_image(item.path, data_cfg)
     import pypdfium2
 
     with pypdfium2.PdfDocument(str(item.path)) as pdf:
-        return pdf[item.page - 1].render(scale=dpi / 72).to_pil().convert("RGB")
+        return render_pdf_page(pdf[item.page - 1], item.page, dpi, data_cfg)
 
 
 def done_inputs(out_path: Path) -> set[str]:
@@ -212,7 +212,7 @@ def ocr_inputs(specs: list[str], out_path: str | Path, cfg: RunConfig, loaded=No
             ready: list[tuple[InferInput, dict]] = []
             for item in todo[start:start + cfg.infer.batch_size]:
                 try:
-                    ready.append((item, {"image": load_input(item, cfg.infer.pdf_dpi), "prompt": prompt}))
+                    ready.append((item, {"image": load_input(item, cfg.infer.pdf_dpi, cfg.data), "prompt": prompt}))
                 except Exception as e:  # any decoder error: record it against this input, keep going
                     writer.row(_record(item, error=f"cannot read input: {type(e).__name__}: {e}"))
             if ready:

@@ -80,11 +80,11 @@ def test_a_batch_that_fails_is_retried_row_by_row(folder, tmp_path, tiny_parts, 
 
     tokenizer, processor, family = tiny_parts
     model = tiny.build_tiny_model(tokenizer, family.tiny_geometry, seed=0)
-    Image.new("RGB", (2, 2)).save(folder / "tiny.png")
+    Image.new("RGB", (12, 12)).save(folder / "tiny.png")  # readable (data.min_image_side is 8); generation fails
     real = infer.generate_batch
 
     def fails_on_tiny_images(model, collator, rows, cfg, max_new_tokens):
-        if any(r["image"].size == (2, 2) for r in rows):
+        if any(r["image"].size == (12, 12) for r in rows):
             raise ValueError("image too small for the vision tower")
         return real(model, collator, rows, cfg, max_new_tokens)
 

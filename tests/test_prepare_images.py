@@ -69,3 +69,28 @@ def test_bomb_is_refused_from_the_header_without_decoding():
     with pytest.raises(RowError) as err:
         check_image(data, None, DataConfig(max_image_pixels=10_000_000))
     assert err.value.reason == "decompression_bomb" and "data.max_image_pixels" in err.value.detail
+
+
+def test_the_same_photo_reads_the_same_through_prepare_infer_and_the_server(tmp_path):
+    """One decoding function: EXIF rotation, RGB and the pixel limit apply to all three readers."""
+    from deepsynth_ocr.infer import InferInput, load_input
+    from deepsynth_ocr.serving.inputs import ApiError, decode_image
+
+    im = Image.new("L", (40, 20), 255)
+    im.paste(0, (0, 0, 10, 20))  # a dark band on the left: where it ends up shows the rotation
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = tmp_path / "photo.png"
+    im.save(photo, exif=exif)
+    cfg = DataConfig()
+    prepared = Image.open(io.BytesIO(check_image(str(photo), tmp_path, cfg).stored["bytes"]))
+    read = [np.asarray(prepared), np.asarray(load_input(InferInput(str(photo), photo, None), 200, cfg)),
+            np.asarray(decode_image(photo.read_bytes(), cfg, "image"))]
+    assert all(a.shape == (40, 20, 3) for a in read)  # rotated upright, RGB
+    assert all(np.array_equal(read[0], a) for a in read[1:])
+    assert read[0][:10].max() == 0 and read[0][10:].min() == 255  # the band on the left is on top
+    small = DataConfig(max_image_pixels=500)
+    with pytest.raises(RowError, match="data.max_image_pixels=500"):
+        load_input(InferInput(str(photo), photo, None), 200, small)
+    with pytest.raises(ApiError, match="data.max_image_pixels=500"):
+        decode_image(photo.read_bytes(), small, "image")

@@ -40,6 +40,8 @@ def _source(value, base_dir: Path) -> tuple[bytes | None, Path | None, Image.Ima
     """What an image field holds: encoded bytes, a file path, or an already decoded image."""
     if isinstance(value, Image.Image):
         return None, None, value
+    if isinstance(value, Path):
+        value = str(value)
     if isinstance(value, dict):  # datasets' undecoded Image: {"bytes": b or None, "path": p or None}
         if value.get("bytes"):
             return value["bytes"], None, None
@@ -80,12 +82,9 @@ def _to_rgb(im: Image.Image) -> tuple[Image.Image, str | None]:
     return im.convert("RGB"), f"{mode}->RGB"
 
 
-def check_image(value, base_dir: Path, cfg: DataConfig, embed: bool = True) -> CheckedImage:
-    """Validate and normalise one image field.
-
-    ``embed`` False keeps an unchanged file as a path reference (cheap for in-process training
-    from a manifest); True always stores bytes, so a saved dataset does not depend on the source.
-    """
+def _decode(value, base_dir: Path, cfg: DataConfig):
+    """Decoded, upright, RGB image of an image field within the size limits, with what was changed and where
+    it came from; ``RowError`` with the reason otherwise."""
     data, path, decoded = _source(value, base_dir)
     name = path.name if path else "image bytes"
     try:
@@ -122,6 +121,32 @@ def check_image(value, base_dir: Path, cfg: DataConfig, embed: bool = True) -> C
         raise RowError("unsupported_image_mode", f"{name}: mode {im.mode} cannot be converted to RGB ({e})") from None
     if converted:
         changes.append(converted)
+    return im, changes, data, path, decoded
+
+
+def load_image(value, cfg: DataConfig, base_dir: Path = Path(".")) -> Image.Image:
+    """The one way the kit reads an image to use it (prepare, infer, the server): the size limits, the EXIF
+    rotation and the RGB conversion of ``check_image``, so the same photo reads the same everywhere."""
+    return _decode(value, base_dir, cfg)[0]
+
+
+def render_pdf_page(page, number: int, dpi: int, cfg: DataConfig) -> Image.Image:
+    """A PDF page (pypdfium2) as an RGB image at ``dpi``; its pixel count is checked before rendering, where
+    a huge page would be the bomb."""
+    w, h = (round(side * dpi / 72) for side in page.get_size())
+    if w * h > cfg.max_image_pixels:
+        raise RowError("decompression_bomb", f"page {number} renders to {w}x{h} pixels, above "
+                       f"data.max_image_pixels={cfg.max_image_pixels}; lower the dpi")
+    return page.render(scale=dpi / 72).to_pil().convert("RGB")
+
+
+def check_image(value, base_dir: Path, cfg: DataConfig, embed: bool = True) -> CheckedImage:
+    """Validate and normalise one image field.
+
+    ``embed`` False keeps an unchanged file as a path reference (cheap for in-process training
+    from a manifest); True always stores bytes, so a saved dataset does not depend on the source.
+    """
+    im, changes, data, path, decoded = _decode(value, base_dir, cfg)
     if changes or decoded is not None:
         buf = io.BytesIO()
         im.save(buf, format="PNG", compress_level=1)  # fast: prepare is I/O- and decode-bound already

@@ -33,7 +33,7 @@ from deepsynth_ocr.data.prepare import (
 )
 from deepsynth_ocr.data.sources import SourceError
 from deepsynth_ocr.data.splits import assign_splits
-from deepsynth_ocr.models.backends import checkpoint_source
+from deepsynth_ocr.models.backends import checkpoint_source, resolve_revision
 from deepsynth_ocr.models.families import get_family
 from deepsynth_ocr.models.tiny import build_tiny_tokenizer
 from deepsynth_ocr.runs import git_commit, package_versions
@@ -71,14 +71,15 @@ class PrepareResult:
 
 
 def load_tokenizer(cfg: RunConfig):
-    """The family's tokenizer, used to bound target lengths (``data.max_target_tokens``)."""
+    """The family's tokenizer, used to bound target lengths (``data.max_target_tokens``), at the revision the
+    model loads (a remote-code family's pinned one: its tokenizer code runs too)."""
     family = get_family(cfg.model.family)
     source = checkpoint_source(cfg.model)
     if source is None:
         return build_tiny_tokenizer()
 
     try:
-        return AutoTokenizer.from_pretrained(source, revision=cfg.model.revision or None,
+        return AutoTokenizer.from_pretrained(source, revision=resolve_revision(cfg, family),
                                              trust_remote_code=family.trust_remote_code)
     except (OSError, ValueError) as e:
         raise PrepareError(f"model.name_or_path={cfg.model.name_or_path!r}: cannot load its tokenizer, which prepare "

@@ -2,7 +2,7 @@
 
 Every problem is an ``ApiError`` with an HTTP status, a machine-readable ``code`` and a message that
 names the field and what to send instead; the app turns it into OpenAI's error body. Images go
-through the data module's own checks (``data.images.check_image``: decodable, not truncated, within
+through the data module's own checks (``data.images.load_image``: decodable, not truncated, within
 ``data.max_image_pixels`` and the side bounds), so the server refuses exactly what ``prepare`` would.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -18,7 +17,7 @@ from urllib.parse import unquote, urlparse
 from PIL import Image
 
 from deepsynth_ocr.config import DataConfig, ServeConfig
-from deepsynth_ocr.data.images import RowError, check_image
+from deepsynth_ocr.data.images import RowError, load_image, render_pdf_page
 
 # Request fields of OpenAI's chat schema the server cannot honour, with the values that mean "off".
 # Sampling is refused rather than ignored: a client asking for it would silently get greedy text.
@@ -33,9 +32,6 @@ UNSUPPORTED = {
     "response_format": (None, {"type": "text"}),
     "best_of": (None, 1),
 }
-# Fields the vLLM recipe's clients send (the NGram processor's arguments): accepted so the same client
-# code works against both backends; the kit's repetition guard plays the NGram processor's part.
-VLLM_EXTRAS = ("vllm_xargs", "skip_special_tokens", "extra_body")
 PDF_MAGIC = b"%PDF"
 
 
@@ -62,7 +58,7 @@ class OcrRequest:
     pages: list[int | None]  # 1-based PDF page per image; None for a plain image
 
 
-# Status per rejection reason of ``check_image``: a bomb or an oversized image is "too large" (413).
+# Status per rejection reason of ``load_image``: a bomb or an oversized image is "too large" (413).
 _IMAGE_STATUS = {"decompression_bomb": 413, "image_too_large": 413}
 
 
@@ -75,14 +71,12 @@ def _image_format(data: bytes) -> str | None:
 def decode_image(data: bytes, data_cfg: DataConfig, what: str) -> Image.Image:
     """``data`` as a checked RGB image; an ``ApiError`` naming ``what`` when it is not one."""
     try:
-        checked = check_image(data, Path("."), data_cfg)
+        return load_image(data, data_cfg)
     except RowError as e:
         if e.reason == "undecodable_image" and not _image_format(data):  # not a broken image: no image at all
             raise ApiError(415, "unsupported_media_type", f"{what}: not an image format the server reads "
                            "(send PNG, JPEG, WebP, TIFF, BMP or GIF; PDFs to POST /v1/ocr)", param=what) from None
         raise ApiError(_IMAGE_STATUS.get(e.reason, 400), e.reason, f"{what}: {e.detail}", param=what) from None
-    with Image.open(io.BytesIO(checked.stored["bytes"])) as im:
-        return im.convert("RGB")
 
 
 def pdf_pages(data: bytes, serve_cfg: ServeConfig, data_cfg: DataConfig, dpi: int, what: str) -> list[Image.Image]:
@@ -100,15 +94,10 @@ def pdf_pages(data: bytes, serve_cfg: ServeConfig, data_cfg: DataConfig, dpi: in
         if n > serve_cfg.max_pdf_pages:
             raise ApiError(413, "too_many_pages", f"{what}: {n} pages exceeds serve.max_pdf_pages={serve_cfg.max_pdf_pages}; "
                            "split the document or send pages one by one", param=what)
-        pages = []
-        for i in range(n):
-            page = pdf[i]
-            w, h = (round(side * dpi / 72) for side in page.get_size())
-            if w * h > data_cfg.max_image_pixels:  # checked before rendering: a huge page would be the bomb
-                raise ApiError(413, "decompression_bomb", f"{what}: page {i + 1} renders to {w}x{h} pixels, above "
-                               f"data.max_image_pixels={data_cfg.max_image_pixels}", param=what)
-            pages.append(page.render(scale=dpi / 72).to_pil().convert("RGB"))
-        return pages
+        try:
+            return [render_pdf_page(pdf[i], i + 1, dpi, data_cfg) for i in range(n)]
+        except RowError as e:
+            raise ApiError(413, e.reason, f"{what}: {e.detail}", param=what) from None
 
 
 def image_from_url(url, serve_cfg: ServeConfig, data_cfg: DataConfig, param: str) -> Image.Image:
