@@ -12,9 +12,9 @@ setup: system-deps $(VENV)/.installed unsloth-src
 # Debian packages the tests need: chromium renders report.html (the report test fails without it),
 # tesseract-ocr is an evaluation baseline. Installed when missing and apt-get is usable (root, as on
 # CI); elsewhere install them yourself: the tests that need them say so.
-SYSTEM_PACKAGES := chromium tesseract-ocr tesseract-ocr-eng
+SYSTEM_PACKAGES := chromium chromium-driver tesseract-ocr tesseract-ocr-eng
 system-deps:
-	@if command -v chromium >/dev/null && command -v tesseract >/dev/null; then :; \
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v tesseract >/dev/null; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	else echo "system-deps: please install $(SYSTEM_PACKAGES) (Debian packages)"; fi

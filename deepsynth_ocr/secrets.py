@@ -2,19 +2,22 @@
 
 ``HF_TOKEN``, ``WANDB_API_KEY`` and the other variables in ``SECRET_ENV`` are read at the moment of
 writing; any occurrence of their values (in the resolved config, the manifest's command line, the
-console log, the config handed to W&B) becomes ``***``. The variables themselves keep working for the
-libraries that read them.
+console log, the config handed to W&B) becomes ``***``, and so does anything shaped like a Hugging Face
+or OpenAI token (``hf_...``, ``sk-...``) that is not in the environment (pasted into a config value).
+The variables themselves keep working for the libraries that read them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "WANDB_API_KEY", "OPENAI_API_KEY",
               "DEEPSYNTH_API_KEY")
 MASK = "***"
 MIN_LENGTH = 6  # shorter values would mask ordinary words
+TOKEN_SHAPES = re.compile(r"\b(?:hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{20,})")
 
 
 def secret_values() -> list[str]:
@@ -24,17 +27,14 @@ def secret_values() -> list[str]:
 
 def redact(value):
     """``value`` (strings, possibly nested in dicts, lists and tuples) with every secret value masked."""
-    secrets = secret_values()
-    if not secrets:
-        return value
-    return _redact(value, secrets)
+    return _redact(value, secret_values())
 
 
 def _redact(value, secrets: list[str]):
     if isinstance(value, str):
         for secret in secrets:
             value = value.replace(secret, MASK)
-        return value
+        return TOKEN_SHAPES.sub(MASK, value)
     if isinstance(value, dict):
         return {k: _redact(v, secrets) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -23,7 +24,7 @@ import re
 import time
 import uuid
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -135,140 +136,162 @@ async def _client_gone(request: Request) -> None:
         await asyncio.sleep(0.05)
 
 
+# --- the endpoints: module-level routes; the app's state (engine, queue, metrics, cfg) set by create_app ---
+router = APIRouter()
+
+
+async def api_error(request: Request, e: ApiError):
+    request.state.error = e.code
+    return _error_response(e)
+
+
+async def http_error(request: Request, e: StarletteHTTPException):
+    code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "bad_request")
+    request.state.error = code
+    return _error_response(ApiError(e.status_code, code, f"{request.method} {request.url.path}: {e.detail}"))
+
+
+async def read_json(request: Request):
+    body = await request.body()
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from None
+
+
+async def answer(request: Request, req: OcrRequest) -> list:
+    """Queue the request's images and wait for them, its timeout or its client leaving."""
+    queue, metrics, serve_cfg = request.app.state.queue, request.app.state.metrics, request.app.state.cfg.serve
+    request.state.model, request.state.images = req.model, len(req.images)
+    rows = [{"image": image, "prompt": req.prompt} for image in req.images]
+    try:
+        futures = queue.submit(req.model, rows, [req.max_tokens] * len(rows))
+    except QueueFull as e:
+        raise ApiError(503, "queue_full", f"the server is busy ({e}); retry after the Retry-After seconds",
+                       headers={"Retry-After": str(e.retry_after)}) from None
+    metrics.queue_depth.set(queue.depth)
+    gathered = asyncio.gather(*futures)
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        done, _ = await asyncio.wait({gathered, gone}, timeout=serve_cfg.request_timeout_s,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        metrics.queue_depth.set(queue.depth)
+    if gathered not in done:
+        gathered.cancel()  # cancels every image's future: the worker skips those still queued
+        if gone in done:
+            raise ApiError(CLIENT_GONE, "client_disconnected", "the client closed the connection; its work was dropped")
+        raise ApiError(504, "timeout", f"not answered within serve.request_timeout_s={serve_cfg.request_timeout_s:g} s; "
+                       "its queued work was dropped")
+    try:
+        results = gathered.result()
+    except GenerationFailed as e:
+        raise ApiError(500, "generation_failed", f"generation failed for this image: {e}") from None
+    request.state.queue_ms = round(max(d.queued_s for d in results) * 1000, 1)
+    request.state.generate_ms = round(max(d.generate_s for d in results) * 1000, 1)
+    request.state.batch_size = max(d.batch_size for d in results)
+    request.state.completion_tokens = sum(d.result.n_tokens for d in results)
+    if serve_cfg.log_content:
+        request.state.text = "\n".join(d.result.text for d in results)
+    return [d.result for d in results]
+
+
+def finish_reason(pred, bound: int) -> str:
+    return "length" if not (pred.stopped or pred.looped) and pred.n_tokens >= bound else "stop"
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request):
+    engine, cfg = request.app.state.engine, request.app.state.cfg
+    payload = await read_json(request)
+    req = parse_chat(payload, engine.names, cfg.serve, cfg.data, engine.default_prompt, cfg.infer.max_new_tokens)
+    (pred,) = await answer(request, req)
+    return {
+        "id": f"chatcmpl-{request.state.request_id}", "object": "chat.completion", "created": int(time.time()),
+        "model": req.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": pred.text},
+                     "finish_reason": finish_reason(pred, req.max_tokens), "repetition_stopped": pred.looped}],
+        "usage": {"prompt_tokens": pred.prompt_tokens, "completion_tokens": pred.n_tokens,
+                  "total_tokens": pred.prompt_tokens + pred.n_tokens},
+    }
+
+
+@router.post("/v1/ocr")
+async def ocr(request: Request):
+    engine, cfg = request.app.state.engine, request.app.state.cfg
+    form = await request.form(max_files=1, max_fields=8)
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise ApiError(400, "missing_file", "send the image or PDF as a multipart form field named 'file'", param="file")
+    model = check_model(form.get("model") or engine.default_model, engine.names)
+    raw = form.get("max_tokens") or None
+    max_tokens = check_max_tokens(int(raw) if isinstance(raw, str) and raw.isdigit() else raw,
+                                  cfg.infer.max_new_tokens, cfg.serve.max_tokens_limit)
+    prompt = form.get("prompt")
+    images, pages = parse_upload(await upload.read(), upload.filename or "", cfg.serve, cfg.data, cfg.infer.pdf_dpi)
+    req = OcrRequest(model, images, with_image_placeholder(prompt) if prompt else engine.default_prompt, max_tokens, pages)
+    preds = await answer(request, req)
+    return {
+        "model": model, "file": upload.filename,
+        "pages": [{"page": page, "text": p.text, "finish_reason": finish_reason(p, max_tokens),
+                   "repetition_stopped": p.looped, "completion_tokens": p.n_tokens} for page, p in zip(pages, preds, strict=True)],
+        "usage": {"prompt_tokens": sum(p.prompt_tokens for p in preds), "completion_tokens": sum(p.n_tokens for p in preds),
+                  "total_tokens": sum(p.prompt_tokens + p.n_tokens for p in preds)},
+    }
+
+
+@router.get("/v1/models")
+async def models(request: Request):
+    engine = request.app.state.engine
+    created = int(time.time())
+    return {"object": "list", "data": [
+        {"id": name, "object": "model", "created": created, "owned_by": "deepsynth-ocr",
+         "parent": None if name == engine.base_name else engine.base_name} for name in engine.names]}
+
+
+@router.get("/health")
+async def health():
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request):
+    queue = request.app.state.queue
+    if not queue.running:
+        return JSONResponse({"status": "not ready"}, status_code=503)
+    return {"status": "ready", "models": request.app.state.engine.names, "queue_depth": queue.depth}
+
+
+@router.get("/metrics")
+async def prometheus(request: Request):
+    metrics = request.app.state.metrics
+    metrics.queue_depth.set(request.app.state.queue.depth)
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _count_batch(metrics: ServerMetrics, stats: BatchStats) -> None:
+    metrics.batch_size.observe(stats.size)
+    metrics.batch_seconds.observe(stats.seconds)
+    metrics.generated_tokens.inc(stats.tokens)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI):
+    app.state.queue.start()
+    yield
+    await app.state.queue.close()  # uvicorn has already waited for the requests in flight; this drains the rest
+
+
 def create_app(engine: OcrEngine, cfg: RunConfig, api_keys: list[str]) -> FastAPI:
-    serve_cfg = cfg.serve
+    """The server's app: the routes above over one engine and its batching queue."""
     metrics = ServerMetrics()
-
-    def on_batch(stats: BatchStats) -> None:
-        metrics.batch_size.observe(stats.size)
-        metrics.batch_seconds.observe(stats.seconds)
-        metrics.generated_tokens.inc(stats.tokens)
-
-    queue = BatchQueue(engine.run_batch, serve_cfg.max_batch_size, serve_cfg.max_wait_ms, serve_cfg.max_queue, on_batch)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        queue.start()
-        yield
-        await queue.close()  # uvicorn has already waited for the requests in flight; this drains the rest
-
-    app = FastAPI(title="DeepSynth OCR", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.queue, app.state.metrics, app.state.engine = queue, metrics, engine
-    app.add_middleware(_Gate, api_keys=api_keys, max_body=int(serve_cfg.max_body_mb * 2**20), metrics=metrics)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, e: ApiError):
-        request.state.error = e.code
-        return _error_response(e)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, e: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "bad_request")
-        request.state.error = code
-        return _error_response(ApiError(e.status_code, code, f"{request.method} {request.url.path}: {e.detail}"))
-
-    async def read_json(request: Request):
-        body = await request.body()
-        try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from None
-
-    async def answer(request: Request, req: OcrRequest) -> list:
-        """Queue the request's images and wait for them, its timeout or its client leaving."""
-        request.state.model, request.state.images = req.model, len(req.images)
-        rows = [{"image": image, "prompt": req.prompt} for image in req.images]
-        try:
-            futures = queue.submit(req.model, rows, [req.max_tokens] * len(rows))
-        except QueueFull as e:
-            raise ApiError(503, "queue_full", f"the server is busy ({e}); retry after the Retry-After seconds",
-                           headers={"Retry-After": str(e.retry_after)}) from None
-        metrics.queue_depth.set(queue.depth)
-        gathered = asyncio.gather(*futures)
-        gone = asyncio.ensure_future(_client_gone(request))
-        try:
-            done, _ = await asyncio.wait({gathered, gone}, timeout=serve_cfg.request_timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            metrics.queue_depth.set(queue.depth)
-        if gathered not in done:
-            gathered.cancel()  # cancels every image's future: the worker skips those still queued
-            if gone in done:
-                raise ApiError(CLIENT_GONE, "client_disconnected", "the client closed the connection; its work was dropped")
-            raise ApiError(504, "timeout", f"not answered within serve.request_timeout_s={serve_cfg.request_timeout_s:g} s; "
-                           "its queued work was dropped")
-        try:
-            results = gathered.result()
-        except GenerationFailed as e:
-            raise ApiError(500, "generation_failed", f"generation failed for this image: {e}") from None
-        request.state.queue_ms = round(max(d.queued_s for d in results) * 1000, 1)
-        request.state.generate_ms = round(max(d.generate_s for d in results) * 1000, 1)
-        request.state.batch_size = max(d.batch_size for d in results)
-        request.state.completion_tokens = sum(d.result.n_tokens for d in results)
-        if serve_cfg.log_content:
-            request.state.text = "\n".join(d.result.text for d in results)
-        return [d.result for d in results]
-
-    def finish_reason(pred, bound: int) -> str:
-        return "length" if not (pred.stopped or pred.looped) and pred.n_tokens >= bound else "stop"
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        payload = await read_json(request)
-        req = parse_chat(payload, engine.names, serve_cfg, cfg.data, engine.default_prompt, cfg.infer.max_new_tokens)
-        (pred,) = await answer(request, req)
-        return {
-            "id": f"chatcmpl-{request.state.request_id}", "object": "chat.completion", "created": int(time.time()),
-            "model": req.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": pred.text},
-                         "finish_reason": finish_reason(pred, req.max_tokens), "repetition_stopped": pred.looped}],
-            "usage": {"prompt_tokens": pred.prompt_tokens, "completion_tokens": pred.n_tokens,
-                      "total_tokens": pred.prompt_tokens + pred.n_tokens},
-        }
-
-    @app.post("/v1/ocr")
-    async def ocr(request: Request):
-        form = await request.form(max_files=1, max_fields=8)
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise ApiError(400, "missing_file", "send the image or PDF as a multipart form field named 'file'", param="file")
-        model = check_model(form.get("model") or engine.default_model, engine.names)
-        raw = form.get("max_tokens") or None
-        max_tokens = check_max_tokens(int(raw) if isinstance(raw, str) and raw.isdigit() else raw,
-                                      cfg.infer.max_new_tokens, serve_cfg.max_tokens_limit)
-        prompt = form.get("prompt")
-        images, pages = parse_upload(await upload.read(), upload.filename or "", serve_cfg, cfg.data, cfg.infer.pdf_dpi)
-        req = OcrRequest(model, images, with_image_placeholder(prompt) if prompt else engine.default_prompt, max_tokens, pages)
-        preds = await answer(request, req)
-        return {
-            "model": model, "file": upload.filename,
-            "pages": [{"page": page, "text": p.text, "finish_reason": finish_reason(p, max_tokens),
-                       "repetition_stopped": p.looped, "completion_tokens": p.n_tokens} for page, p in zip(pages, preds, strict=True)],
-            "usage": {"prompt_tokens": sum(p.prompt_tokens for p in preds), "completion_tokens": sum(p.n_tokens for p in preds),
-                      "total_tokens": sum(p.prompt_tokens + p.n_tokens for p in preds)},
-        }
-
-    @app.get("/v1/models")
-    async def models():
-        created = int(time.time())
-        return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": created, "owned_by": "deepsynth-ocr",
-             "parent": None if name == engine.base_name else engine.base_name} for name in engine.names]}
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok"}
-
-    @app.get("/ready")
-    async def ready():
-        if not queue.running:
-            return JSONResponse({"status": "not ready"}, status_code=503)
-        return {"status": "ready", "models": engine.names, "queue_depth": queue.depth}
-
-    @app.get("/metrics")
-    async def prometheus():
-        metrics.queue_depth.set(queue.depth)
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
+    queue = BatchQueue(engine.run_batch, cfg.serve.max_batch_size, cfg.serve.max_wait_ms, cfg.serve.max_queue,
+                       functools.partial(_count_batch, metrics))
+    app = FastAPI(title="DeepSynth OCR", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.queue, app.state.metrics, app.state.engine, app.state.cfg = queue, metrics, engine, cfg
+    app.add_middleware(_Gate, api_keys=api_keys, max_body=int(cfg.serve.max_body_mb * 2**20), metrics=metrics)
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.include_router(router)
     return app
