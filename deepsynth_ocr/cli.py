@@ -209,6 +209,17 @@ def cmd_resume(args) -> int:
     return main(launch.args)
 
 
+def cmd_ui(args) -> int:
+    from deepsynth_ocr.jobs.ui import ui
+
+    cfg = RunConfig.load(args.config, args.set)
+    for name, value in {"host": args.host, "port": args.port}.items():
+        if value is not None:
+            setattr(cfg.ui, name, value)
+    cfg.output_root = args.root or cfg.output_root
+    return ui(cfg)
+
+
 def _add_set(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.FIELD=VALUE", help=help)
 
@@ -301,6 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs", help="the directory that holds run directories (default runs)")
     p.add_argument("--detach", action="store_true", help="start it in the background, output to its console.log")
     p.set_defaults(func=cmd_resume)
+    p = sub.add_parser("ui", help="the local jobs web UI: launch, watch, stop, resume and compare runs in a browser")
+    p.add_argument("--root", help="runs root it shows and launches into (output_root; default runs)")
+    p.add_argument("--host", help="listen address (ui.host, default 127.0.0.1; any other needs $DEEPSYNTH_UI_TOKEN)")
+    p.add_argument("--port", type=int, help="port (ui.port, default 8700)")
+    p.add_argument("--config", "-c", help="YAML run config (its ui section; its model is the Try-it page's base)")
+    _add_set(p, "override a config field, e.g. -s ui.gpu_slots=2 (repeatable)")
+    p.set_defaults(func=cmd_ui)
     p = sub.add_parser("notebook", help="execute a kit notebook with papermill into a new run directory")
     p.add_argument("name", help="01_prepare_data, 02_finetune, 03_evaluate, 04_inference (or a path)")
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),

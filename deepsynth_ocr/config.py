@@ -321,6 +321,31 @@ class ServeConfig:
 
 
 @dataclass
+class UiConfig:
+    host: str = _f("127.0.0.1", "Address `deepsynth-ocr ui` listens on; any other than a loopback address needs an access "
+                   "token (ui.token_env), or the UI refuses to start.")
+    port: int = _f(8700, "TCP port of the jobs UI.")
+    token_env: str = _f("DEEPSYNTH_UI_TOKEN", "Environment variable holding the UI's access token (open the UI once "
+                        "as /?token=TOKEN, or send it as a Bearer token); empty variable: no token (loopback only).")
+    data_roots: list = _f(["data"], "Directories whose files the UI may name as datasets (launch form, Data page); "
+                          "nothing outside them is read.")
+    configs_dir: str = _f("configs", "Directory of the presets the launch form offers (*.yaml; sweeps/ for search spaces).")
+    gpu_slots: int = _f(0, "Jobs the UI runs at once (one per GPU); 0: the number of GPUs nvidia-smi lists, at least 1. "
+                        "Further launches wait in a queue kept on disk.")
+    max_upload_mb: float = _f(20.0, "Largest image or PDF the Try-it page accepts, in MiB.")
+    launches_per_minute: int = _f(10, "Launches, resumes and exports accepted per minute (429 beyond).")
+    uploads_per_minute: int = _f(30, "Try-it uploads accepted per minute (429 beyond).")
+
+    def validate(self) -> None:
+        _check(0 < self.port < 65536, "ui.port", f"must be 1..65535, got {self.port}")
+        _check(isinstance(self.data_roots, list) and all(isinstance(r, str) for r in self.data_roots), "ui.data_roots",
+               f"must be a list of directories, got {self.data_roots!r}")
+        _check(self.gpu_slots >= 0, "ui.gpu_slots", f"must be >= 0, got {self.gpu_slots}")
+        for name in ("max_upload_mb", "launches_per_minute", "uploads_per_minute"):
+            _check(getattr(self, name) > 0, f"ui.{name}", f"must be > 0, got {getattr(self, name)}")
+
+
+@dataclass
 class RunConfig:
     name: str = _f("run", "Run name; the run directory is <output_root>/<name>_<timestamp>.")
     output_root: str = _f("runs", "Directory that holds run directories.")
@@ -335,6 +360,7 @@ class RunConfig:
     infer: InferConfig = field(default_factory=InferConfig, metadata={"help": "`deepsynth-ocr infer`: batch OCR of images and PDFs."})
     export: ExportConfig = field(default_factory=ExportConfig, metadata={"help": "`deepsynth-ocr export`: adapter, merged weights, hub push."})
     serve: ServeConfig = field(default_factory=ServeConfig, metadata={"help": "`deepsynth-ocr serve`: the OpenAI-compatible OCR server."})
+    ui: UiConfig = field(default_factory=UiConfig, metadata={"help": "`deepsynth-ocr ui`: the local jobs web UI."})
 
     def validate(self) -> RunConfig:
         _check(bool(self.name) and "/" not in self.name, "name", f"must be non-empty without '/', got {self.name!r}")
@@ -422,7 +448,7 @@ def parse_value(text: str) -> Any:
         return text  # not YAML (an unbalanced quote, a stray colon): the literal string
 
 
-SECTIONS = ("model", "lora", "data", "prepare", "train", "eval", "tracking", "infer", "export", "serve")
+SECTIONS = ("model", "lora", "data", "prepare", "train", "eval", "tracking", "infer", "export", "serve", "ui")
 
 
 def _build(cls: type, data: dict, prefix: str) -> Any:

@@ -503,7 +503,9 @@ def read_run(directory: str | Path) -> RunInfo:
     status = manifest.get("status") or "starting"
     holders = _holders(paths, manifest)
     live = [h for h in holders if not holder_gone(h)]
-    if status in LIVE and not live:
+    if launch.get("queued") and status not in LIVE:
+        status = "queued"  # waiting for a free slot of the jobs UI (a new run, or a resume)
+    elif status in LIVE and not live:
         status = "died"
     elif status not in LIVE and launch and not holder_gone(launch) and launch.get("started", "") >= manifest.get("ended_at", ""):
         status = "starting"  # resumed by the launcher; the process has not opened the run yet
@@ -576,10 +578,11 @@ def wait_stopped(directory: str | Path, timeout: float) -> RunInfo:
         time.sleep(0.2)
 
 
-def write_launch(directory: Path, pid: int, kind: str, name: str, argv: list[str]) -> None:
-    """The launcher's record of the process it started for ``directory`` (read until the run holds its lock)."""
+def write_launch(directory: Path, pid: int | None, kind: str, name: str, argv: list[str]) -> None:
+    """The launcher's record of the process it started for ``directory`` (read until the run holds its lock);
+    ``pid`` None: queued, not started yet."""
     record = {"pid": pid, "host": socket.gethostname(), "started": datetime.now().isoformat(timespec="seconds"),
-              "kind": kind, "name": name, "argv": redact(list(argv))}
+              "kind": kind, "name": name, "argv": redact(list(argv)), "queued": pid is None}
     tmp = RunPaths(directory).launch.with_suffix(".tmp")
     tmp.write_text(json.dumps(record))
     tmp.replace(RunPaths(directory).launch)

@@ -98,6 +98,17 @@ def notebook_launch(notebook: str, config: str | Path | None = None, parameters:
                   ["notebook", notebook, *_config_args(config, "-f"), *_params(parameters), "--run-dir", str(run_dir)])
 
 
+def export_launch(run_dir: str | Path) -> Launch:
+    """``deepsynth-ocr export`` of a finished run into ``RUN/export``; its output goes to ``RUN/export/console.log``."""
+    run_dir = Path(run_dir)
+    return Launch("export", run_dir.name, run_dir / "export", ["export", str(run_dir)])
+
+
+def prepare_launch(sources: list[str], out: str | Path, config: str | Path | None = None) -> Launch:
+    """``deepsynth-ocr prepare`` of ``sources`` into ``out`` (a dataset, its report.json and console.log)."""
+    return Launch("prepare", Path(out).name, Path(out), ["prepare", *map(str, sources), *_config_args(config), "--out", str(out)])
+
+
 def resume_launch(run_dir: str | Path) -> Launch:
     """The command that continues the run in ``run_dir`` (same directory, from its last complete checkpoint):
     a training run, a notebook run or a sweep that was interrupted, died or failed."""

@@ -14,13 +14,13 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 
+from deepsynth_ocr.addresses import check_address_free, is_loopback
 from deepsynth_ocr.config import RunConfig, ServeConfig
 from deepsynth_ocr.errors import MissingFileError, UserError
 from deepsynth_ocr.models.backends import load_base
@@ -31,7 +31,6 @@ from deepsynth_ocr.serving.app import create_app
 from deepsynth_ocr.serving.engine import OcrEngine, parse_adapter_specs
 
 log = logging.getLogger(__name__)
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
@@ -94,25 +93,13 @@ def serve(cfg: RunConfig, run_dir: str | None = None, vllm_script: str | None = 
         return _serve_vllm(plan, run_dir, vllm_script, dry_run)
     keys = api_keys(cfg.serve)
     check_address_free(cfg.serve.host, cfg.serve.port)
-    if not keys and cfg.serve.host not in LOOPBACK:
+    if not keys and not is_loopback(cfg.serve.host):
         log.warning("serve: listening on %s without API keys: anyone who can reach the port can use it "
                     "(set %s or serve.api_keys_file)", cfg.serve.host, cfg.serve.api_keys_env)
     log.info("serve: API keys %s", f"required ({len(keys)} configured)" if keys else "off")
     _Server(server_config(build_app(plan, keys))).run()
     log.info("serve: stopped")
     return 0
-
-
-def check_address_free(host: str, port: int) -> None:
-    """Fail before the model loads (a minute for a real checkpoint) when the port is taken."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
-        try:
-            probe.bind((host, port))
-        except OSError as e:
-            raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); pick another port with --port "
-                            "or stop what uses it") from None
 
 
 def build_app(plan: ServePlan, keys: list[str]):

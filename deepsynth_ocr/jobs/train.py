@@ -21,6 +21,7 @@ from deepsynth_ocr import versions
 from deepsynth_ocr.baselines import run_baselines
 from deepsynth_ocr.collate import make_collator
 from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.devices import device_name
 from deepsynth_ocr.errors import NonFiniteLoss, TrainingInterrupted
 from deepsynth_ocr.evaluate import PeriodicEvalCallback, evaluate_dataset
 from deepsynth_ocr.export import MERGED_RTOL
@@ -109,7 +110,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
             set_seed(cfg.seed)
             start = time.time()
             loaded = load_model(cfg)
-            run.update(backend=loaded.backend, backend_reason=loaded.backend_reason,
+            run.update(backend=loaded.backend, backend_reason=loaded.backend_reason, device=device_name(loaded.model.device),
                        dtype=str(loaded.model.dtype).removeprefix("torch."), dtype_reason=loaded.dtype_reason,
                        checkpoint=checkpoint_source(cfg.model) or "random (built in code)",
                        parameters={"frozen": loaded.frozen_params, "trainable": loaded.trainable_params,

@@ -1,0 +1,281 @@
+"""The jobs UI's pages and API: module-level routes over the app's state (``create_ui_app`` sets it).
+
+Pages: the runs list (``/``), a run (``/runs/NAME``: live log over server-sent events, curves, samples,
+config, checkpoints, Stop / Resume / Delete / Export), the launch form (``/launch``), compare
+(``/compare?run=A&run=B``), data (``/data``) and try-it (``/try``). Files come only from inside the runs
+root (``/files/...``), an eval row's image only from the runs root or the data roots. Every write
+carries the CSRF header (``guard.Guard``); launches and uploads are rate limited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from deepsynth_ocr.config import ConfigError, RunConfig
+from deepsynth_ocr.errors import UserError
+from deepsynth_ocr.jobs import launch as launches
+from deepsynth_ocr.runs import LIVE, RunDirError, RunPaths, list_runs, new_run_path, read_run, stop_run
+from deepsynth_ocr.secrets import redact
+from deepsynth_ocr.ui import details, forms, workbench
+from deepsynth_ocr.ui.common import UiState, page, ui_state
+from deepsynth_ocr.ui.guard import Guard, RateLimit, csrf_token, inside, ui_secret
+from deepsynth_ocr.ui.scheduler import Scheduler, detect_gpus
+
+router = APIRouter()
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+
+
+def _run_dir(request: Request, name: str) -> Path:
+    """A run directory directly under the runs root, by name; 404 for anything else (traversal included)."""
+    root = ui_state(request).root
+    path = inside(root, name)
+    if path is None or path.parent != root.resolve() or not (RunPaths(path).manifest.is_file() or RunPaths(path).launch.is_file()):
+        raise HTTPException(404, f"no run {name!r}")
+    return path
+
+
+def _limited(limit: RateLimit | None, what: str) -> None:
+    if limit is not None and not limit.allow():
+        raise HTTPException(429, f"too many {what} in a minute; wait a little")
+
+
+def _user_error(e: Exception) -> JSONResponse:
+    return JSONResponse({"error": redact(str(e))}, status_code=400)
+
+
+# --- pages ------------------------------------------------------------------------------------------------
+
+@router.get("/", response_class=HTMLResponse)
+def runs_page(request: Request):
+    return page(request, "runs.html", gpus=ui_state(request).gpus)
+
+
+@router.get("/runs/{name}", response_class=HTMLResponse)
+def run_page(request: Request, name: str):
+    info = read_run(_run_dir(request, name))
+    return page(request, "run.html", run=details.summary(info), config=details.config_text(info.dir),
+                 checkpoints=details.checkpoints(info.dir), samples=details.samples(info.dir),
+                 trials=details.sweep_trials(info.dir) if info.kind == "sweep" else [],
+                 has_report=RunPaths(info.dir).report.is_file(), has_adapter=RunPaths(info.dir).adapter.is_dir(),
+                 has_best=(info.dir / "best_config.yaml").is_file(), exported=(RunPaths(info.dir).export / "merged").is_dir())
+
+
+@router.get("/launch", response_class=HTMLResponse)
+def launch_page(request: Request):
+    state = ui_state(request)
+    presets = sorted(p.name for p in state.configs.glob("*.yaml"))
+    spaces = sorted(p.name for p in (state.configs / "sweeps").glob("*.yaml"))
+    return page(request, "launch.html", presets=presets, spaces=spaces, gpus=state.gpus,
+                 data_roots=[str(r) for r in state.data_roots])
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare_page(request: Request):
+    names = request.query_params.getlist("run")[:4]
+    infos = [read_run(_run_dir(request, n)) for n in names]
+    return page(request, "compare.html", data=details.compare(infos) if len(infos) >= 2 else None,
+                 choices=[i.dir.name for i in list_runs(ui_state(request).root)], chosen=names)
+
+
+@router.get("/favicon.ico")
+def favicon():
+    return Response(status_code=204)
+
+
+# --- the runs API -----------------------------------------------------------------------------------------
+
+@router.get("/api/runs")
+def api_runs(request: Request, status: str | None = None, name: str | None = None):
+    return [details.summary(i) for i in list_runs(ui_state(request).root, status or None, name or None)]
+
+
+@router.get("/api/runs/{name}")
+def api_run(request: Request, name: str):
+    run_dir = _run_dir(request, name)
+    return {**details.summary(read_run(run_dir)), "series": details.series(run_dir)}
+
+
+@router.get("/runs/{name}/events")
+async def run_events(request: Request, name: str):
+    """Server-sent events: ``log`` (new console lines; the id is the byte offset, so a reconnecting browser
+    continues where it was), ``run`` (status, progress and curves whenever they change)."""
+    run_dir = _run_dir(request, name)
+    last = request.headers.get("last-event-id")
+    offset = int(last) if last and last.isdigit() else None
+
+    async def stream():
+        nonlocal offset
+        seen = None
+        yield "retry: 1000\n\n"
+        while not await request.is_disconnected():
+            text, offset = details.read_log(RunPaths(run_dir).console_log, offset)
+            if text:
+                data = "\n".join(f"data: {line}" for line in text.rstrip("\n").split("\n"))
+                yield f"event: log\nid: {offset}\n{data}\n\n"
+            if RunPaths(run_dir).manifest.is_file() or RunPaths(run_dir).launch.is_file():
+                payload = json.dumps({**details.summary(read_run(run_dir)), "series": details.series(run_dir)}, default=str)
+                if payload != seen:
+                    seen = payload
+                    yield f"event: run\ndata: {payload}\n\n"
+            await asyncio.sleep(0.5)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.post("/api/runs/{name}/stop")
+def api_stop(request: Request, name: str):
+    run_dir = _run_dir(request, name)
+    if ui_state(request).scheduler.cancel(run_dir):
+        return {"stopped": "cancelled while queued"}
+    try:
+        return {"stopped": stop_run(run_dir)}
+    except RunDirError as e:
+        return _user_error(e)
+
+
+@router.post("/api/runs/{name}/resume")
+def api_resume(request: Request, name: str):
+    state = ui_state(request)
+    _limited(state.launch_limit, "launches")
+    try:
+        launch = launches.resume_launch(_run_dir(request, name))
+    except UserError as e:
+        return _user_error(e)
+    return {"run": launch.run_dir.name, "state": state.scheduler.submit(launch)}
+
+
+@router.post("/api/runs/{name}/delete")
+def api_delete(request: Request, name: str):
+    run_dir = _run_dir(request, name)
+    status = read_run(run_dir).status
+    if status in LIVE or status == "queued":
+        return _user_error(RunDirError(f"{name} is {status}: stop it before deleting it"))
+    shutil.rmtree(run_dir)
+    return {"deleted": name}
+
+
+@router.post("/api/runs/{name}/export")
+def api_export(request: Request, name: str):
+    state = ui_state(request)
+    _limited(state.launch_limit, "launches")
+    run_dir = _run_dir(request, name)
+    if not RunPaths(run_dir).adapter.is_dir():
+        return _user_error(RunDirError(f"{name} has no adapter/ to export (status {read_run(run_dir).status})"))
+    launch = launches.export_launch(run_dir)
+    return {"run": name, "state": state.scheduler.submit(launch, takes_slot=False), "out": str(launch.run_dir)}
+
+
+# --- files ------------------------------------------------------------------------------------------------
+
+@router.get("/files/{path:path}")
+def files(request: Request, path: str):
+    """A file or a folder listing from inside the runs root; 404 for anything else (``..``, symlinks out)."""
+    root = ui_state(request).root
+    found = inside(root, path)
+    if found is None or found.name in (".lock", ".launch", "secret") or ".ui" in found.relative_to(root.resolve()).parts:
+        raise HTTPException(404, "not found")
+    if found.is_dir():
+        entries = sorted(found.iterdir())
+        return page(request, "files.html", path=path.rstrip("/"), entries=[
+            {"name": e.name + ("/" if e.is_dir() else ""), "size": e.stat().st_size if e.is_file() else None}
+            for e in entries if not e.name.startswith(".")])
+    if found.suffix in (".log", ".yaml", ".json", ".jsonl", ".txt", ".md"):  # text the page shows: masked
+        return HTMLResponse(redact(found.read_text(encoding="utf-8", errors="replace")), media_type="text/plain")
+    return FileResponse(found)
+
+
+@router.get("/runs/{name}/image/{tag}/{index}")
+def eval_image(request: Request, name: str, tag: str, index: int):
+    """The image of an eval row, when it lies under the runs root or a data root (never any other file)."""
+    state = ui_state(request)
+    rows = details.eval_rows(_run_dir(request, name), tag) if tag in ("before", "after") else []
+    image = rows[index].get("image") if 0 <= index < len(rows) else None
+    if image:
+        path = Path(image).resolve()  # symlinks resolved: a link out of the roots is outside them
+        allowed = any(path.is_relative_to(r.resolve()) for r in (state.root, *state.data_roots))
+        if allowed and path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            return FileResponse(path)
+    raise HTTPException(404, "no image for this row")
+
+
+# --- launching --------------------------------------------------------------------------------------------
+
+def _preset(request: Request, name: str) -> Path:
+    configs = ui_state(request).configs
+    path = inside(configs, name)
+    if path is None or path.parent != configs or path.suffix != ".yaml" or not path.is_file():
+        raise HTTPException(404, f"no preset {name!r}")
+    return path
+
+
+@router.get("/api/presets/{name}")
+def api_preset(request: Request, name: str):
+    try:
+        cfg = RunConfig.from_yaml(_preset(request, name))
+    except ConfigError as e:
+        return _user_error(e)
+    return {"fields": redact(forms.fields(cfg))}
+
+
+@router.get("/api/estimate")
+def api_estimate(request: Request, family: str, backend: str = "auto", load_in_4bit: bool = False, batch: int = 1):
+    from deepsynth_ocr.memory import estimate
+
+    gpus = ui_state(request).gpus
+    if family not in forms.CHOICES["model.family"] or batch < 1:
+        return _user_error(ConfigError(f"model.family: unknown family {family!r}"))
+    backend = backend if backend != "auto" else ("unsloth" if gpus else "hf")
+    return {**estimate(family, backend, load_in_4bit, batch, gpus[0]["memory_gib"] if gpus else None),
+            "gpu": gpus[0]["name"] if gpus else None}
+
+
+@router.post("/api/launch")
+async def api_launch(request: Request):
+    """Launch (or queue) a training run or a sweep from the form; per-field errors start nothing."""
+    state = ui_state(request)
+    body = await request.json()
+    preset = _preset(request, str(body.get("preset", "")))
+    overrides, errors = forms.overrides(preset, body.get("fields") or {}, state.data_roots, state.root)
+    if errors:
+        return JSONResponse({"errors": redact(errors)}, status_code=400)
+    _limited(state.launch_limit, "launches")
+    try:
+        if body.get("kind") == "sweep":
+            space = inside(state.configs / "sweeps", str(body.get("space", "")))
+            trials = body.get("trials")
+            if space is None or not space.is_file():
+                return JSONResponse({"errors": {"space": "choose a search space from configs/sweeps/"}}, status_code=400)
+            if not isinstance(trials, int) or trials < 1:
+                return JSONResponse({"errors": {"trials": "trials: a whole number >= 1"}}, status_code=400)
+            cfg = RunConfig.load(preset, overrides)
+            launch = launches.sweep_launch(preset, space, trials, overrides, new_run_path(state.root, f"sweep-{cfg.name}"))
+        else:
+            launch = launches.train_launch(preset, overrides)
+    except UserError as e:
+        return JSONResponse({"errors": {"form": redact(str(e))}}, status_code=400)
+    return {"run": launch.run_dir.name, "state": state.scheduler.submit(launch)}
+
+
+def create_ui_app(cfg: RunConfig, token: str = "", cwd: Path | None = None) -> FastAPI:
+    """The UI over ``cfg.output_root``; ``token`` (may be empty on loopback) guards every request."""
+    root = Path(cfg.output_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    secret = ui_secret(root / ".ui")
+    gpus = detect_gpus()
+    scheduler = Scheduler(root, cfg.ui.gpu_slots or len(gpus) or 1, cwd)
+    app = FastAPI(title="DeepSynth OCR jobs", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.ui = UiState(root, cfg, scheduler, csrf_token(secret), [Path(r).resolve() for r in cfg.ui.data_roots],
+                           Path(cfg.ui.configs_dir).resolve(), gpus, RateLimit(cfg.ui.launches_per_minute),
+                           RateLimit(cfg.ui.uploads_per_minute))
+    app.add_middleware(Guard, token=token, csrf=csrf_token(secret))
+    app.mount("/static", StaticFiles(directory=str(Path(__file__).resolve().parent / "static")), name="static")
+    app.include_router(router)
+    app.include_router(workbench.router)
+    return app

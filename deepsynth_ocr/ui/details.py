@@ -1,0 +1,145 @@
+"""What the UI's pages show of a run directory, read from its files (no torch): curves, samples,
+checkpoints, config, the console log's tail, a sweep's trials, and a comparison of runs.
+
+Everything returned here is text a page shows, so every string passes ``secrets.redact`` first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from deepsynth_ocr.runs import RunInfo, RunPaths
+from deepsynth_ocr.secrets import redact
+
+TAIL_BYTES = 64 * 1024  # what a page shows of a console log when it first opens
+
+
+def series(run_dir: Path) -> dict:
+    """``{"loss": [[step, loss], ...], "cer": [[step, cer, tag], ...]}`` from metrics.jsonl; a resumed run's
+    later rows replace the earlier ones of the same step."""
+    loss: dict[int, float] = {}
+    cer: dict[tuple, float] = {}
+    for row in RunPaths(run_dir).read_jsonl(RunPaths(run_dir).metrics) if RunPaths(run_dir).metrics.is_file() else []:
+        if "loss" in row and "eval" not in row and isinstance(row.get("step"), int):
+            loss[row["step"]] = row["loss"]
+        elif row.get("eval") in ("before", "periodic", "after") and row.get("cer") is not None:
+            cer[(row["step"], row["eval"])] = row["cer"]
+    return {"loss": sorted([s, v] for s, v in loss.items()),
+            "cer": sorted([s, v, tag] for (s, tag), v in cer.items())}
+
+
+def eta_seconds(info: RunInfo) -> float | None:
+    progress = info.manifest.get("progress") or {}
+    pace, step, total = progress.get("s_per_step"), progress.get("step"), progress.get("max_steps")
+    if info.status != "running" or not pace or step is None or not total:
+        return None
+    return round(pace * max(0, total - step))
+
+
+def summary(info: RunInfo) -> dict:
+    """One row of the runs list."""
+    return redact({**info.to_dict(), "dir_name": info.dir.name, "eta_s": eta_seconds(info),
+                   "device": info.manifest.get("device"), "error": info.error})
+
+
+def checkpoints(run_dir: Path) -> list[dict]:
+    out = []
+    folder = RunPaths(run_dir).checkpoints
+    for path in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1) if folder.is_dir() else []:
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        out.append({"name": path.name, "step": path.name.split("-")[-1], "size_mb": round(size / 2**20, 2),
+                    "complete": (path / "trainer_state.json").is_file()})
+    return out
+
+
+def config_text(run_dir: Path) -> str:
+    path = RunPaths(run_dir).config
+    return redact(path.read_text(encoding="utf-8")) if path.is_file() else ""
+
+
+def flat_config(run_dir: Path) -> dict:
+    path = RunPaths(run_dir).config
+    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    flat = {}
+    for key, value in (data or {}).items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return redact(flat)
+
+
+def eval_rows(run_dir: Path, tag: str) -> list[dict]:
+    return RunPaths(run_dir).read_jsonl(RunPaths(run_dir).eval_file(tag))
+
+
+def samples(run_dir: Path, n: int = 8) -> list[dict]:
+    """The first ``n`` eval rows with the prediction before and after training side by side."""
+    before = {r.get("id"): r for r in eval_rows(run_dir, "before")}
+    out = []
+    for index, row in enumerate(eval_rows(run_dir, "after")[:n] or eval_rows(run_dir, "before")[:n]):
+        first = before.get(row.get("id"), {})
+        out.append(redact({"index": index, "id": row.get("id"), "reference": row.get("reference"),
+                           "before": first.get("prediction"), "before_cer": first.get("cer"),
+                           "after": row.get("prediction") if first is not row else None, "after_cer": row.get("cer"),
+                           "has_image": bool(row.get("image"))}))
+    return out
+
+
+def read_log(path: Path, offset: int | None) -> tuple[str, int]:
+    """New text of a console log from byte ``offset`` (None: its last ``TAIL_BYTES``) and the next offset. A
+    progress bar's carriage-return redraws are kept to their last state."""
+    if not path.is_file():
+        return "", 0
+    size = path.stat().st_size
+    if offset is None or offset > size:
+        offset = max(0, size - TAIL_BYTES)
+    with path.open("rb") as f:
+        f.seek(offset)
+        data = f.read(size - offset)
+    end = data.rfind(b"\n") + 1  # whole lines only; the rest comes with the next read
+    text = data[:end].decode("utf-8", errors="replace")
+    lines = [line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r") for line in text.split("\n")]
+    return redact("\n".join(lines)), offset + end
+
+
+def sweep_trials(sweep_dir: Path) -> list[dict]:
+    """Each trial of a sweep: number, state, CER, parameters, run directory (from its Optuna journal)."""
+    journal = sweep_dir / "study.journal"
+    if not journal.is_file():
+        return []
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from deepsynth_ocr.jobs.sweep import trial_states
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    rows = []
+    for summary_ in optuna.get_all_study_summaries(storage):
+        trials = optuna.load_study(study_name=summary_.study_name, storage=storage).get_trials(deepcopy=False)
+        states = trial_states(trials)
+        rows += [redact({"number": t.number, "state": states[t.number], "cer": t.value, "params": t.params,
+                         "run_dir": Path(t.user_attrs.get("run_dir", "")).name}) for t in trials]
+    return rows
+
+
+def compare(infos: list[RunInfo], n_rows: int = 10) -> dict:
+    """Curves, metrics and config differences of several runs, and the same eval rows' predictions."""
+    configs = {i.dir.name: flat_config(i.dir) for i in infos}
+    keys = sorted({k for c in configs.values() for k in c})
+    differing = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs.values()}) > 1
+                 and k not in ("name", "output_root")]
+    after = {i.dir.name: {r.get("id"): r for r in eval_rows(i.dir, "after")} for i in infos}
+    ids = [r.get("id") for r in eval_rows(infos[0].dir, "after")][:n_rows] if infos else []
+    return redact({
+        "runs": [summary(i) for i in infos],
+        "series": {i.dir.name: series(i.dir) for i in infos},
+        "config": [{"key": k, "values": [configs[i.dir.name].get(k) for i in infos]} for k in differing],
+        "rows": [{"id": row_id, "reference": after[infos[0].dir.name][row_id].get("reference"),
+                  "predictions": [after[i.dir.name].get(row_id, {}).get("prediction") for i in infos]} for row_id in ids],
+    })

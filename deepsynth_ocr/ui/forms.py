@@ -1,0 +1,94 @@
+"""The launch form, generated from the config dataclasses: the fields a user changes, each with its help
+text and the preset's value, and the submitted values turned into ``section.field=value`` overrides.
+
+A bad value is reported next to its field with the kit's own one-line error (``config.ConfigError``),
+and a data path outside the UI's data roots is refused; nothing starts until every field is good.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import get_type_hints
+
+from deepsynth_ocr.config import ConfigError, RunConfig, field_help, parse_value
+
+# What a user changes between runs; everything else comes from the preset.
+FORM_FIELDS = (
+    "name", "model.family", "model.name_or_path", "model.backend", "model.load_in_4bit", "lora.r", "lora.alpha",
+    "data.train_path", "data.eval_path", "train.max_steps", "train.learning_rate", "train.per_device_batch_size",
+    "train.gradient_accumulation_steps", "train.save_steps", "eval.max_samples", "eval.every_steps", "tracking.wandb",
+)
+DATA_FIELDS = ("data.train_path", "data.eval_path")
+CHOICES = {"model.family": ["tiny", "deepseek-ocr-2", "deepseek-ocr"], "model.backend": ["auto", "hf", "unsloth"],
+           "tracking.wandb": ["offline", "online", "disabled"]}
+
+
+def _type(name: str) -> type:
+    cls: type = RunConfig
+    for part in name.split("."):
+        cls = get_type_hints(cls)[part]
+    return cls
+
+
+def _get(cfg: RunConfig, name: str):
+    value = cfg
+    for part in name.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def fields(cfg: RunConfig) -> list[dict]:
+    """``[{name, type, value, help, choices}]`` of the form's fields with ``cfg``'s values."""
+    helps = field_help()
+    out = []
+    for name in FORM_FIELDS:
+        kind = _type(name)
+        out.append({"name": name, "type": kind.__name__ if isinstance(kind, type) else "str",
+                    "value": _get(cfg, name), "help": helps[name], "choices": CHOICES.get(name)})
+    return out
+
+
+def _field_of(message: str) -> str:
+    """The form field a ``ConfigError`` names (its ``section.field:`` prefix), else ``form``."""
+    head = message.split(":", 1)[0].strip()
+    return head if head in FORM_FIELDS else next((f for f in FORM_FIELDS if message.startswith(f)), "form")
+
+
+def allowed_data_path(value: str, roots: list[Path]) -> bool:
+    if not value:
+        return True
+    path = Path(value).resolve()
+    return any(path == r.resolve() or path.is_relative_to(r.resolve()) for r in roots)
+
+
+def overrides(preset: Path, values: dict[str, str], data_roots: list[Path], runs_root: Path) -> tuple[list[str], dict]:
+    """The submitted form as overrides of ``preset`` (plus ``output_root``), and ``{field: error}`` (empty when
+    every value is good)."""
+    base = RunConfig.from_yaml(preset)
+    errors: dict[str, str] = {}
+    out = [f"output_root={runs_root}"]
+    for name in FORM_FIELDS:
+        if name not in values:
+            continue
+        raw = values[name].strip() if isinstance(values[name], str) else values[name]
+        value = raw if _type(name) is str else parse_value(raw) if isinstance(raw, str) else raw
+        if name in DATA_FIELDS and not allowed_data_path(str(value or ""), data_roots):
+            errors[name] = f"{name}: {value} is outside the UI's data roots ({', '.join(map(str, data_roots))})"
+            continue
+        if value == _get(base, name):
+            continue
+        item = f"{name}={json.dumps(value)}"
+        try:
+            base.with_overrides([item])
+        except ConfigError as e:
+            errors[name] = str(e)
+            continue
+        out.append(item)
+    if not errors:
+        try:
+            RunConfig.load(preset, out)
+        except ConfigError as e:  # a combination (e.g. max_image_side against min_image_side)
+            errors[_field_of(str(e))] = str(e)
+    return out, errors
+

@@ -1,0 +1,232 @@
+// The jobs UI's behaviour: plain JavaScript, no build step. Every value from the server is put on the
+// page as text (textContent), never as HTML; every write sends the page's CSRF token.
+"use strict";
+
+const CSRF = document.querySelector('meta[name="csrf"]').content;
+
+async function api(method, url, body) {
+  const init = { method, headers: { "X-CSRF-Token": CSRF } };
+  if (body instanceof FormData) init.body = body;
+  else if (body !== undefined) { init.headers["Content-Type"] = "application/json"; init.body = JSON.stringify(body); }
+  const response = await fetch(url, init);
+  let data = null;
+  try { data = await response.json(); } catch (e) { data = { error: await response.text().catch(() => "") }; }
+  return { ok: response.ok, status: response.status, data };
+}
+
+function el(tag, text, attrs) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  return node;
+}
+
+const fmt = (v, digits = 4) => (v === null || v === undefined ? "-" : Number(v).toFixed(digits));
+const duration = (s) => (s === null || s === undefined ? "" : s >= 3600 ? `${(s / 3600).toFixed(1)} h` : s >= 60 ? `${Math.round(s / 60)} min` : `${Math.round(s)} s`);
+const progress = (r) => (r.step === null && r.total === null ? "" : `${r.step ?? 0} / ${r.total ?? "?"}`);
+
+// --- charts: polylines in an SVG, axes labelled with the data's range -----------------------------------
+const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea"];
+
+function drawChart(svg, lines) {
+  while (svg.firstChild) svg.removeChild(svg.firstChild);
+  const ns = "http://www.w3.org/2000/svg";
+  const points = lines.flatMap((l) => l.points);
+  const add = (tag, attrs, text) => {
+    const n = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+    if (text !== undefined) n.textContent = text;
+    svg.appendChild(n);
+    return n;
+  };
+  if (!points.length) { add("text", { x: 140, y: 110, fill: "#888" }, "no data yet"); return; }
+  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+  const [x0, x1] = [Math.min(...xs), Math.max(...xs, Math.min(...xs) + 1)];
+  let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+  if (y1 - y0 < 1e-9) { y0 -= 0.5; y1 += 0.5; }
+  const X = (x) => 50 + ((x - x0) / (x1 - x0)) * 355, Y = (y) => 195 - ((y - y0) / (y1 - y0)) * 180;
+  add("line", { x1: 50, y1: 195, x2: 405, y2: 195, stroke: "#999" });
+  add("line", { x1: 50, y1: 15, x2: 50, y2: 195, stroke: "#999" });
+  add("text", { x: 4, y: 20, "font-size": 11 }, fmt(y1, 3));
+  add("text", { x: 4, y: 195, "font-size": 11 }, fmt(y0, 3));
+  add("text", { x: 50, y: 212, "font-size": 11 }, `step ${x0}`);
+  add("text", { x: 340, y: 212, "font-size": 11 }, `step ${x1}`);
+  lines.forEach((line, i) => {
+    const color = COLORS[i % COLORS.length];
+    const pts = line.points.map((p) => `${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(" ");
+    add("polyline", { points: pts, fill: "none", stroke: color, "stroke-width": 1.6, "data-series": line.name, "data-count": line.points.length });
+    line.points.forEach((p) => { if (line.points.length < 40) add("circle", { cx: X(p[0]), cy: Y(p[1]), r: 2.2, fill: color }); });
+    if (lines.length > 1) add("text", { x: 60, y: 28 + 13 * i, "font-size": 11, fill: color }, line.name);
+  });
+}
+
+function drawSeries(byRun) {
+  const names = Object.keys(byRun);
+  drawChart(document.getElementById("loss-chart"), names.map((n) => ({ name: n, points: byRun[n].loss })));
+  drawChart(document.getElementById("cer-chart"), names.map((n) => ({ name: n, points: byRun[n].cer.map((p) => [p[0], p[1]]) })));
+}
+
+// --- the runs list ------------------------------------------------------------------------------------------
+function runsPage() {
+  const body = document.querySelector("#runs tbody");
+  const status = document.getElementById("filter-status"), name = document.getElementById("filter-name");
+  const compare = document.getElementById("compare-selected");
+  const chosen = new Set();
+  compare.onclick = () => { location.href = "/compare?" + [...chosen].map((c) => "run=" + encodeURIComponent(c)).join("&"); };
+  async function refresh() {
+    const q = new URLSearchParams({ status: status.value, name: name.value });
+    const { ok, data } = await api("GET", "/api/runs?" + q);
+    if (!ok) return;
+    body.replaceChildren(...data.map((r) => {
+      const tr = el("tr", undefined, { "data-run": r.dir_name });
+      const box = el("input", undefined, { type: "checkbox" });
+      box.checked = chosen.has(r.dir_name);
+      box.onchange = () => { box.checked ? chosen.add(r.dir_name) : chosen.delete(r.dir_name); compare.disabled = chosen.size < 2 || chosen.size > 4; };
+      const link = el("a", r.dir_name, { href: "/runs/" + encodeURIComponent(r.dir_name) });
+      const cells = [box, link, r.kind, el("span", r.status, { class: "status " + r.status }), progress(r), duration(r.eta_s),
+        r.cer_before === null && r.cer_after === null ? "" : `${fmt(r.cer_before)} → ${fmt(r.cer_after)}`,
+        (r.created_at || "").replace("T", " "), r.device || ""];
+      for (const c of cells) { const td = el("td"); if (c instanceof Node) td.appendChild(c); else td.textContent = c; tr.appendChild(td); }
+      return tr;
+    }));
+    document.getElementById("empty").hidden = data.length > 0;
+  }
+  status.onchange = refresh; name.oninput = refresh;
+  refresh();
+  setInterval(refresh, 2000);
+}
+
+// --- one run: the live log and curves over server-sent events; the buttons -----------------------------
+function runPage(name) {
+  const log = document.getElementById("log");
+  const result = document.getElementById("action-result");
+  const buttons = Object.fromEntries([...document.querySelectorAll("[data-action]")].map((b) => [b.dataset.action, b]));
+  const path = "/runs/" + encodeURIComponent(name);
+  function show(r) {
+    const badge = document.getElementById("status");
+    badge.textContent = r.status; badge.className = "status " + r.status;
+    document.getElementById("progress").textContent = progress(r) ? "step " + progress(r) : "";
+    document.getElementById("eta").textContent = r.eta_s ? "ETA " + duration(r.eta_s) : "";
+    document.getElementById("cer").textContent = r.cer_before === null && r.cer_after === null ? "" : `CER ${fmt(r.cer_before)} → ${fmt(r.cer_after)}`;
+    const error = document.getElementById("error");
+    error.textContent = r.error || ""; error.hidden = !r.error;
+    const live = ["running", "starting", "queued"].includes(r.status);
+    buttons.stop.disabled = !live;
+    buttons.resume.disabled = live || r.status === "ok" || !["train", "notebook", "sweep"].includes(r.kind);
+    buttons.delete.disabled = live;
+    drawSeries({ [name]: r.series });
+  }
+  const events = new EventSource(path + "/events");
+  events.addEventListener("log", (e) => {
+    const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    log.append(e.data + "\n");
+    if (atBottom) log.scrollTop = log.scrollHeight;
+  });
+  events.addEventListener("run", (e) => show(JSON.parse(e.data)));
+  async function act(action) {
+    if (action === "delete" && !confirm(`Delete ${name} and everything in its directory?`)) return;
+    result.textContent = action + "…";
+    const { ok, data } = await api("POST", `/api/runs/${encodeURIComponent(name)}/${action}`);
+    if (!ok) { result.textContent = (data && (data.error || data.detail)) || "refused"; return; }
+    if (action === "delete") { location.href = "/"; return; }
+    result.textContent = action === "stop" ? "stop sent: training saves a checkpoint, then stops"
+      : action === "export" ? `export ${data.state}: ${data.out}` : `${action}: ${data.state}`;
+  }
+  for (const [action, button] of Object.entries(buttons)) button.onclick = () => act(action);
+}
+
+// --- launch -----------------------------------------------------------------------------------------------
+function launchPage() {
+  const form = document.getElementById("launch-form"), box = document.getElementById("fields");
+  const preset = document.getElementById("preset"), estimate = document.getElementById("estimate");
+  const kind = () => form.querySelector('input[name="kind"]:checked').value;
+  function errorsShow(errors) {
+    document.querySelectorAll("[data-error-for]").forEach((n) => { n.textContent = errors[n.dataset.errorFor] || ""; });
+  }
+  function values() {
+    const out = {};
+    box.querySelectorAll("[data-field]").forEach((input) => { out[input.dataset.field] = input.type === "checkbox" ? String(input.checked) : input.value; });
+    return out;
+  }
+  async function refreshEstimate() {
+    const v = values();
+    const q = new URLSearchParams({ family: v["model.family"], backend: v["model.backend"], load_in_4bit: v["model.load_in_4bit"], batch: v["train.per_device_batch_size"] || 1 });
+    estimate.textContent = "memory estimate…";
+    const { ok, data } = await api("GET", "/api/estimate?" + q);
+    if (!ok) { estimate.textContent = ""; return; }
+    estimate.className = "estimate" + (data.fits ? "" : " warn");
+    estimate.textContent = (data.fits ? "Fits: " : "Will not fit: ") + data.note + (data.gpu ? ` (${data.gpu})` : "");
+  }
+  async function loadPreset() {
+    const { ok, data } = await api("GET", "/api/presets/" + encodeURIComponent(preset.value));
+    if (!ok) { errorsShow({ form: data.error }); return; }
+    box.replaceChildren(...data.fields.map((f) => {
+      const row = el("div", undefined, { class: "field" });
+      const id = "field-" + f.name.replace(/\./g, "-");
+      row.appendChild(el("label", f.name, { for: id }));
+      let input;
+      if (f.choices) { input = el("select"); f.choices.forEach((c) => input.appendChild(el("option", c))); input.value = f.value; }
+      else if (f.type === "bool") { input = el("input", undefined, { type: "checkbox" }); input.checked = !!f.value; }
+      else { input = el("input", undefined, { size: 40 }); input.value = f.value === null ? "" : f.value; }
+      input.id = id; input.dataset.field = f.name;
+      input.onchange = refreshEstimate;
+      row.append(input, el("span", f.help, { class: "help" }), el("div", "", { class: "field-error", "data-error-for": f.name }));
+      return row;
+    }));
+    errorsShow({});
+    refreshEstimate();
+  }
+  form.querySelectorAll('input[name="kind"]').forEach((r) => { r.onchange = () => { form.querySelector(".sweep-only").hidden = kind() !== "sweep"; }; });
+  preset.onchange = loadPreset;
+  form.onsubmit = async (e) => {
+    e.preventDefault();
+    const body = { kind: kind(), preset: preset.value, fields: values(), space: document.getElementById("space").value,
+                   trials: Number(document.getElementById("trials").value) };
+    const { ok, status, data } = await api("POST", "/api/launch", body);
+    const result = document.getElementById("launch-result");
+    if (!ok) { errorsShow(data.errors || { form: data.detail || data.error || `refused (${status})` }); result.textContent = ""; return; }
+    errorsShow({});
+    result.replaceChildren(document.createTextNode(`${data.state}: `), el("a", data.run, { href: "/runs/" + encodeURIComponent(data.run) }));
+  };
+  loadPreset();
+}
+
+// --- compare, data, try it -----------------------------------------------------------------------------
+function comparePage() {
+  const data = document.getElementById("compare-data");
+  if (data) drawSeries(JSON.parse(data.textContent));
+}
+
+function dataPage() {
+  const form = document.getElementById("prepare-form");
+  form.onsubmit = async (e) => {
+    e.preventDefault();
+    const name = document.getElementById("name").value;
+    const { ok, data } = await api("POST", "/api/prepare", { source: document.getElementById("source").value, name });
+    document.querySelectorAll("[data-error-for]").forEach((n) => { n.textContent = (ok ? {} : data.errors || {})[n.dataset.errorFor] || ""; });
+    const result = document.getElementById("prepare-result");
+    if (ok) result.replaceChildren(document.createTextNode("started: "), el("a", data.name, { href: "/data/" + encodeURIComponent(data.name) }));
+    else result.textContent = data.detail || "";
+  };
+}
+
+function tryPage() {
+  const form = document.getElementById("try-form"), out = document.getElementById("try-result");
+  const status = document.getElementById("try-status");
+  form.onsubmit = async (e) => {
+    e.preventDefault();
+    const file = document.getElementById("file").files[0];
+    if (!file) { status.textContent = "choose a file"; return; }
+    const body = new FormData();
+    body.append("file", file); body.append("model", document.getElementById("model").value);
+    status.textContent = "reading (the first request loads the model)…";
+    const { ok, data } = await api("POST", "/api/try", body);
+    status.textContent = ok ? `read with ${data.model}` : "";
+    if (!ok) { out.replaceChildren(el("p", data.error || data.detail || "refused", { class: "error" })); return; }
+    out.replaceChildren(...data.pages.map((p) => {
+      const block = el("div");
+      block.append(el("h3", p.page === null ? "Text" : `Page ${p.page}`), el("pre", p.text, { class: "page-text" }));
+      return block;
+    }));
+  };
+}
