@@ -407,7 +407,7 @@ def acquire_lock(paths: RunPaths) -> dict:
     took_over = None
     for _ in range(2):
         try:
-            fd = os.open(paths.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(paths.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             try:
                 holder = json.loads(paths.lock.read_text())
@@ -503,7 +503,7 @@ def read_run(directory: str | Path) -> RunInfo:
     status = manifest.get("status") or "starting"
     holders = _holders(paths, manifest)
     live = [h for h in holders if not holder_gone(h)]
-    if launch.get("queued") and status not in LIVE:
+    if launch.get("queued") and manifest.get("status") not in LIVE:
         status = "queued"  # waiting for a free slot of the jobs UI (a new run, or a resume)
     elif status in LIVE and not live:
         status = "died"

@@ -24,6 +24,7 @@ from deepsynth_ocr.runs import (
     read_run,
     stop_run,
     update_manifest,
+    write_launch,
 )
 
 from .conftest import ROOT
@@ -106,6 +107,13 @@ def test_a_launched_process_reads_starting_until_it_holds_the_run_and_died_if_it
     sleeper.kill()
     sleeper.wait()
     assert read_run(run_dir).status == "died"
+    queued = tmp_path / "smoke_2"
+    queued.mkdir()
+    write_launch(queued, None, "train", "smoke", ["train"])  # waiting for a slot of the jobs UI: not dead
+    assert (read_run(queued).status, read_run(queued).pids) == ("queued", [])
+    resumed = _run(tmp_path, "smoke", "20261201_100000", status="interrupted")
+    write_launch(resumed, None, "train", "smoke", ["train"])
+    assert read_run(resumed).status == "queued"
 
 
 def test_stop_sends_sigterm_to_the_lock_holder_and_refuses_a_run_that_is_not_running(tmp_path, sleeper):

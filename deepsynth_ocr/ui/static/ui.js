@@ -102,6 +102,18 @@ function runPage(name) {
   const result = document.getElementById("action-result");
   const buttons = Object.fromEntries([...document.querySelectorAll("[data-action]")].map((b) => [b.dataset.action, b]));
   const path = "/runs/" + encodeURIComponent(name);
+  let lastStatus = document.getElementById("status").textContent;
+  async function refreshSections() {
+    // What a finished run adds (links, samples, checkpoints, the export button), taken from the server's
+    // own rendering of this page: the page itself is never reloaded.
+    const html = await (await fetch(path)).text();
+    const fresh = new DOMParser().parseFromString(html, "text/html");
+    for (const id of ["links", "samples-section", "checkpoints-section"]) {
+      const node = fresh.getElementById(id);
+      if (node) document.getElementById(id).replaceWith(document.adoptNode(node));
+    }
+    buttons.export.disabled = fresh.querySelector('[data-action="export"]').disabled;
+  }
   function show(r) {
     const badge = document.getElementById("status");
     badge.textContent = r.status; badge.className = "status " + r.status;
@@ -115,6 +127,7 @@ function runPage(name) {
     buttons.resume.disabled = live || r.status === "ok" || !["train", "notebook", "sweep"].includes(r.kind);
     buttons.delete.disabled = live;
     drawSeries({ [name]: r.series });
+    if (r.status !== lastStatus) { lastStatus = r.status; refreshSections(); }
   }
   const events = new EventSource(path + "/events");
   events.addEventListener("log", (e) => {

@@ -1,0 +1,203 @@
+"""The jobs UI in a real headless browser (Debian's chromium through chromium-driver and selenium):
+launch the smoke preset from the form, watch the log and the loss curve grow without a reload, stop,
+resume, see CER before -> after; a UI server killed and restarted while a run trains; a queued second
+job that starts when the first ends; two runs compared.
+
+DEEPSYNTH_UI_SCREENSHOTS=docs/ui keeps the screenshots for docs/ui.md (a temporary folder otherwise)."""
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deepsynth_ocr.runs import list_runs, read_run
+
+from .conftest import ROOT
+from .runs_helpers import child_env
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class UiServer:
+    """``deepsynth-ocr ui`` in its own process, as a user starts it; killed and restarted at will."""
+
+    def __init__(self, root: Path, log: Path):
+        self.root, self.log, self.port, self.proc = root, log, _free_port(), None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "deepsynth_ocr.cli", "ui", "--root", str(self.root),
+                                          "--port", str(self.port)], cwd=ROOT, env=child_env(), stdout=out,
+                                         stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/api/runs", timeout=2).status_code == 200:
+                    return
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            time.sleep(0.2)
+        pytest.fail("the UI did not answer within 60 s")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def ui(tmp_path):
+    server = UiServer(tmp_path / "runs", tmp_path / "ui.log")
+    server.start()
+    yield server
+    server.stop()
+    for info in list_runs(server.root):
+        for pid in info.pids:  # a run still going when a test failed
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1100"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def shots(tmp_path):
+    folder = Path(os.environ.get("DEEPSYNTH_UI_SCREENSHOTS") or tmp_path / "shots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return lambda driver, name: driver.save_screenshot(str(folder / f"{name}.png"))
+
+
+def _wait(predicate, timeout=240, what="the page"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    pytest.fail(f"{what} did not get there within {timeout} s")
+
+
+def _find(driver, css):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, css)
+
+
+def _launch_from_form(driver, ui, fields: dict) -> tuple[str, str]:
+    """Fill the launch form over the smoke preset and submit it; returns (run directory name, started/queued)."""
+    driver.get(ui.url + "/launch")
+    _wait(lambda: _find(driver, "#field-train-max_steps"), 60, "the preset's fields")
+    for name, value in fields.items():
+        (box,) = _find(driver, "#field-" + name.replace(".", "-"))
+        if box.tag_name == "select":
+            from selenium.webdriver.support.ui import Select
+
+            Select(box).select_by_visible_text(value)
+        else:
+            box.clear()
+            box.send_keys(value)
+    _find(driver, "#launch")[0].click()
+    link = _wait(lambda: _find(driver, "#launch-result a"), 30, "the launch result")[0]
+    return link.text, _find(driver, "#launch-result")[0].text.split(":")[0]
+
+
+def _loss_points(driver) -> int:
+    lines = _find(driver, "#loss-chart polyline")
+    return int(lines[0].get_attribute("data-count")) if lines else 0
+
+
+def _status(driver) -> str:
+    return _find(driver, "#status")[0].text
+
+
+SMOKE = {"eval.max_samples": "16", "tracking.wandb": "disabled", "train.save_steps": "1000"}
+
+
+def test_launch_watch_stop_resume_to_cer_before_and_after_in_the_browser(ui, browser, shots):
+    name, state = _launch_from_form(browser, ui, {**SMOKE, "name": "ui-smoke", "train.max_steps": "240"})
+    shots(browser, "launch")
+    assert state == "started" and name.startswith("ui-smoke_")
+    browser.get(f"{ui.url}/runs/{name}")
+    browser.execute_script("window.__samePage = true")  # gone if the page reloads
+    first = _wait(lambda: _loss_points(browser) >= 2 and _loss_points(browser), what="the loss curve")
+    _wait(lambda: _loss_points(browser) > first, what="the loss curve growing")
+    log = _find(browser, "#log")[0].text
+    assert "INFO deepsynth_ocr" in log and "'loss'" in log
+    shots(browser, "run-training")
+    _find(browser, '[data-action="stop"]')[0].click()
+    _wait(lambda: _status(browser) == "interrupted", 120, "the status interrupted")
+    stopped_at = read_run(ui.root / name).manifest["stopped_at_step"]
+    assert 0 < stopped_at < 240
+    _find(browser, '[data-action="resume"]')[0].click()
+    _wait(lambda: _status(browser) == "ok", 300, "the resumed run finishing")
+    cer = _wait(lambda: _find(browser, "#cer")[0].text, 30, "the CER line")
+    before, after = map(float, re.fullmatch(r"CER (\d\.\d{4}) → (\d\.\d{4})", cer).groups())
+    assert after < before  # the smoke fine-tune reads its domain better
+    assert browser.execute_script("return window.__samePage === true")  # all of it without a reload
+    assert "resuming from" in _find(browser, "#log")[0].text
+    browser.execute_script("window.scrollTo(0, 0)")
+    shots(browser, "run-finished")
+
+
+def test_the_page_survives_a_ui_restart_a_queued_job_starts_when_the_first_ends_and_two_runs_compare(ui, browser, shots):
+    first, state = _launch_from_form(browser, ui, {**SMOKE, "name": "ui-long", "train.max_steps": "200"})
+    second, queued = _launch_from_form(browser, ui, {**SMOKE, "name": "ui-short", "train.max_steps": "60",
+                                                      "train.learning_rate": "0.002"})
+    assert (state, queued) == ("started", "queued")
+    browser.get(ui.url + "/")
+    _wait(lambda: any("queued" in r.text for r in _find(browser, f'#runs tr[data-run="{second}"]')), 30, "the queued row")
+    shots(browser, "runs-queued")
+
+    browser.get(f"{ui.url}/runs/{first}")
+    browser.execute_script("window.__samePage = true")
+    _wait(lambda: _loss_points(browser) >= 2, what="the first run training")
+    ui.kill()  # the UI server dies; the run, in its own session, trains on
+    assert read_run(ui.root / first).status == "running"
+    seen = len(_find(browser, "#log")[0].text)
+    ui.start()
+    _wait(lambda: len(_find(browser, "#log")[0].text) > seen, 120, "the log after the restart")
+    assert browser.execute_script("return window.__samePage === true")  # the page reconnected by itself
+    _wait(lambda: read_run(ui.root / first).status == "ok", 300, "the first run finishing")
+    _wait(lambda: read_run(ui.root / second).status in ("starting", "running", "ok"), 60, "the queued run starting")
+    _wait(lambda: read_run(ui.root / second).status == "ok", 300, "the queued run finishing")
+    assert read_run(ui.root / second).created_at >= read_run(ui.root / first).ended_at  # it waited for the first
+
+    browser.get(ui.url + "/")
+    for run in (first, second):
+        _wait(lambda run=run: _find(browser, f'#runs tr[data-run="{run}"] input'), 30, "the rows")[0].click()
+    _find(browser, "#compare-selected")[0].click()
+    _wait(lambda: _find(browser, "#compare-metrics"), 30, "the compare page")
+    assert {e.get_attribute("data-series") for e in _find(browser, "#loss-chart polyline")} == {first, second}
+    rows = {r.text.split(" ")[0]: r.text for r in _find(browser, "#compare-config tbody tr")}
+    assert "train.max_steps 200 60" in rows["train.max_steps"] and "train.learning_rate" in rows
+    assert len(_find(browser, "#compare-rows tbody tr")) == 10
+    shots(browser, "compare")
