@@ -6,6 +6,7 @@ job that starts when the first ends; two runs compared.
 DEEPSYNTH_UI_SCREENSHOTS=docs/ui keeps the screenshots for docs/ui.md (a temporary folder otherwise)."""
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deepsynth_ocr.runs import list_runs, read_run
+from deepsynth_ocr.runs import list_runs, read_run, update_manifest
 
 from .conftest import ROOT
 from .runs_helpers import child_env
@@ -140,6 +141,24 @@ def _status(driver) -> str:
 
 
 SMOKE = {"eval.max_samples": "16", "tracking.wandb": "disabled", "train.save_steps": "1000"}
+
+
+def test_markup_in_a_run_name_and_a_prediction_renders_as_text_in_the_browser(ui, browser):
+    markup = "<img src=x onerror=window.__pwned=1>"
+    run_dir = ui.root / f"x{markup}_20261205_100000"
+    (run_dir / "eval").mkdir(parents=True)
+    update_manifest(run_dir, name=f"x{markup}", kind="train", status="ok", created_at="2026-12-05T10:00:00",
+                    versions={}, error="<script>window.__pwned=1</script>")
+    row = {"id": "r1", "image": None, "reference": "ab", "prediction": f"<script>window.__pwned=1</script>{markup}"}
+    (run_dir / "eval" / "after.jsonl").write_text(json.dumps(row) + "\n")
+    browser.get(ui.url + "/")
+    link = _wait(lambda: _find(browser, "#runs tbody a"), 30, "the runs list")[0]
+    assert link.text == run_dir.name
+    link.click()
+    _wait(lambda: _find(browser, "#samples"), 30, "the run page")
+    assert markup in _find(browser, "#samples")[0].text and "<script>" in _find(browser, "#error")[0].text
+    time.sleep(1)
+    assert browser.execute_script("return window.__pwned === undefined")
 
 
 def test_launch_watch_stop_resume_to_cer_before_and_after_in_the_browser(ui, browser, shots):

@@ -156,6 +156,14 @@ def prepare(cfg: RunConfig, progress: bool = True) -> PrepareResult:
         sizes = {"test": cfg.prepare.test_size, "validation": cfg.prepare.validation_size}
         names = assign_splits(ids, sizes, cfg.prepare.split_salt)
         wanted = ["train"] + [n for n in ("validation", "test") if sizes[n] > 0]
+        for name in [n for n in wanted if n not in names]:
+            if name == "train":
+                raise PrepareError(f"no rows left for training: all {len(names)} went to validation/test; lower "
+                                   "prepare.validation_size / prepare.test_size")
+            # datasets cannot save an empty split; a small source rounds a fractional size down to 0 rows
+            log.warning("prepare: the %s split is empty (%d rows, prepare.%s_size=%s): left out", name, len(names),
+                        name, sizes[name])
+            wanted.remove(name)
         dd = datasets.DatasetDict({n: ds.select([i for i, s in enumerate(names) if s == n]) for n in wanted})
         dd.save_to_disk(str(partial / "dataset"))
         splits = {n: len(dd[n]) for n in wanted}

@@ -34,5 +34,5 @@ def ui_state(request: Request) -> UiState:
     return request.app.state.ui
 
 
-def page(request: Request, name: str, **context) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, {"csrf": ui_state(request).csrf, **context})
+def page(request: Request, template: str, **context) -> HTMLResponse:
+    return templates.TemplateResponse(request, template, {"csrf": ui_state(request).csrf, **context})

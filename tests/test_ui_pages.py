@@ -1,0 +1,163 @@
+"""The jobs UI's other pages through its HTTP API: prepare a source and read its report and samples, read
+an upload with the base (the same text as `deepsynth-ocr infer`), the memory estimate, a sweep and an
+export launched with the right command lines, delete refused while a run is live, the queue on disk."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.runs import read_run, update_manifest
+from deepsynth_ocr.ui.app import create_ui_app
+
+from .conftest import ROOT, SAMPLES
+
+
+@pytest.fixture
+def ui(tmp_path, monkeypatch):
+    """The UI over tmp/runs with tmp/data as its only data root; ``started`` collects what it launched."""
+    monkeypatch.chdir(ROOT)
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLES, data / "samples")
+    cfg = RunConfig()
+    cfg.output_root, cfg.ui.data_roots, cfg.ui.gpu_slots = str(tmp_path / "runs"), [str(data)], 1
+    client = TestClient(create_ui_app(cfg))
+    csrf = client.get("/").text.split('name="csrf" content="')[1].split('"')[0]
+    client.headers["X-CSRF-Token"] = csrf
+    return client, client.app.state.ui, data
+
+
+def _capture(monkeypatch) -> list:
+    started = []
+
+    def fake_start(launch, cwd=None):
+        started.append(launch)
+        return subprocess.Popen(["sleep", "30"])
+
+    monkeypatch.setattr("deepsynth_ocr.ui.scheduler.start", fake_start)
+    return started
+
+
+def test_prepare_from_the_data_page_shows_read_kept_rejected_and_samples(ui):
+    client, state, data = ui
+    source = data / "samples" / "mixed.jsonl"
+    good = (data / "samples" / "eval.jsonl").read_text().splitlines()[:6]
+    source.write_text("\n".join(good + [json.dumps({"id": "bad", "image": "nope.png", "text": "x"})]) + "\n")
+    refused = client.post("/api/prepare", json={"source": "/etc/passwd", "name": "x"})
+    assert refused.status_code == 400 and "data roots" in refused.json()["errors"]["source"]
+    assert client.post("/api/prepare", json={"source": str(source), "name": "../x"}).status_code == 400
+    assert client.post("/api/prepare", json={"source": str(source), "name": "mixed"}).json() == {"name": "mixed"}
+    report = data / "prepared" / "mixed" / "report.json"
+    deadline = time.time() + 180
+    while not report.is_file() and time.time() < deadline:
+        time.sleep(0.5)
+    page = client.get("/data/mixed").text
+    assert "read 7 = kept 6 + rejected 1" in page and "missing_image" in page and "mixed.jsonl:7" in page
+    splits = json.loads(report.read_text())["splits"]
+    assert splits == {"train": 6}  # 5% of 6 rows for validation rounds to none: that split is left out, not a crash
+    assert page.count('class="thumb"') == 6  # the train split's rows, each with its image
+    image = client.get("/data/mixed/image/0")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert "mixed" in client.get("/data").text
+
+
+@pytest.mark.slow
+def test_try_it_reads_an_upload_with_the_same_text_as_infer(ui, tmp_path):
+    from deepsynth_ocr.jobs.infer import infer
+
+    client, state, _ = ui
+    image = ROOT / "data" / "smoke-domain" / "images" / sorted((ROOT / "data" / "smoke-domain" / "images").iterdir())[0].name
+    r = client.post("/api/try", data={"model": "base"}, files={"file": (image.name, image.read_bytes(), "image/png")})
+    assert r.status_code == 200, r.text
+    (page,) = r.json()["pages"]
+    cfg = RunConfig()
+    infer([str(image)], tmp_path / "out.jsonl", cfg)
+    expected = json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])["text"]
+    assert page["text"] == expected and page["page"] is None
+    assert client.post("/api/try", data={"model": "nope"}, files={"file": ("a.png", image.read_bytes())}).status_code == 400
+    text = client.post("/api/try", data={"model": "base"}, files={"file": ("a.txt", b"hello there, not an image")})
+    assert text.status_code == 415 and "not an image format" in text.json()["error"]
+    state.cfg.ui.max_upload_mb = 0.001
+    big = client.post("/api/try", data={"model": "base"}, files={"file": ("a.png", image.read_bytes() * 4)})
+    assert big.status_code == 413 and "ui.max_upload_mb" in big.json()["error"]
+
+
+def test_a_sweep_launched_from_the_form_gets_its_own_directory_and_command(ui, monkeypatch):
+    client, state, _ = ui
+    started = _capture(monkeypatch)
+    body = {"kind": "sweep", "preset": "smoke.yaml", "space": "smoke-space.yaml", "trials": 3,
+            "fields": {"train.max_steps": "20", "eval.max_samples": "8"}}
+    r = client.post("/api/launch", json=body)
+    assert r.status_code == 200 and r.json()["state"] == "started"
+    (launch,) = started
+    assert launch.kind == "sweep" and launch.run_dir.name.startswith("sweep-smoke_")
+    args = launch.args
+    assert args[0] == "sweep" and args[args.index("--trials") + 1] == "3"
+    assert args[args.index("--space") + 1] == str(ROOT / "configs" / "sweeps" / "smoke-space.yaml")
+    assert "train.max_steps=20" in args and args[-2:] == ["--run-dir", str(launch.run_dir)]
+    bad = client.post("/api/launch", json={**body, "trials": 0})
+    assert bad.status_code == 400 and "trials" in bad.json()["errors"]
+
+
+def test_a_second_launch_waits_in_the_queue_on_disk_and_a_queued_run_can_be_cancelled(ui, monkeypatch):
+    client, state, _ = ui
+    started = _capture(monkeypatch)
+    first = client.post("/api/launch", json={"preset": "smoke.yaml", "fields": {"name": "a"}}).json()
+    update_manifest(state.root / first["run"], name="a", kind="train", status="running")  # as the job would
+    (state.root / first["run"] / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    second = client.post("/api/launch", json={"preset": "smoke.yaml", "fields": {"name": "b"}}).json()
+    assert (first["state"], second["state"]) == ("started", "queued") and len(started) == 1
+    assert read_run(state.root / second["run"]).status == "queued"
+    assert len(list((state.root / ".ui" / "queue").glob("*.json"))) == 1  # survives a restart of the UI
+    refused = client.post(f"/api/runs/{second['run']}/delete")
+    assert refused.status_code == 400 and "queued" in refused.json()["error"]
+    assert client.post(f"/api/runs/{second['run']}/stop").json() == {"stopped": "cancelled while queued"}
+    assert read_run(state.root / second["run"]).status == "interrupted"
+    state.scheduler.tick()
+    assert len(started) == 1  # nothing left to start
+
+
+def test_export_needs_an_adapter_and_launches_deepsynth_ocr_export(ui, monkeypatch):
+    client, state, _ = ui
+    started = _capture(monkeypatch)
+    run_dir = state.root / "smoke_20261205_100000"
+    run_dir.mkdir(parents=True)
+    update_manifest(run_dir, name="smoke", kind="train", status="ok")
+    refused = client.post(f"/api/runs/{run_dir.name}/export")
+    assert refused.status_code == 400 and "no adapter/" in refused.json()["error"]
+    (run_dir / "adapter").mkdir()
+    r = client.post(f"/api/runs/{run_dir.name}/export").json()
+    assert r["state"] == "started" and started[0].args == ["export", str(run_dir)]
+    assert started[0].run_dir == run_dir / "export"  # its log there; the run's own status untouched
+    assert read_run(run_dir).status == "ok"
+
+
+def test_the_memory_estimate_warns_when_a_recipe_will_not_fit_the_gpu(ui):
+    client, state, _ = ui
+    none = client.get("/api/estimate", params={"family": "deepseek-ocr-2", "load_in_4bit": True, "batch": 2}).json()
+    assert none["fits"] is False and "no GPU" in none["note"]
+    state.gpus[:] = [{"name": "Tesla T4", "memory_gib": 15.0}]
+    small = client.get("/api/estimate", params={"family": "deepseek-ocr-2", "backend": "unsloth", "load_in_4bit": True,
+                                                "batch": 2}).json()
+    big = client.get("/api/estimate", params={"family": "deepseek-ocr-2", "backend": "hf", "batch": 8}).json()
+    assert small["fits"] is True and small["gpu"] == "Tesla T4" and small["weights_gib"] < big["weights_gib"]
+    assert big["fits"] is False and "lower train.per_device_batch_size" in big["note"]
+    assert client.get("/api/estimate", params={"family": "nope"}).status_code == 400
+
+
+def test_launched_runs_resume_by_directory_from_the_run_page(ui, monkeypatch):
+    client, state, _ = ui
+    started = _capture(monkeypatch)
+    run_dir = state.root / "smoke_20261205_100000"
+    run_dir.mkdir(parents=True)
+    update_manifest(run_dir, name="smoke", kind="train", status="interrupted", versions={})
+    (run_dir / "config.yaml").write_text("name: smoke\n")
+    r = client.post(f"/api/runs/{run_dir.name}/resume").json()
+    assert r == {"run": run_dir.name, "state": "started"}
+    assert started[0].args == ["train", "-c", str(run_dir / "config.yaml"), "-s", "train.resume=true", "--run-dir", str(run_dir)]
