@@ -235,3 +235,15 @@ def test_the_serve_services_are_probed_on_ready_and_stop_after_the_longest_reque
     for requirements in ("requirements-cpu.txt", "requirements-training.txt"):  # what each image installs
         text = (ROOT / requirements).read_text()
         assert all(re.search(rf"^{pkg}==", text, re.M) for pkg in ("fastapi", "uvicorn", "prometheus-client", "python-multipart")), requirements
+
+
+def test_the_ui_service_keeps_its_state_on_the_runs_volume_needs_a_token_and_is_probed_on_health():
+    svc = yaml.safe_load(COMPOSE.read_text())["services"]["ui"]
+    command = svc["command"]
+    port = command[command.index("--port") + 1]
+    assert command[0] == "ui" and svc["image"] == "deepsynth-ocr:cpu"
+    assert "../runs:/app/runs" in svc["volumes"]  # runs and the queue (runs/.ui) outlive the container
+    assert svc["environment"]["DEEPSYNTH_UI_TOKEN"].startswith("${DEEPSYNTH_UI_TOKEN:?")  # no token, no start
+    assert svc["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert f"127.0.0.1:{port}/health" in " ".join(svc["healthcheck"]["test"])
+    assert re.search(r"^Jinja2==", (ROOT / "requirements-cpu.txt").read_text(), re.M)

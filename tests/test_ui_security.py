@@ -142,6 +142,7 @@ def test_a_token_guards_every_request_and_signs_in_once(tmp_path, monkeypatch):
     cfg.output_root = str(tmp_path / "runs")
     client = TestClient(create_ui_app(cfg, token))
     assert client.get("/").status_code == 401 and client.get("/api/runs").status_code == 401
+    assert client.get("/health").json() == {"status": "ok"}  # the container's probe, and nothing else
     assert client.get("/?token=wrong").status_code == 401
     assert client.get("/api/runs", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     signed = client.get(f"/?token={token}", follow_redirects=False)

@@ -84,6 +84,11 @@ def compare_page(request: Request):
                  choices=[i.dir.name for i in list_runs(ui_state(request).root)], chosen=names)
 
 
+@router.get("/health")
+def health():
+    return {"status": "ok"}
+
+
 @router.get("/favicon.ico")
 def favicon():
     return Response(status_code=204)

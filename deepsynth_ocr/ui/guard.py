@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 TOKEN_COOKIE = "deepsynth_ui_token"
 CSRF_HEADER = b"x-csrf-token"
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+OPEN_PATHS = ("/health",)  # the container's health probe: says "ok" and nothing else
 
 
 def ui_secret(state_dir: Path) -> bytes:
@@ -105,7 +106,7 @@ class Guard:
             cookie = f"{TOKEN_COOKIE}={self.token.decode()}; HttpOnly; SameSite=Strict; Path=/"
             return await _send_text(send, 303, "signed in", [(b"location", location.encode()),
                                                               (b"set-cookie", cookie.encode())])
-        if not self._has_token(headers):
+        if not self._has_token(headers) and scope["path"] not in OPEN_PATHS:
             return await _send_text(send, 401, "this UI needs its access token: open it once as /?token=TOKEN")
         if scope["method"] not in SAFE_METHODS:
             origin = headers.get(b"origin", b"").decode("latin-1")
