@@ -10,7 +10,7 @@ PACKAGE = ROOT / "deepsynth_ocr"
 # Layers above the library: the jobs, the run-directory owner, the report and tracking the jobs write
 # with, and the front ends (CLI, notebook cells, GPU scripts) that call jobs.
 UPPER = ("deepsynth_ocr.jobs", "deepsynth_ocr.runs", "deepsynth_ocr.report", "deepsynth_ocr.tracking",
-         "deepsynth_ocr.cli", "deepsynth_ocr.cells", "deepsynth_ocr.gpu_proof", "deepsynth_ocr.gpu_smoke")
+         "deepsynth_ocr.cli", "deepsynth_ocr.cells", "deepsynth_ocr.gpu_proof", "deepsynth_ocr.gpu_smoke", "deepsynth_ocr.ui")
 
 
 def _modules() -> dict[str, Path]:

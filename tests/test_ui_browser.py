@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,14 +37,14 @@ def _free_port() -> int:
 class UiServer:
     """``deepsynth-ocr ui`` in its own process, as a user starts it; killed and restarted at will."""
 
-    def __init__(self, root: Path, log: Path):
-        self.root, self.log, self.port, self.proc = root, log, _free_port(), None
+    def __init__(self, root: Path, log: Path, *extra: str):
+        self.root, self.log, self.port, self.proc, self.extra = root, log, _free_port(), None, list(extra)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "deepsynth_ocr.cli", "ui", "--root", str(self.root),
-                                          "--port", str(self.port)], cwd=ROOT, env=child_env(), stdout=out,
+                                          "--port", str(self.port), *self.extra], cwd=ROOT, env=child_env(), stdout=out,
                                          stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -66,7 +67,11 @@ class UiServer:
 
 @pytest.fixture
 def ui(tmp_path):
-    server = UiServer(tmp_path / "runs", tmp_path / "ui.log")
+    data = tmp_path / "data"
+    shutil.copytree(ROOT / "data" / "samples", data / "samples")
+    roots = json.dumps([str(data), str(ROOT / "data")])  # prepare writes into the first; the presets read the second
+    server = UiServer(tmp_path / "runs", tmp_path / "ui.log", "-s", f"ui.data_roots={roots}")
+    server.data = data
     server.start()
     yield server
     server.stop()
@@ -220,3 +225,29 @@ def test_the_page_survives_a_ui_restart_a_queued_job_starts_when_the_first_ends_
     assert "train.max_steps 200 60" in rows["train.max_steps"] and "train.learning_rate" in rows
     assert len(_find(browser, "#compare-rows tbody tr")) == 10
     shots(browser, "compare")
+
+
+def test_prepare_a_source_on_the_data_page_and_read_an_image_on_the_try_it_page(ui, browser, shots):
+    browser.get(ui.url + "/data")
+    _find(browser, "#source")[0].send_keys(str(ui.data / "samples" / "eval.jsonl"))
+    _find(browser, "#name")[0].send_keys("samples-eval")
+    _find(browser, "#prepare-form button")[0].click()
+    _wait(lambda: _find(browser, "#prepare-result a"), 30, "the prepare link")[0].click()
+
+    def report_shown():
+        browser.refresh()
+        return _find(browser, "#counts")
+
+    counts = _wait(report_shown, 120, "the prepare report")[0].text
+    assert counts.startswith("read 16 = kept 16 + rejected 0")
+    _wait(lambda: browser.execute_script(
+        "return [...document.querySelectorAll('#dataset-rows img')].every(i => i.complete && i.naturalWidth > 0)"), 30, "thumbnails")
+    shots(browser, "data")
+
+    browser.get(ui.url + "/try")
+    image = sorted((ROOT / "data" / "smoke-domain" / "images").iterdir())[0]
+    _find(browser, "#file")[0].send_keys(str(image))
+    _find(browser, "#try-form button")[0].click()
+    text = _wait(lambda: _find(browser, "#try-result pre"), 120, "the text read")[0].text
+    assert text.strip() and _find(browser, "#try-status")[0].text == "read with base"
+    shots(browser, "try")

@@ -127,7 +127,11 @@ function runPage(name) {
     buttons.resume.disabled = live || r.status === "ok" || !["train", "notebook", "sweep"].includes(r.kind);
     buttons.delete.disabled = live;
     drawSeries({ [name]: r.series });
-    if (r.status !== lastStatus) { lastStatus = r.status; refreshSections(); }
+    if (r.status !== lastStatus) {
+      lastStatus = r.status;
+      refreshSections();
+      setTimeout(refreshSections, 3000);  // the report is written just after the status
+    }
   }
   const events = new EventSource(path + "/events");
   events.addEventListener("log", (e) => {
