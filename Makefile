@@ -61,16 +61,19 @@ GPU_CONFIG ?= configs/deepseek-ocr-2-qlora.yaml
 gpu-smoke:
 	$(GPU_PYTHON) -m deepsynth_ocr.gpu_smoke --config $(GPU_CONFIG) --steps 30
 
-# The GPU proof (deepsynth_ocr/gpu_proof.py): the hf and unsloth backends, 60 steps each of 4-bit QLoRA on
-# the bundled tiny base, on a CUDA machine with no network. It installs the wheels in WHEELS (made where
-# PyPI is reachable by `make gpu-wheels`) beside the machine's own torch and writes docs/gpu_proof.json.
+# The GPU proof (deepsynth_ocr/gpu_proof.py): checks (versions, the GPU, the paged 8-bit optimizer), then the
+# hf and unsloth backends, 60 steps each of 4-bit QLoRA on the bundled tiny base, on a CUDA machine with no
+# network, each in its own process with its own timeout. It installs the wheels in WHEELS (made where PyPI is
+# reachable by `make gpu-wheels`) beside the machine's own torch and writes OUT/gpu_proof.json after every step,
+# with each step's log (on the lent device machine OUT is $OUT, the folder that comes back).
 WHEELS ?= .whl
+OUT ?= docs/gpu-proof
 gpu-wheels: setup
 	rm -rf $(WHEELS)
 	$(BIN)/python -m deepsynth_ocr.gpu_proof wheels --dest $(WHEELS)
 gpu-proof:
 	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(WHEELS)/site $(WHEELS)/*.whl
-	PYTHONPATH=$(CURDIR)/$(WHEELS)/site:$(CURDIR) PYTHONUNBUFFERED=1 $(GPU_PYTHON) -m deepsynth_ocr.gpu_proof run --out docs/gpu_proof.json
+	PYTHONPATH=$(CURDIR)/$(WHEELS)/site:$(CURDIR) $(GPU_PYTHON) -m deepsynth_ocr.gpu_proof run --out $(OUT)
 
 # Everything, slow tests included (what CI runs); well under 15 minutes on 2 CPU cores.
 test: setup

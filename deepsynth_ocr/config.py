@@ -366,6 +366,13 @@ class RunConfig:
         _check(bool(self.name) and "/" not in self.name, "name", f"must be non-empty without '/', got {self.name!r}")
         for section in SECTIONS:
             getattr(self, section).validate()
+        if not self.lora.enabled:  # full fine-tuning: what cannot train at all, refused before anything loads
+            _check(not self.model.load_in_4bit, "lora.enabled",
+                   "false (full fine-tuning) cannot train a 4-bit model's uint8 weights; keep lora.enabled: true "
+                   "(QLoRA) or set model.load_in_4bit: false")
+            _check(self.model.dtype != "float16", "model.dtype",
+                   "float16 with full fine-tuning fails (torch refuses to unscale float16 gradients); use bfloat16 "
+                   "on a GPU that computes it, or LoRA (lora.enabled: true)")
         return self
 
     # --- dict / YAML ---------------------------------------------------------------------------

@@ -61,12 +61,16 @@ def torch_dtype(requested: str) -> torch.dtype:
 
 
 def model_device(model) -> torch.device:
-    """Where the model's inputs must live: its input embeddings' device (the first layer a batch meets)."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    weight = getattr(embeddings, "weight", None)
-    if isinstance(weight, torch.Tensor):
-        return weight.device
-    return next(model.parameters()).device
+    """Where the model's inputs must live: the accelerator its parameters are on (the first non-CPU one), the
+    CPU when all are there. Not the input embeddings' device: under memory pressure Unsloth offloads the
+    embeddings to host RAM (and pins ``model.device`` to the decoder) while the vision tower stays on the GPU,
+    so pixels placed by the embeddings would land on the CPU."""
+    first = None
+    for param in model.parameters():
+        first = first or param.device
+        if param.device.type != "cpu":
+            return param.device
+    return first or torch.device("cpu")
 
 
 def model_dtype(model) -> torch.dtype:

@@ -1,20 +1,28 @@
-"""``make gpu-proof``: the GPU path, run for real on a CUDA machine with no network, on the bundled tiny base.
+"""``make gpu-proof OUT=dir``: the GPU path, run for real on a CUDA machine with no network, on the bundled tiny base.
 
-Two cases of the smoke fine-tune (the bundled tiny DeepSeek-OCR-2 base on the smoke domain), 60
-steps each, with the GPU recipes' settings:
+Built to bring its evidence back from a lent machine where only one folder (``$OUT``) returns and a
+command that runs too long is killed whole:
 
-- ``hf``: transformers + peft, 4-bit NF4, ``paged_adamw_8bit``, gradient checkpointing, bfloat16;
-- ``unsloth``: the same through ``FastVisionModel`` (Unsloth's own 4-bit loading and checkpointing).
+1. ``checks`` (one child process): the pre-flight facts (torch, CUDA, the GPU, bitsandbytes and whether
+   its CUDA library loads, peft, transformers, which image processor the tiny base gets) and a paged
+   8-bit AdamW check on tensors big enough to be paged (> 1e5 elements) and kept in 8 bits (> 4096),
+   its state saved and reloaded.
+2. One child process per case of the smoke fine-tune (the tiny base on the smoke domain, 60 steps, the
+   GPU recipes' settings): ``hf`` (transformers + peft, 4-bit NF4, ``paged_adamw_8bit``, gradient
+   checkpointing, bfloat16) and ``unsloth`` (the same through ``FastVisionModel``). Each has its own
+   timeout; each records CER before and after, the whole training time and the steady-state seconds
+   per step (after warm-up, checkpoint saves excluded), peak reserved and allocated VRAM.
 
-Each case runs in a process of its own (``import unsloth`` patches transformers for good, and a crash
-must not lose the other case) and records CER before and after, seconds per step, peak reserved VRAM
-(what the allocator holds, the paged optimizer's pages included) and the library versions. All of it
-goes to one JSON file; the command exits 1 if any case failed.
+``OUT/gpu_proof.json`` is rewritten after every step, so a later hang loses nothing; each child's
+output goes to ``OUT/<step>.log`` as it runs, and each case's run ``console.log`` is copied to
+``OUT/<case>.console.log``. The parent imports neither torch nor Unsloth (a crash point and 20-40 s
+before anything runs, and environment changes the plain-transformers case must not inherit); every
+child runs offline (``HF_HUB_OFFLINE``, Unsloth's statistics off). Exit 0 when every step passed.
 
 The machine has no network, so what it lacks travels as wheels, built here::
 
     python -m deepsynth_ocr.gpu_proof wheels --dest .whl        # PyPI reachable; trims the two big wheels
-    make gpu-proof WHEELS=.whl                                   # on the GPU machine
+    make gpu-proof WHEELS=.whl OUT=$OUT                          # on the GPU machine
 """
 
 from __future__ import annotations
@@ -23,27 +31,39 @@ import argparse
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ("hf", "unsloth")
+# Seconds per child: the unsloth case compiles on a cold cache. Together (540 s) with the wheels' install they fit
+# one device call (600 s at most) and leave a 15-minute device session room for one rerun of a failed case.
+TIMEOUTS = {"checks": 90, "hf": 180, "unsloth": 270}
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "UNSLOTH_DISABLE_STATISTICS": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+LOG_TAIL_LINES = 60
+WARMUP_STEPS = 10  # steps left out of the steady-state s/step (compilation, allocator growth)
 
-# What the proof imports that a CUDA image with torch, transformers, peft, accelerate, pandas and pyarrow
-# lacks (the lent H200's image, device/KINDS.md), with the versions the kit pins or accepts.
+# What the proof imports that a CUDA image with torch, transformers, accelerate, pandas and pyarrow
+# lacks (the lent machine's image), with the versions the kit pins or accepts. peft travels too: the
+# image's version is unknown, and the adapter-key handling depends on it.
 WHEELS = (
     "bitsandbytes==0.50.2", "unsloth==2026.10.9", "unsloth-zoo==2026.10.9", "trl==1.15.0", "datasets==4.8.5",
-    "dill==0.4.1", "multiprocess==0.70.19", "jiwer==4.0.0", "rapidfuzz==3.14.6",
+    "peft==0.21.2", "dill==0.4.1", "multiprocess==0.70.19", "jiwer==4.0.0", "rapidfuzz==3.14.6",
     # Unsloth's and Unsloth Zoo's own needs
     "tyro==1.0.17", "docstring-parser==0.18.0", "shtab==1.13.0", "typeguard==4.6.1", "msgspec==0.23.0",
     "torchao==0.18.0", "cut_cross_entropy==25.1.1", "hf_transfer==0.1.9", "diffusers==0.42.1",
     "pydantic==2.14.4", "pydantic-core==2.50.5", "annotated-types==0.8.0", "typing-inspection==0.4.5",
     "json5==0.17.3", "nest-asyncio==1.6.0", "structlog==26.1.0",
 )
+WHEELS_LIMIT_MIB = 64  # what one call to the device machine carries, with the working tree
 # One call to the GPU machine carries at most 64 MiB; these members are what the proof never loads.
 TRIM = {
     # bitsandbytes ships a library per CUDA, ROCm and XPU release (about 120 MB); the machine's torch is a
@@ -85,9 +105,14 @@ def build_wheels(dest: Path) -> list[Path]:
         name = wheel.name.split("-", 1)[0].lower()
         if name in TRIM:
             print(f"{wheel.name}: trimmed {trim_wheel(wheel, TRIM[name]) / 2**20:.1f} MiB")
-    print(f"{len(wheels)} wheels, {sum(w.stat().st_size for w in wheels) / 2**20:.1f} MiB in {dest}")
+    total = sum(w.stat().st_size for w in wheels) / 2**20
+    print(f"{len(wheels)} wheels, {total:.1f} MiB in {dest}")
+    if total > WHEELS_LIMIT_MIB:
+        raise SystemExit(f"gpu-wheels: {total:.1f} MiB is more than one device call carries ({WHEELS_LIMIT_MIB} MiB)")
     return wheels
 
+
+# --- what the children run -------------------------------------------------------------------------------
 
 def case_config(case: str, steps: int, output_root: str):
     """The smoke config with the GPU recipes' training settings, for backend ``case``."""
@@ -105,7 +130,7 @@ def case_config(case: str, steps: int, output_root: str):
 
 
 def measured_run(cfg) -> dict:
-    """Train ``cfg`` through ``train.run``; CER before/after, s/step and peak VRAM of that run."""
+    """Train ``cfg`` through ``jobs.train``; CER before/after, times and peak VRAM of that run."""
     import torch
 
     from deepsynth_ocr.jobs.train import train
@@ -116,35 +141,167 @@ def measured_run(cfg) -> dict:
         torch.cuda.reset_peak_memory_stats()
     result = train(cfg)
     manifest = RunPaths(result.run_dir).read_manifest()
+    timings = manifest["timings"]
     return {
         "backend": manifest["backend"], "dtype": manifest["dtype"], "steps": cfg.train.max_steps,
         "cer_before": (result.before or {}).get("cer"), "cer_after": (result.after or {}).get("cer"),
         "train_loss": result.train_loss,
-        "s_per_step": round(manifest["timings"]["train_s"] / cfg.train.max_steps, 4),
-        # reserved, not allocated: the allocator's cache and the paged optimizer's pages count against the card
+        "train_s": timings["train_s"], "s_per_step_whole_run": round(timings["train_s"] / cfg.train.max_steps, 4),
+        "steady_s_per_step": timings.get("steady_s_per_step"), "timings": timings,
+        # reserved: the allocator's cache and the paged optimizer's pages count against the card
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3) if cuda else None,
         "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "torch_cuda": torch.version.cuda,
-        "parameters": manifest["parameters"],
-        "versions": package_versions(),
-        "run_dir": str(result.run_dir),
+        "device": manifest.get("device"), "torch_cuda": torch.version.cuda,
+        "parameters": manifest["parameters"], "versions": package_versions(), "run_dir": str(result.run_dir),
     }
 
 
-def run_case_in_subprocess(case: str, steps: int, output_root: str, allow_cpu: bool) -> dict:
+def preflight() -> dict:
+    """The machine and libraries the cases will run on, and the image processor the tiny base gets."""
+    from importlib import metadata
+
+    import torch
+
+    def version(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    cuda = torch.cuda.is_available()
+    out = {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda_available": cuda,
+           "gpu": torch.cuda.get_device_name() if cuda else None,
+           "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
+           **{name: version(name) for name in ("transformers", "peft", "bitsandbytes", "accelerate", "torchvision",
+                                               "unsloth", "unsloth-zoo", "trl", "datasets")}}
+    try:
+        import bitsandbytes.cextension as cext
+
+        out["bitsandbytes_library"] = str(getattr(cext, "BNB_BACKEND", "")) + " " + str(getattr(cext.lib, "_name", ""))
+    except Exception as e:  # recorded, not raised: the cases say what it breaks
+        out["bitsandbytes_library"] = f"failed: {type(e).__name__}: {e}"
+    from deepsynth_ocr.models.backends import load_processor
+    from deepsynth_ocr.models.families import get_family
+    from deepsynth_ocr.models.tiny import BUNDLED_BASE
+
+    out["tiny_base_image_processor"] = type(load_processor(str(BUNDLED_BASE), get_family("tiny")).image_processor).__name__
+    return out
+
+
+def paged_optimizer_check() -> dict:
+    """``PagedAdamW8bit`` on a tensor above bitsandbytes' paging (1e5) and 8-bit (4096) thresholds: its states'
+    dtype, whether they are paged, and a state saved and loaded back unchanged."""
+    import bitsandbytes as bnb
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+
+    def optimizer(weight):
+        return bnb.optim.PagedAdamW8bit([weight], lr=1e-3)
+
+    weight = torch.nn.Parameter(torch.randn(512, 512, device=device))
+    opt = optimizer(weight)
+    for _ in range(3):
+        weight.grad = torch.randn_like(weight)
+        opt.step()
+        opt.zero_grad()
+    state = opt.state[weight]
+    saved = opt.state_dict()
+    twin = torch.nn.Parameter(weight.detach().clone())
+    reloaded = optimizer(twin)
+    reloaded.load_state_dict(saved)
+    again = reloaded.state[twin] if twin in reloaded.state else {}
+    same = all(torch.equal(state[k].cpu(), again[k].cpu()) for k in ("state1", "state2") if k in state and k in again)
+    return {"device": device, "elements": weight.numel(), "state1_dtype": str(state["state1"].dtype).removeprefix("torch."),
+            "paged": bool(getattr(state["state1"], "is_paged", False)), "state_reloaded_equal": bool(same and again),
+            "ok": state["state1"].dtype == torch.uint8 and bool(again) and same
+            and (device == "cpu" or bool(getattr(state["state1"], "is_paged", False)))}
+
+
+# --- the driver --------------------------------------------------------------------------------------------
+
+@dataclass
+class Step:
+    """One child process of the proof: its name (log and JSON key), arguments and timeout."""
+
+    name: str
+    argv: list[str]
+    timeout: float
+    env: dict
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
+
+
+def run_step(step: Step, out_dir: Path) -> dict:
+    """Run one child with its output in ``OUT/<name>.log``; ``ok`` with what it wrote to its JSON, or
+    ``failed`` / ``timeout`` with the log's tail. A child past its timeout is killed with its process group."""
+    log = out_dir / f"{step.name}.log"
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "case.json"
-        cmd = [sys.executable, "-m", "deepsynth_ocr.gpu_proof", "case", case, "--steps", str(steps),
-               "--output-root", output_root, "--json", str(out)] + (["--allow-cpu"] if allow_cpu else [])
-        # The hf case runs on transformers as released; only the unsloth case imports Unsloth.
-        env = {**os.environ, "DEEPSYNTH_SKIP_UNSLOTH": "1" if case == "hf" else "0"}
+        result_file = Path(tmp) / "result.json"
         start = time.time()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
-        if proc.returncode == 0 and out.is_file():
-            return {"status": "ok", **json.loads(out.read_text()), "wall_s": round(time.time() - start, 1)}
-        return {"status": "failed", "returncode": proc.returncode, "wall_s": round(time.time() - start, 1),
-                "error": (proc.stderr or proc.stdout)[-4000:]}
+        with log.open("w") as f:
+            proc = subprocess.Popen([*step.argv, "--json", str(result_file)], cwd=ROOT, env=step.env, stdout=f,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                code = proc.wait(timeout=step.timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return {"status": "timeout", "timeout_s": step.timeout, "wall_s": round(time.time() - start, 1),
+                        "log": log.name, "log_tail": _tail(log)}
+        wall = round(time.time() - start, 1)
+        if code == 0 and result_file.is_file():
+            return {"status": "ok", **json.loads(result_file.read_text()), "wall_s": wall, "log": log.name}
+        return {"status": "failed", "returncode": code, "wall_s": wall, "log": log.name, "log_tail": _tail(log)}
+
+
+def drive(steps: list[Step], out_dir: Path, report: dict) -> dict:
+    """Run ``steps`` in order, rewriting ``OUT/gpu_proof.json`` after each (a later hang loses nothing)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "gpu_proof.json"
+    for step in steps:
+        print(f"gpu-proof: {step.name} (at most {step.timeout:g} s) ...", flush=True)
+        result = run_step(step, out_dir)
+        report.setdefault("steps", {})[step.name] = result
+        run_log = Path(result.get("run_dir", "")) / "console.log"
+        if result.get("run_dir") and run_log.is_file():
+            shutil.copyfile(run_log, out_dir / f"{step.name}.console.log")
+        path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        print(f"gpu-proof: {step.name}: {summary(step.name, result)}", flush=True)
+    return report
+
+
+def summary(name: str, r: dict) -> str:
+    fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+    if r["status"] != "ok":
+        last = r.get("log_tail", "").strip().splitlines()
+        return f"{r['status'].upper()} after {r['wall_s']} s ({r.get('log')}): {last[-1] if last else ''}"
+    if name == "checks":
+        p, o = r["preflight"], r["paged_optimizer"]
+        return (f"torch {p['torch']} CUDA {p['torch_cuda']} on {p['gpu'] or 'no GPU'}; bitsandbytes {p['bitsandbytes']}, "
+                f"peft {p['peft']}; tiny base image processor {p['tiny_base_image_processor']}; paged 8-bit AdamW: "
+                f"states {o['state1_dtype']}, paged {o['paged']}, reload equal {o['state_reloaded_equal']}")
+    if "cer_before" not in r:
+        return f"ok in {r['wall_s']} s"
+    return (f"CER {fmt(r['cer_before'], '.4f')} -> {fmt(r['cer_after'], '.4f')}, steady {fmt(r['steady_s_per_step'], '.3f')} "
+            f"s/step ({r['s_per_step_whole_run']:.3f} over the whole run), peak reserved {r['peak_reserved_gib']} GiB, "
+            f"allocated {r['peak_allocated_gib']} GiB on {r['device']}")
+
+
+def child_env(case: str | None) -> dict:
+    """The parent's environment as it came (never changed here), offline, Unsloth only for its own case."""
+    return {**os.environ, **OFFLINE, "DEEPSYNTH_SKIP_UNSLOTH": "0" if case == "unsloth" else "1"}
+
+
+def proof_steps(cases: list[str], n_steps: int, output_root: str, allow_cpu: bool, timeouts: dict) -> list[Step]:
+    me = [sys.executable, "-m", "deepsynth_ocr.gpu_proof"]
+    cpu = ["--allow-cpu"] if allow_cpu else []
+    return [Step("checks", [*me, "checks", *cpu], timeouts["checks"], child_env(None))] + [
+        Step(case, [*me, "case", case, "--steps", str(n_steps), "--output-root", output_root, *cpu],
+             timeouts[case], child_env(case)) for case in cases]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,39 +309,47 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("wheels", help="download and trim the wheels the GPU machine lacks")
     p.add_argument("--dest", default=".whl")
-    p = sub.add_parser("run", help="run every case, each in its own process, into one JSON file")
-    p.add_argument("--out", default="docs/gpu_proof.json")
-    p.add_argument("--cases", default=",".join(CASES))
-    for q in (p, case := sub.add_parser("case", help="one case in this process (what `run` calls)")):
-        q.add_argument("--steps", type=int, default=60)
-        q.add_argument("--output-root", default="runs")
-        q.add_argument("--allow-cpu", action="store_true", help="tests only: run without CUDA")
+    run = sub.add_parser("run", help="the checks, then every case, each in its own process, into OUT/gpu_proof.json")
+    run.add_argument("--out", required=True, help="folder for gpu_proof.json and the logs (on the device: $OUT)")
+    run.add_argument("--cases", default=",".join(CASES))
+    run.add_argument("--timeouts", default="", help="seconds per step, e.g. hf=300,unsloth=420 (defaults shown)")
+    checks = sub.add_parser("checks", help="pre-flight facts and the paged-optimizer check in this process")
+    case = sub.add_parser("case", help="one case in this process (what `run` calls)")
     case.add_argument("name", choices=CASES)
-    case.add_argument("--json", required=True)
+    for q in (run, case):
+        q.add_argument("--steps", type=int, default=60)
+        q.add_argument("--output-root", default="runs/gpu-proof")
+    for q in (run, checks, case):
+        q.add_argument("--allow-cpu", action="store_true", help="tests only: run without CUDA")
+    for q in (checks, case):
+        q.add_argument("--json", required=True)
     args = ap.parse_args(argv)
     if args.command == "wheels":
         build_wheels(Path(args.dest))
         return 0
-    import torch
+    if args.command in ("checks", "case"):
+        import torch  # a child: the parent never imports torch
 
-    if not torch.cuda.is_available() and not args.allow_cpu:
+        if not torch.cuda.is_available() and not args.allow_cpu:
+            print("gpu-proof: no CUDA device; this proof needs an NVIDIA GPU", file=sys.stderr)
+            return 2
+        result = ({"preflight": preflight(), "paged_optimizer": paged_optimizer_check()} if args.command == "checks"
+                  else measured_run(case_config(args.name, args.steps, args.output_root)))
+        Path(args.json).write_text(json.dumps(result, default=str))
+        return 0 if args.command == "case" or result["paged_optimizer"]["ok"] else 1
+    timeouts = {**TIMEOUTS, **{k: float(v) for k, v in (item.split("=") for item in args.timeouts.split(",") if item)}}
+    out = Path(args.out)
+    report = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "steps_per_case": args.steps,
+              "timeouts_s": timeouts, "note": "figures measured by this run only; see docs/gpu.md"}
+    all_steps = proof_steps(args.cases.split(","), args.steps, args.output_root, args.allow_cpu, timeouts)
+    report = drive(all_steps[:1], out, report)
+    checks = report["steps"]["checks"]
+    if checks["status"] != "ok" and "no CUDA device" in checks.get("log_tail", ""):
         print("gpu-proof: no CUDA device; this proof needs an NVIDIA GPU", file=sys.stderr)
         return 2
-    if args.command == "case":
-        Path(args.json).write_text(json.dumps(measured_run(case_config(args.name, args.steps, args.output_root))))
-        return 0
-    results = {name: run_case_in_subprocess(name, args.steps, args.output_root, args.allow_cpu)
-               for name in args.cases.split(",")}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"cases": results, "steps": args.steps}, indent=2) + "\n")
-    for name, r in results.items():
-        if r["status"] == "ok":
-            print(f"{name}: CER {r['cer_before']:.4f} -> {r['cer_after']:.4f}, {r['s_per_step']:.3f} s/step, "
-                  f"peak reserved {r['peak_reserved_gib']} GiB on {r['device']}")
-        else:
-            print(f"{name}: FAILED ({r['returncode']}): {r['error'].strip().splitlines()[-1] if r['error'].strip() else ''}")
-    print(f"results: {args.out}")
-    return 0 if all(r["status"] == "ok" for r in results.values()) else 1
+    report = drive(all_steps[1:], out, report)
+    print(f"results: {out / 'gpu_proof.json'}")
+    return 0 if all(r["status"] == "ok" for r in report["steps"].values()) else 1
 
 
 if __name__ == "__main__":

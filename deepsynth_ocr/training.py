@@ -6,6 +6,8 @@ No run directory here: ``jobs.train`` composes these and owns where everything i
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,6 +77,8 @@ class KitTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.add_callback(StopGuard(self))
+        self.step_timer = StepTimer()
+        self.add_callback(self.step_timer)
 
     def _prepare_inputs(self, inputs):
         return to_model(inputs, self.model)
@@ -123,6 +127,30 @@ class StopGuard(TrainerCallback):
         return control
 
 
+class StepTimer(TrainerCallback):
+    """Seconds of each optimizer step (forward, backward, optimizer), the checkpoint saves and logging between
+    steps left out: ``steady()`` is the pace once the first ``WARMUP`` steps (compilation, allocator growth,
+    data-loader start-up) are past."""
+
+    WARMUP = 10
+
+    def __init__(self):
+        self.seconds: list[float] = []
+        self._start: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._start is not None:
+            self.seconds.append(time.perf_counter() - self._start)
+            self._start = None
+
+    def steady(self) -> float | None:
+        after = self.seconds[self.WARMUP:]
+        return round(statistics.median(after), 4) if after else None
+
+
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
@@ -163,6 +191,10 @@ def training_arguments(cfg: RunConfig, checkpoints: Path) -> TrainingArguments:
     t = cfg.train
     cuda = torch.cuda.is_available()
     dtype = torch_dtype(cfg.model.dtype)
+    if cuda and dtype == torch.float16 and not cfg.lora.enabled:  # dtype: auto on a T4 resolves to float16
+        raise ConfigError(f"model.dtype: auto picks float16 on {torch.cuda.get_device_name()}, and full fine-tuning "
+                          "in float16 fails (torch refuses to unscale float16 gradients); use LoRA (lora.enabled: "
+                          "true) or a GPU that computes bfloat16")
     if t.optim.startswith("paged_") and not cuda:
         log.warning("optimizer %s: no CUDA, so bitsandbytes keeps the 8-bit states unpaged in CPU memory", t.optim)
     return TrainingArguments(

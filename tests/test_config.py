@@ -35,6 +35,8 @@ def test_yaml_round_trip(tmp_path):
         ({"eval": {"batch_size": 0}}, "eval.batch_size"),
         ({"train": {"learnig_rate": 1e-3}}, "train.learnig_rate"),
         ({"tracking": {"wandb": "maybe"}}, "tracking.wandb"),
+        ({"lora": {"enabled": False}, "model": {"load_in_4bit": True}}, "lora.enabled"),
+        ({"lora": {"enabled": False}, "model": {"dtype": "float16"}}, "model.dtype"),
     ],
 )
 def test_invalid_values_name_the_field(data, field):
@@ -62,3 +64,18 @@ def test_flat_names_round_trip():
     changed = RunConfig.from_flat({"train_max_steps": 7, "model_family": "tiny", "name": "x"})
     assert changed.train.max_steps == 7 and changed.name == "x"
     assert dataclasses.replace(changed.train, max_steps=cfg.train.max_steps) == cfg.train
+
+
+def test_full_fine_tuning_in_float16_is_refused_where_auto_resolves_to_it(monkeypatch, tmp_path):
+    """GPU_AUDIT_2 C2: a T4 with dtype auto trains in float16, where full fine-tuning cannot unscale."""
+    import torch
+
+    from deepsynth_ocr import training
+
+    cfg = RunConfig()
+    cfg.lora.enabled = False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+    monkeypatch.setattr(training, "torch_dtype", lambda requested: torch.float16)
+    with pytest.raises(ConfigError, match="^model.dtype: auto picks float16 on Tesla T4"):
+        training.training_arguments(cfg, tmp_path)

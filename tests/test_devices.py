@@ -166,3 +166,16 @@ def test_a_local_rank_picks_this_process_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "3")
     assert devices.compute_device() == torch.device("cuda", 3)
+
+
+def test_inputs_follow_the_vision_tower_when_unsloth_offloads_the_embeddings_to_the_cpu(tiny_parts):
+    """GPU_AUDIT_2 C1: Unsloth moves the input embeddings to host RAM under memory pressure and keeps the rest
+    on the GPU; the batch must go where the rest is (here the meta device stands in for the GPU)."""
+    tokenizer, _, family = tiny_parts
+    model = tiny.build_tiny_model(tokenizer, family.tiny_geometry, seed=0).to("meta")
+    model.get_input_embeddings().to_empty(device="cpu")  # offloaded, as Unsloth's offload_embedding does
+    assert model.get_input_embeddings().weight.device.type == "cpu"
+    assert devices.model_device(model).type == "meta"
+    batch = devices.to_model({"pixel_values": torch.zeros(1, 3, 8, 8), "input_ids": torch.zeros(1, 4, dtype=torch.long)}, model)
+    assert batch["pixel_values"].device.type == "meta" and batch["input_ids"].device.type == "meta"
+    assert devices.model_device(torch.nn.Linear(2, 2)).type == "cpu"

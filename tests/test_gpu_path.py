@@ -70,3 +70,26 @@ def test_installed_versions_other_than_the_pins_are_warned_naming_both(monkeypat
     assert [(m["package"], m["installed"], m["pinned"]) for m in found] == [
         ("unsloth", "2026.11.1", pinned["unsloth"]), ("peft", "0.22.0", pinned["peft"])]
     assert f"peft 0.22.0 is installed, the kit is pinned to {pinned['peft']}" in caplog.text
+
+
+def test_the_tiny_base_keeps_its_pil_image_processor_where_torchvision_would_be_chosen(monkeypatch):
+    """GPU_AUDIT_2 W3: with torchvision importable (a GPU image) transformers picks its torchvision image
+    processor unless told; the tiny base was pretrained and every CPU CER measured with the PIL one."""
+    import transformers
+    import transformers.models.auto.image_processing_auto as auto
+
+    from deepsynth_ocr.models import backends, tiny
+    from deepsynth_ocr.models.families import get_family
+
+    asked = []
+    real = transformers.AutoProcessor.from_pretrained
+
+    def spy(path, *args, **kwargs):
+        asked.append(kwargs.get("backend"))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", spy)
+    monkeypatch.setattr(auto, "is_torchvision_available", lambda: True)
+    processor = backends.load_processor(str(tiny.BUNDLED_BASE), get_family("tiny"))
+    assert asked == ["pil"] and type(processor.image_processor).__name__ == "DeepseekOcr2ImageProcessorPil"
+    assert auto._resolve_backend(None, None, "DeepseekOcr2ImageProcessor") == "torchvision"  # what it would pick

@@ -163,6 +163,8 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
             with stop_on_signals(trainer):
                 output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
             run.timing("train_s", time.time() - start)
+            if (steady := trainer.step_timer.steady()) is not None:  # after warm-up, checkpoint saves left out
+                run.timing("steady_s_per_step", steady)
             step = trainer.state.global_step
             if trainer.nonfinite is not None:
                 what, bad_step = trainer.nonfinite

@@ -264,11 +264,21 @@ def _from_pretrained(cfg: RunConfig, family: Family, path: str):
         processor = transformers.AutoTokenizer.from_pretrained(
             path, revision=kwargs["revision"], trust_remote_code=family.trust_remote_code)
     else:
-        processor = transformers.AutoProcessor.from_pretrained(path, revision=kwargs["revision"])
+        processor = load_processor(path, family, kwargs["revision"])
     model = auto_model.from_pretrained(path, **kwargs)
     if cfg.model.load_in_4bit and not torch.cuda.is_available():
         log.info("4-bit on CPU: in-place weight repacking disabled on %d Linear4bit layers", _keep_cpu_4bit_trainable(model))
     return model, _wrap_processor(processor, family, cfg), family
+
+
+def load_processor(path: str, family: Family, revision: str | None = None):
+    """The checkpoint's processor. The tiny base keeps the PIL image processor it was pretrained and measured
+    with: left to choose, transformers takes the torchvision one wherever torchvision imports (a GPU image),
+    whose resizing differs slightly; real checkpoints get the library's default."""
+    import transformers
+
+    backend = {"backend": "pil"} if family.tiny_geometry is not None else {}
+    return transformers.AutoProcessor.from_pretrained(path, revision=revision, **backend)
 
 
 def is_vision_param(name: str, family: Family) -> bool:
