@@ -103,19 +103,28 @@ def model_card(cfg: RunConfig, verification: dict, manifest: dict | None = None,
              f"- checkpoint: `{base}`" + (f" at revision `{cfg.model.revision}`" if cfg.model.revision else ""), "",
              "## Data", ""]
     lines += [f"- `{r.get('source')}`: read {r.get('read')}, kept {r.get('kept')}, rejected {r.get('rejected')}" for r in data] or ["- (no data report)"]
-    lines += ["", "## Metrics (same eval set before and after fine-tuning)", "",
-              "| | CER | WER | exact match | catastrophic |", "|---|---|---|---|---|"]
+    four_bit = ((manifest.get("parameters") or {}).get("language_model_precision") or {}).get("4bit")
+    lines += ["", "## Metrics (same eval set before and after fine-tuning)", ""]
+    if four_bit:  # the run evaluated the NF4 model; the exports are the unquantised base + adapter
+        lines += ["Measured by the run on the 4-bit (NF4) base model plus the adapter. The exports below hold the "
+                  "unquantised base plus the same adapter, whose outputs differ from the 4-bit model's by the "
+                  "quantisation error; re-run `deepsynth-ocr evaluate` on `merged/` for its own CER.", ""]
+    lines += ["| | CER | WER | exact match | catastrophic |", "|---|---|---|---|---|"]
     for tag in ("before", "after"):
         m = (manifest.get("metrics") or {}).get(tag) or {}
         cells = [m.get(k) for k in ("cer", "wer", "exact_match", "catastrophic_rate")]
         lines.append(f"| {tag} | " + " | ".join("n/a" if c is None else f"{c:.4f}" for c in cells) + " |")
-    lines += ["", "## Export verification (reloaded in a fresh process, logits on a fixed batch)", ""]
+    lines += ["", "## Export verification (reloaded in a fresh process, logits on a fixed batch)", "",
+              "Each export against the model it was made from: the " + ("unquantised " if four_bit else "")
+              + "base plus the adapter.", ""]
     lines += [f"- {kind}: max logit difference {v['max_logit_diff']:.3g} (allowed {v['allowed']:.3g})"
               for kind, v in verification.items()]
     lines += ["", "## Loading", "", "Load the adapter with `deepsynth_ocr.models.adapters.load_adapter(base_model, 'adapter')`. "
               "With peft 0.21 and transformers 5.x, `PeftModel.from_pretrained` silently loads none of a DeepSeek-OCR-2 "
               "adapter's weights. `merged/` loads with `AutoModelForImageTextToText.from_pretrained`.", "",
-              "## Training config", "", "```yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip(), "```", ""]
+              "## Training config", ""] + (["The run trained with `model.load_in_4bit: true`; the config below is the "
+                                            "export's, which reloads the base unquantised.", ""] if four_bit else []) + [
+              "```yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip(), "```", ""]
     return "\n".join(lines)
 
 

@@ -150,3 +150,6 @@ def test_a_4bit_run_exports_merged_weights_from_the_base_reloaded_unquantised(tm
     merged_config = json.loads((out / "merged" / "config.json").read_text())
     assert "quantization_config" not in merged_config and merged_config.get("dtype") == "float32"
     assert RunConfig.from_yaml(out / "merged" / export.CONFIG_NAME).model.load_in_4bit is False
+    card = (out / "README.md").read_text()  # says which model each number is of (GPU_AUDIT_2 W4)
+    assert "Measured by the run on the 4-bit (NF4) base model plus the adapter" in card
+    assert "Each export against the model it was made from: the unquantised base plus the adapter." in card
