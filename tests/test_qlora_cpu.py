@@ -106,3 +106,24 @@ def test_gradient_checkpointing_keeps_the_frozen_vision_tower_out_of_the_graph()
     assert tensors and not any(t.requires_grad for t in tensors)
     grads = [p.grad for n, p in loaded.model.named_parameters() if ".lora_B." in n]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_after_unsloths_training_setup_only_the_language_models_input_hook_stays():
+    """GPU_AUDIT_2 R3: Unsloth's setup calls enable_input_require_grads(), which hooks every sub-model's
+    embeddings, SAM's patch embedding included; the kit then drops the vision side's hooks."""
+    from deepsynth_ocr.models.backends import drop_vision_input_grad_hooks, is_vision_param
+
+    cfg = _qlora_cfg()
+    cfg.model.load_in_4bit = False
+    loaded = load_model(cfg)
+
+    def hooked():
+        return sorted(name for name, m in loaded.model.named_modules()
+                      if any(getattr(h, "__name__", "") == "make_inputs_require_grads" for h in m._forward_hooks.values()))
+
+    loaded.model.enable_input_require_grads()  # what unsloth_zoo's prepare_model_for_training does
+    before = hooked()
+    assert any(is_vision_param(f"{n}.weight", loaded.family) for n in before)  # SAM's patch embedding is hooked
+    assert drop_vision_input_grad_hooks(loaded.model, loaded.family) == len(before) - 1
+    (left,) = hooked()
+    assert left.endswith("language_model.embed_tokens") and not is_vision_param(f"{left}.weight", loaded.family)

@@ -55,6 +55,9 @@ class LoadedModel:
         """Call before training. Unsloth re-arms its gradient checkpointing and training kernels."""
         if self.fast_model is not None:
             self.fast_model.for_training(self.model, **unsloth_for_training_kwargs(self.gradient_checkpointing))
+            # Unsloth's training setup calls enable_input_require_grads() (its reentrant checkpointing needs
+            # the language model's hook); the vision side's would only keep the frozen tower in the graph.
+            drop_vision_input_grad_hooks(self.model, self.family)
 
     def for_inference(self) -> None:
         """Call before generation. Unsloth switches to its inference path (and back via for_training)."""
@@ -328,6 +331,21 @@ def prepare_for_training(model, family: Family, cfg: RunConfig):
         # Non-reentrant checkpointing needs no input that requires grad, so the hooks go.
         model.disable_input_require_grads()
     return (model, *count_and_check_trainable(model, family, cfg))
+
+
+def drop_vision_input_grad_hooks(model, family: Family) -> int:
+    """Remove the hooks ``enable_input_require_grads`` put on the vision side's embeddings (SAM's patch
+    embedding among them), keeping the language model's; returns how many went. transformers registers one
+    forward hook named ``make_inputs_require_grads`` per sub-model's input embeddings."""
+    removed = 0
+    for name, module in model.named_modules():
+        if not is_vision_param(f"{name}.weight", family):
+            continue
+        for key, hook in list(module._forward_hooks.items()):
+            if getattr(hook, "__name__", "") == "make_inputs_require_grads":
+                del module._forward_hooks[key]
+                removed += 1
+    return removed
 
 
 def count_and_check_trainable(model, family: Family, cfg: RunConfig) -> tuple[int, int]:
