@@ -155,7 +155,28 @@ def _steps(info) -> str:
     return "" if info.step is None and info.total is None else f"{info.step or 0}/{info.total or '?'}"
 
 
+def _size_mib(path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def cmd_prune(args) -> int:
+    from deepsynth_ocr.runs import prune_runs
+
+    doomed = prune_runs(args.root, args.keep, args.older_than, dry_run=True)
+    sizes = {info.dir: _size_mib(info.dir) for info in doomed}
+    verb = "would remove" if args.dry_run else "removing"
+    for info in doomed:
+        print(f"{verb} {info.dir} ({info.kind}, {info.status}, started {info.created_at}, {sizes[info.dir]:.1f} MiB)")
+    if not args.dry_run:
+        prune_runs(args.root, args.keep, args.older_than)
+    print(f"{'would remove' if args.dry_run else 'removed'} {len(doomed)} run(s), {sum(sizes.values()):.1f} MiB; "
+          "running and queued runs are never removed")
+    return 0
+
+
 def cmd_runs(args) -> int:
+    if args.run == "prune":
+        return cmd_prune(args)
     if args.run:
         info = read_run(find_run(args.run, args.root))
         if args.json:
@@ -294,12 +315,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="--backend vllm: write and print the command, do not start it")
     _add_set(p, "override a config field, e.g. -s serve.max_queue=128 (repeatable)")
     p.set_defaults(func=cmd_serve)
-    p = sub.add_parser("runs", help="list runs and sweeps (newest first), or show one: status, steps, CER, pid")
-    p.add_argument("run", nargs="?", help="show this run directory (a path, or a directory name under --root)")
+    p = sub.add_parser("runs", help="list runs and sweeps (newest first), show one, or `runs prune` finished ones")
+    p.add_argument("run", nargs="?", help="show this run directory (a path, or a directory name under --root); "
+                   "`prune` removes finished runs (--keep N and/or --older-than DAYS; never a running one)")
     p.add_argument("--root", default="runs", help="the directory that holds run directories (output_root; default runs)")
     p.add_argument("--status", help="only runs with this status (running, starting, ok, failed, interrupted, died, ...)")
     p.add_argument("--name", help="only runs whose name contains this")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--keep", type=int, help="with `runs prune`: keep the N newest runs, remove the older finished ones")
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="with `runs prune`: remove finished runs started over DAYS ago")
+    p.add_argument("--dry-run", action="store_true", help="with `runs prune`: print what would go, remove nothing")
     p.set_defaults(func=cmd_runs)
     p = sub.add_parser("stop", help="stop a running run or sweep: SIGTERM to its process; training checkpoints first")
     p.add_argument("run", help="run directory (a path, or a directory name under --root)")

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -576,6 +577,30 @@ def wait_stopped(directory: str | Path, timeout: float) -> RunInfo:
         if info.status not in LIVE or time.time() >= deadline:
             return info
         time.sleep(0.2)
+
+
+def prune_runs(root: str | Path, keep: int | None = None, older_than_days: float | None = None,
+               dry_run: bool = False) -> list[RunInfo]:
+    """Remove finished run and sweep directories under ``root``: all but the ``keep`` newest finished ones, and
+    (or) those started more than ``older_than_days`` ago. A running, starting or queued run is never removed.
+    Returns what was (with ``dry_run``: would be) removed, newest first."""
+    if keep is None and older_than_days is None:
+        raise UserError("runs prune: say what to remove: --keep N (the newest N stay) and/or --older-than DAYS")
+    if (keep is not None and keep < 0) or (older_than_days is not None and older_than_days < 0):
+        raise UserError("runs prune: --keep and --older-than must be >= 0")
+    cutoff = (datetime.now().timestamp() - older_than_days * 86400) if older_than_days is not None else None
+    doomed = []
+    finished = [i for i in list_runs(root) if i.status not in (*LIVE, "queued")]  # newest first
+    for index, info in enumerate(finished):
+        beyond_keep = keep is None or index >= keep
+        started = datetime.fromisoformat(info.created_at).timestamp() if info.created_at else 0.0
+        too_old = cutoff is None or started < cutoff
+        if beyond_keep and too_old:
+            doomed.append(info)
+    if not dry_run:
+        for info in doomed:
+            shutil.rmtree(info.dir)
+    return doomed
 
 
 def write_launch(directory: Path, pid: int | None, kind: str, name: str, argv: list[str]) -> None:

@@ -21,6 +21,7 @@ from deepsynth_ocr.devices import to_model, torch_dtype
 from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.models.adapters import ADAPTER_WEIGHTS, copy_adapter_weights
 from deepsynth_ocr.models.families import get_family
+from deepsynth_ocr.timing import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,22 @@ class KitTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.add_callback(StopGuard(self))
-        self.step_timer = StepTimer()
+        self.step_timer = StageTimer()
         self.add_callback(self.step_timer)
 
     def _prepare_inputs(self, inputs):
+        mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+        if isinstance(mask, torch.Tensor):
+            self.step_timer.clock.count("samples", mask.shape[0])
+            self.step_timer.clock.count("tokens", int(mask.sum()))
         return to_model(inputs, self.model)
+
+    def log(self, logs: dict, *args, **kwargs):
+        # A training record (the loss) gets the interval's stage times, so metrics.jsonl, the console and
+        # W&B all carry them.
+        if "loss" in logs:
+            logs.update(self.step_timer.take())
+        return super().log(logs, *args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         # Trainer's logging_nan_inf_filter hides a NaN loss from the logs; the kit stops on it instead.
@@ -98,7 +110,8 @@ class KitTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         if self.nonfinite is None:  # a checkpoint after a NaN would be the one a resume picks
-            super()._save_checkpoint(model, trial)
+            with self.step_timer.clock.stage("checkpoint"):
+                super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         model = model if model is not None else self.model
@@ -127,24 +140,51 @@ class StopGuard(TrainerCallback):
         return control
 
 
-class StepTimer(TrainerCallback):
-    """Seconds of each optimizer step (forward, backward, optimizer), the checkpoint saves and logging between
-    steps left out: ``steady()`` is the pace once the first ``WARMUP`` steps (compilation, allocator growth,
-    data-loader start-up) are past."""
+class StageTimer(TrainerCallback):
+    """Where a training step's time goes, per logging interval: ``time/forward_backward_s``,
+    ``time/optimizer_s``, ``time/checkpoint_s``, ``time/between_steps_s`` (loading and collating the next
+    batch, logging, a periodic evaluation), ``samples_per_s`` and ``tokens_per_s`` (non-padding tokens),
+    and on a GPU the peak allocated / reserved memory of the interval. On a GPU the split between forward,
+    backward and optimizer is host time (kernels run asynchronously; no synchronisation is added).
+    ``steady()`` is the median step (forward, backward, optimizer) once the first ``WARMUP`` steps
+    (compilation, allocator growth, data-loader start-up) are past, checkpoint saves left out."""
 
     WARMUP = 10
 
     def __init__(self):
+        self.clock = StageClock()
         self.seconds: list[float] = []
-        self._start: float | None = None
+        self._begin = self._pre_optimizer = self._end = None
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
+        self._begin = time.perf_counter()
+        if self._end is not None:
+            self.clock.add("between_steps", self._begin - self._end)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._pre_optimizer = time.perf_counter()
+        if self._begin is not None:
+            self.clock.add("forward_backward", self._pre_optimizer - self._begin)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self._pre_optimizer is not None:
+            self.clock.add("optimizer", time.perf_counter() - self._pre_optimizer)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._start is not None:
-            self.seconds.append(time.perf_counter() - self._start)
-            self._start = None
+        self._end = time.perf_counter()
+        if self._begin is not None:
+            self.seconds.append(self._end - self._begin)
+        self._begin = self._pre_optimizer = None
+
+    def take(self) -> dict:
+        out = self.clock.take()
+        if "time/checkpoint_s" in out:  # the save happened between two steps: counted once, as itself
+            out["time/between_steps_s"] = round(max(0.0, out.get("time/between_steps_s", 0.0) - out["time/checkpoint_s"]), 4)
+        if torch.cuda.is_available():
+            out["mem/peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            out["mem/peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 3)
+            torch.cuda.reset_peak_memory_stats()
+        return out
 
     def steady(self) -> float | None:
         after = self.seconds[self.WARMUP:]

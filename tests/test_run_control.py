@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+from datetime import datetime
 
 import optuna
 import pytest
@@ -36,7 +37,8 @@ HOST = socket.gethostname()
 def _run(root, name, stamp, kind="train", status="ok", config=True, **fields):
     run_dir = root / f"{name}_{stamp}"
     run_dir.mkdir(parents=True)
-    update_manifest(run_dir, name=name, kind=kind, status=status, created_at=stamp, versions={}, **fields)
+    fields.setdefault("created_at", stamp)
+    update_manifest(run_dir, name=name, kind=kind, status=status, versions={}, **{k: v for k, v in fields.items() if v is not None})
     if config:
         (run_dir / "config.yaml").write_text(f"name: {name}\n")
     return run_dir
@@ -274,3 +276,24 @@ def test_listing_200_runs_reads_only_their_small_state_files(tmp_path, monkeypat
     runs = list_runs(tmp_path)
     assert len(runs) == 200 and sum(r.status == "died" for r in runs) == 100  # running, with no lock
     assert set(read) == {"manifest.json", ".lock", ".launch"}  # the last two: tried, and absent here
+
+
+def test_prune_removes_old_finished_runs_says_what_and_never_a_running_or_queued_one(tmp_path, sleeper):
+    old = [_run(tmp_path, f"r{i}", f"2026010{i}_100000", created_at=None) for i in range(1, 4)]
+    for i, d in enumerate(old, 1):
+        update_manifest(d, created_at=f"2026-01-0{i}T10:00:00")
+    running = _run(tmp_path, "live", "20260101_090000", status="running")
+    update_manifest(running, created_at="2026-01-01T09:00:00")
+    (running / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": HOST}))
+    queued = tmp_path / "waiting_20260101_080000"
+    queued.mkdir()
+    write_launch(queued, None, "train", "waiting", ["train"])
+    fresh = _run(tmp_path, "new", "20991231_100000")
+    update_manifest(fresh, created_at=datetime.now().isoformat(timespec="seconds"))
+    dry = cli("runs", "prune", "--root", str(tmp_path), "--older-than", "30", "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.count("would remove ") == 4 and all(d.exists() for d in old)
+    out = cli("runs", "prune", "--root", str(tmp_path), "--keep", "1")
+    assert out.returncode == 0, out.stderr
+    assert [d.exists() for d in old] == [False, False, False] and running.exists() and queued.exists() and fresh.exists()
+    assert all(f"removing {d}" in out.stdout for d in old) and "removed 3 run(s)" in out.stdout
+    assert cli("runs", "prune", "--root", str(tmp_path)).returncode == 2  # nothing said: nothing removed

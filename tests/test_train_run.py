@@ -116,3 +116,25 @@ def test_adapter_reloads_in_a_fresh_process_with_identical_logits(tmp_path, smok
     assert torch.equal(live, out["adapter"])
     assert (out["merged"] - live).abs().max() < 1e-5
     assert (out["base"] - live).abs().max() > 1e-3  # the adapter really changes the model
+
+
+def test_each_logged_step_says_where_its_time_went(smoke_cfg):
+    """Stage timings per logging interval, in metrics.jsonl (and so in the console and W&B): forward+backward,
+    optimizer, checkpoint, between steps; samples/s and tokens/s; they add up to no more than the interval."""
+    from deepsynth_ocr.jobs.train import train
+
+    smoke_cfg.train.max_steps, smoke_cfg.train.save_steps, smoke_cfg.train.logging_steps = 6, 2, 1
+    smoke_cfg.eval.enabled, smoke_cfg.tracking.wandb = False, "disabled"
+    run_dir = train(smoke_cfg).run_dir
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+    for r in steps:
+        assert r["time/forward_backward_s"] > 0 and r["time/optimizer_s"] > 0
+        assert r["tokens_per_s"] > r["samples_per_s"] > 0
+        parts = sum(r.get(f"time/{k}_s", 0) for k in ("forward_backward", "optimizer", "between_steps", "checkpoint"))
+        assert parts <= r["time/wall_s"] * 1.01 + 1e-3
+    assert [r["step"] for r in steps if r.get("time/checkpoint_s", 0) > 0] == [3, 5]  # saved after steps 2 and 4
+    assert "mem/peak_allocated_gib" not in steps[0]  # no GPU: no memory figure invented
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert "steady_s_per_step" not in manifest["timings"]  # 6 steps: none past the 10 warm-up steps
