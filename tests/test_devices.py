@@ -19,7 +19,7 @@ from deepsynth_ocr.data.synthetic import render_text
 from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.export import compared_logits
 from deepsynth_ocr.models import adapters, backends, tiny, tiny_base
-from deepsynth_ocr.training import KitTrainer
+from deepsynth_ocr.training import KitTrainer, StageTimer
 
 
 class _Reached(Exception):
@@ -80,7 +80,8 @@ def _paths(model, processor, family):
         "periodic evaluation": lambda: periodic.on_step_end(None, types.SimpleNamespace(global_step=1), None),
         "infer": lambda: infer._hf_generator(loaded, cfg)(rows),
         "tiny base scoring": lambda: tiny_base.score(model, processor, rows),
-        "training step": lambda: model(**KitTrainer._prepare_inputs(types.SimpleNamespace(model=model), batch)),
+        "training step": lambda: model(**KitTrainer._prepare_inputs(
+            types.SimpleNamespace(model=model, step_timer=StageTimer()), batch)),
     }
 
 
