@@ -6,7 +6,8 @@ each, one process) send a bounded number of chat completion requests for the smo
 images, each with its own ``X-Request-Id``. Every reply is checked: each id answered exactly once,
 with status 200 and the text ``deepsynth-ocr infer`` writes for that image. Rounds alternate between
 the two servers so load from other processes hits both alike; the best round of each is compared.
-Reported: requests/s, the ratio, p50/p99 latency, and the mean batch size from the server's /metrics.
+Reported: requests/s, the ratio, p50/p99 latency, the mean batch size and the mean time per request in
+each stage (body read, decode, queue wait, generate, respond) from the server's /metrics.
 Target: >= 3x at 16 concurrent clients.
 
     python benchmarks/serve_load.py [--clients 16] [--requests 256] [--rounds 3] [--max-batch-size 16]
@@ -109,6 +110,18 @@ async def load(url: str, clients: int, requests: int, urls: list[tuple[str, str]
     return {"rps": requests / seconds, "p50": q[49], "p99": q[98], "ok": once and not wrong, "wrong": wrong[:3]}
 
 
+def stage_means(url: str) -> dict[str, float]:
+    """Mean milliseconds per request in each stage, from the server's ``deepsynth_ocr_stage_seconds`` histogram."""
+    sums, counts = {}, {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for s in family.samples:
+            if s.name == "deepsynth_ocr_stage_seconds_sum":
+                sums[s.labels["stage"]] = s.value
+            elif s.name == "deepsynth_ocr_stage_seconds_count":
+                counts[s.labels["stage"]] = s.value
+    return {stage: 1000 * sums[stage] / counts[stage] for stage in sums if counts.get(stage)}
+
+
 def mean_batch(url: str) -> float:
     samples = {s.name: s.value for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
                for s in family.samples if not s.labels}
@@ -138,12 +151,13 @@ def main() -> None:
         results = {}
         for b, url in urls_by.items():
             results[b] = max(rounds[b], key=lambda r: r["rps"]) | {
-                "all_ok": all(r["ok"] for r in rounds[b]), "mean_batch": mean_batch(url),
+                "all_ok": all(r["ok"] for r in rounds[b]), "mean_batch": mean_batch(url), "stages": stage_means(url),
                 "wrong": [w for r in rounds[b] for w in r["wrong"]][:3]}
     for batch, r in results.items():
         print(f"max_batch_size={batch:>2}: {r['rps']:6.1f} requests/s, p50 {r['p50'] * 1000:6.1f} ms, "
               f"p99 {r['p99'] * 1000:6.1f} ms, mean batch {r['mean_batch']:.1f}, "
               f"every request answered once with infer's text: {r['all_ok']}")
+        print("  mean ms per request by stage: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items()))
         for rid, status, text in r["wrong"]:
             print(f"  wrong: {rid} {status} {text}")
     ratio = results[args.max_batch_size]["rps"] / results[1]["rps"]

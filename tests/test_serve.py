@@ -182,6 +182,10 @@ def test_32_concurrent_requests_are_all_answered_in_shared_batches(served):
     ok = metric(after, "deepsynth_ocr_requests_total", endpoint="/v1/chat/completions", status="200")
     assert ok - metric(before, "deepsynth_ocr_requests_total", endpoint="/v1/chat/completions", status="200") == 32
     assert metric(after, "deepsynth_ocr_generated_tokens_total") > metric(before, "deepsynth_ocr_generated_tokens_total")
+    for stage in ("body_read", "decode", "queue_wait", "generate", "respond"):  # where each request's time went
+        count = "deepsynth_ocr_stage_seconds_count"
+        assert metric(after, count, stage=stage) - metric(before, count, stage=stage) == 32, stage
+        assert metric(after, "deepsynth_ocr_stage_seconds_sum", stage=stage) > metric(before, "deepsynth_ocr_stage_seconds_sum", stage=stage)
 
 
 def _png(image: Image.Image, **kw) -> bytes:
@@ -285,6 +289,8 @@ def test_api_keys_guard_the_api_and_the_metrics_but_never_reach_the_log(run_dir,
     assert all(re.fullmatch(r"[0-9a-f]{32}", a["request_id"]) for a in access)
     chat = next(a for a in access if a["path"] == "/v1/chat/completions" and a["status"] == 200)
     assert chat["model"] == "tiny-base" and chat["batch_size"] == 1 and chat["completion_tokens"] > 0
+    stages = [chat[f"{s}_ms"] for s in ("body_read", "decode", "queue_wait", "generate", "respond")]
+    assert all(ms >= 0 for ms in stages) and chat["generate_ms"] > 0 and sum(stages) <= chat["ms"]
     assert "text" not in chat  # no content without serve.log_content
     logged = caplog.text
     assert KEY not in logged and "second-key" not in logged

@@ -151,8 +151,24 @@ async def http_error(request: Request, e: StarletteHTTPException):
     return _error_response(ApiError(e.status_code, code, f"{request.method} {request.url.path}: {e.detail}"))
 
 
+def observe(request: Request, stage: str, seconds: float) -> None:
+    """One stage of a request: into its Prometheus histogram and the request's access-log line."""
+    request.app.state.metrics.stage_seconds.labels(stage).observe(seconds)
+    setattr(request.state, f"{stage}_ms", round(seconds * 1000, 2))
+
+
+@contextlib.contextmanager
+def stage(request: Request, name: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        observe(request, name, time.perf_counter() - start)
+
+
 async def read_json(request: Request):
-    body = await request.body()
+    with stage(request, "body_read"):
+        body = await request.body()
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -188,8 +204,8 @@ async def answer(request: Request, req: OcrRequest) -> list:
         results = gathered.result()
     except GenerationFailed as e:
         raise ApiError(500, "generation_failed", f"generation failed for this image: {e}") from None
-    request.state.queue_ms = round(max(d.queued_s for d in results) * 1000, 1)
-    request.state.generate_ms = round(max(d.generate_s for d in results) * 1000, 1)
+    observe(request, "queue_wait", max(d.queued_s for d in results))
+    observe(request, "generate", max(d.generate_s for d in results))
     request.state.batch_size = max(d.batch_size for d in results)
     request.state.completion_tokens = sum(d.result.n_tokens for d in results)
     if serve_cfg.log_content:
@@ -205,23 +221,27 @@ def finish_reason(pred, bound: int) -> str:
 async def chat_completions(request: Request):
     engine, cfg = request.app.state.engine, request.app.state.cfg
     payload = await read_json(request)
-    req = parse_chat(payload, engine.names, cfg.serve, cfg.data, engine.default_prompt, cfg.infer.max_new_tokens)
+    with stage(request, "decode"):
+        req = parse_chat(payload, engine.names, cfg.serve, cfg.data, engine.default_prompt, cfg.infer.max_new_tokens)
     (pred,) = await answer(request, req)
-    return {
-        "id": f"chatcmpl-{request.state.request_id}", "object": "chat.completion", "created": int(time.time()),
-        "model": req.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": pred.text},
-                     "finish_reason": finish_reason(pred, req.max_tokens), "repetition_stopped": pred.looped}],
-        "usage": {"prompt_tokens": pred.prompt_tokens, "completion_tokens": pred.n_tokens,
-                  "total_tokens": pred.prompt_tokens + pred.n_tokens},
-    }
+    with stage(request, "respond"):
+        return {
+            "id": f"chatcmpl-{request.state.request_id}", "object": "chat.completion", "created": int(time.time()),
+            "model": req.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": pred.text},
+                         "finish_reason": finish_reason(pred, req.max_tokens), "repetition_stopped": pred.looped}],
+            "usage": {"prompt_tokens": pred.prompt_tokens, "completion_tokens": pred.n_tokens,
+                      "total_tokens": pred.prompt_tokens + pred.n_tokens},
+        }
 
 
 @router.post("/v1/ocr")
 async def ocr(request: Request):
     engine, cfg = request.app.state.engine, request.app.state.cfg
-    form = await request.form(max_files=1, max_fields=8)
-    upload = form.get("file")
+    with stage(request, "body_read"):
+        form = await request.form(max_files=1, max_fields=8)
+        upload = form.get("file")
+        data = await upload.read() if upload is not None and not isinstance(upload, str) else b""
     if upload is None or isinstance(upload, str):
         raise ApiError(400, "missing_file", "send the image or PDF as a multipart form field named 'file'", param="file")
     model = check_model(form.get("model") or engine.default_model, engine.names)
@@ -229,7 +249,8 @@ async def ocr(request: Request):
     max_tokens = check_max_tokens(int(raw) if isinstance(raw, str) and raw.isdigit() else raw,
                                   cfg.infer.max_new_tokens, cfg.serve.max_tokens_limit)
     prompt = form.get("prompt")
-    images, pages = parse_upload(await upload.read(), upload.filename or "", cfg.serve, cfg.data, cfg.infer.pdf_dpi)
+    with stage(request, "decode"):
+        images, pages = parse_upload(data, upload.filename or "", cfg.serve, cfg.data, cfg.infer.pdf_dpi)
     req = OcrRequest(model, images, with_image_placeholder(prompt) if prompt else engine.default_prompt, max_tokens, pages)
     preds = await answer(request, req)
     return {

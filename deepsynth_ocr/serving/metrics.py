@@ -11,6 +11,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 ENDPOINTS = ("/v1/chat/completions", "/v1/ocr", "/v1/models", "/health", "/ready", "/metrics")
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, float("inf"))
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, float("inf"))
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120, float("inf"))
+# Where a request's time goes: reading the body, decoding its image(s) (base64, image checks, PDF pages),
+# waiting in the batching queue, generating its batch (the processor's preprocessing included), building
+# the response.
+STAGES = ("body_read", "decode", "queue_wait", "generate", "respond")
 
 
 class ServerMetrics:
@@ -27,6 +32,8 @@ class ServerMetrics:
         self.batch_seconds = Histogram("deepsynth_ocr_batch_seconds", "Time one batch spends generating.",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.generated_tokens = Counter("deepsynth_ocr_generated_tokens_total", "Tokens generated, over all requests.", registry=r)
+        self.stage_seconds = Histogram("deepsynth_ocr_stage_seconds", "Seconds a request spends in each stage: "
+                                       + ", ".join(STAGES) + ".", ["stage"], buckets=STAGE_BUCKETS, registry=r)
         self.errors = Counter("deepsynth_ocr_errors_total", "Requests refused or failed, by kind (the error code).",
                               ["kind"], registry=r)
 
