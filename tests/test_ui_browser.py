@@ -103,9 +103,14 @@ def shots(tmp_path):
 
 
 def _wait(predicate, timeout=240, what="the page"):
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.time() + timeout
     while time.time() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except StaleElementReferenceException:  # the runs table re-renders every two seconds
+            value = None
         if value:
             return value
         time.sleep(0.25)
