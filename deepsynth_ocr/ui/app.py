@@ -117,15 +117,19 @@ async def run_events(request: Request, name: str):
 
     async def stream():
         nonlocal offset
-        seen = None
+        seen, curves, metrics_size = None, None, None
+        paths = RunPaths(run_dir)
         yield "retry: 1000\n\n"
         while not await request.is_disconnected():
-            text, offset = details.read_log(RunPaths(run_dir).console_log, offset)
+            text, offset = details.read_log(paths.console_log, offset)
             if text:
                 data = "\n".join(f"data: {line}" for line in text.rstrip("\n").split("\n"))
                 yield f"event: log\nid: {offset}\n{data}\n\n"
-            if RunPaths(run_dir).manifest.is_file() or RunPaths(run_dir).launch.is_file():
-                payload = json.dumps({**details.summary(read_run(run_dir)), "series": details.series(run_dir)}, default=str)
+            if paths.manifest.is_file() or paths.launch.is_file():
+                size = paths.metrics.stat().st_size if paths.metrics.is_file() else 0
+                if size != metrics_size:  # metrics.jsonl only grows: parsed again only when it did
+                    curves, metrics_size = details.series(run_dir), size
+                payload = json.dumps({**details.summary(read_run(run_dir)), "series": curves}, default=str)
                 if payload != seen:
                     seen = payload
                     yield f"event: run\ndata: {payload}\n\n"

@@ -22,7 +22,7 @@ def series(run_dir: Path) -> dict:
     later rows replace the earlier ones of the same step."""
     loss: dict[int, float] = {}
     cer: dict[tuple, float] = {}
-    for row in RunPaths(run_dir).read_jsonl(RunPaths(run_dir).metrics) if RunPaths(run_dir).metrics.is_file() else []:
+    for row in RunPaths(run_dir).read_jsonl(RunPaths(run_dir).metrics):
         if "loss" in row and "eval" not in row and isinstance(row.get("step"), int):
             loss[row["step"]] = row["loss"]
         elif row.get("eval") in ("before", "periodic", "after") and row.get("cer") is not None:
@@ -78,13 +78,14 @@ def eval_rows(run_dir: Path, tag: str) -> list[dict]:
 
 def samples(run_dir: Path, n: int = 8) -> list[dict]:
     """The first ``n`` eval rows with the prediction before and after training side by side."""
-    before = {r.get("id"): r for r in eval_rows(run_dir, "before")}
+    before_rows, after_rows = eval_rows(run_dir, "before"), eval_rows(run_dir, "after")
+    before = {r.get("id"): r for r in before_rows}
     out = []
-    for index, row in enumerate(eval_rows(run_dir, "after")[:n] or eval_rows(run_dir, "before")[:n]):
+    for index, row in enumerate(after_rows[:n] or before_rows[:n]):
         first = before.get(row.get("id"), {})
         out.append(redact({"index": index, "id": row.get("id"), "reference": row.get("reference"),
                            "before": first.get("prediction"), "before_cer": first.get("cer"),
-                           "after": row.get("prediction") if first is not row else None, "after_cer": row.get("cer"),
+                           "after": row.get("prediction") if after_rows else None, "after_cer": row.get("cer"),
                            "has_image": bool(row.get("image"))}))
     return out
 
