@@ -7,6 +7,7 @@ image limits (``serving.inputs``: the checks ``prepare`` applies).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import threading
@@ -78,20 +79,28 @@ def dataset_page(request: Request, name: str):
     return page(request, "dataset.html", name=name, report=redact(report), log=log, rows=rows)
 
 
-def _rows(out: Path, n: int = 12) -> list[dict]:
+@functools.lru_cache(maxsize=8)
+def _train_split(path: str, written: float):
     import datasets
 
-    dd = datasets.load_from_disk(str(out))
-    split = dd["train"]
+    return datasets.load_from_disk(path)["train"]
+
+
+def _split(out: Path):
+    """The prepared dataset's train split, opened once per version (a page's thumbnails share it)."""
+    return _train_split(str(out), (out / "report.json").stat().st_mtime)
+
+
+def _rows(out: Path, n: int = 12) -> list[dict]:
+    split = _split(out)
     return [redact({"index": i, "id": r["id"], "text": r["text"], "prompt": r.get("prompt")})
             for i, r in enumerate(split.select(range(min(n, len(split)))).remove_columns("image"))]
 
 
 @router.get("/data/{name}/image/{index}")
 def dataset_image(request: Request, name: str, index: int):
-    import datasets
-
-    split = datasets.load_from_disk(str(_prepared(request, name)))["train"]
+    out = _prepared(request, name)
+    split = _split(out) if (out / "report.json").is_file() else []
     if not 0 <= index < len(split):
         raise HTTPException(404, "no such row")
     buf = io.BytesIO()
