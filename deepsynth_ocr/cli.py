@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from deepsynth_ocr import logs
 from deepsynth_ocr.config import RunConfig, parse_value
 from deepsynth_ocr.errors import RunStopped, UserError
 from deepsynth_ocr.runs import LIVE, RunPaths, find_run, list_runs, load_config, open_finished, read_run
@@ -28,12 +29,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_infer(args) -> int:
-    import logging
-
     from deepsynth_ocr.jobs.infer import infer
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(args.run, args.config, args.set)
+    logs.configure(cfg.log.format)
     if args.run and not cfg.infer.adapter:
         cfg.infer.adapter = str(open_finished(args.run, need_adapter=True).adapter)
     print(infer(args.inputs, args.out, cfg))
@@ -90,19 +89,18 @@ def cmd_prepare(args) -> int:
     cfg.prepare.output_dir = args.out or cfg.prepare.output_dir
     cfg.data.source_type = args.type or cfg.data.source_type
     cfg.data.strict = args.strict or cfg.data.strict
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logs.configure(cfg.log.format, logging.WARNING)
     result = prepare(cfg)  # validates the config again, with the flags applied
     print(result.summary())
     return 0
 
 
 def cmd_sweep(args) -> int:
-    import logging
 
     from deepsynth_ocr.jobs.sweep import sweep
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = RunConfig.load(args.config, args.set)
+    logs.configure(cfg.log.format)
     r = sweep(cfg, args.space, args.trials, args.run_dir, args.storage, args.notebook)
     print(f"sweep: {r.complete} complete, {r.pruned} pruned, {r.failed} failed trials in {r.sweep_dir}")
     if r.best_value is not None:
@@ -112,11 +110,9 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_notebook(args) -> int:
-    import logging
-
     from deepsynth_ocr.jobs.notebook import NotebookFailed, run_notebook
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logs.configure(args.log_format or "text")
     parameters = {key: parse_value(value) for key, value in args.param}
     try:
         run_dir = run_notebook(args.name, parameters, args.config, args.run_dir)
@@ -243,6 +239,8 @@ def cmd_ui(args) -> int:
 
 def _add_set(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--set", "-s", action="append", default=[], metavar="SECTION.FIELD=VALUE", help=help)
+    p.add_argument("--log-format", choices=logs.FORMATS, help="log lines as text (default) or one JSON object per "
+                   "line (log.format)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,8 +348,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="notebook parameter (flat config name, e.g. -p train_max_steps 20; value read as YAML)")
     p.add_argument("-f", "--config", help="YAML run config the notebook starts from (its config_path)")
     p.add_argument("--run-dir", help="write into this directory instead of a new runs/<name>_<timestamp>")
+    p.add_argument("--log-format", choices=logs.FORMATS, help="this command's own log lines as text or JSON (the "
+                   "notebook's run follows its config's log.format)")
     p.set_defaults(func=cmd_notebook)
     args = ap.parse_args(argv)
+    if getattr(args, "log_format", None) and hasattr(args, "set"):
+        args.set.append(f"log.format={args.log_format}")
     try:
         return args.func(args)
     except UserError as e:

@@ -32,6 +32,7 @@ from deepsynth_ocr import metrics
 from deepsynth_ocr.collate import OcrCollator, make_collator
 from deepsynth_ocr.config import EvalConfig
 from deepsynth_ocr.devices import to_model
+from deepsynth_ocr.timing import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +94,18 @@ def _decode(row: list[int], tokenizer, pad_id: int, cfg: EvalConfig, prompt_toke
 
 @torch.no_grad()
 def generate_batch(model, collator: OcrCollator, rows: list[dict], cfg: EvalConfig, max_new_tokens: int,
-                   bounds: list[int] | None = None) -> list[Prediction]:
+                   bounds: list[int] | None = None, clock: StageClock | None = None) -> list[Prediction]:
     """One batch of {image, prompt} rows: greedy, left padded, with the repetition guard.
 
     ``bounds`` (one per row, each <= ``max_new_tokens``) cuts each row to its own token bound: greedy
     decoding of a row does not depend on how far it runs, so rows with different bounds (server
     requests with their own ``max_tokens``) share one batch and get what each would get alone.
+    ``clock`` gets the batch's ``preprocess`` (processor, collate, to the device) and ``generate`` seconds.
     """
+    clock = clock or StageClock()
     tokenizer = collator.tokenizer
-    batch = to_model(collator(rows), model)
+    with clock.stage("preprocess"):
+        batch = to_model(collator(rows), model)
     width = batch["input_ids"].shape[1]
     guard = StoppingCriteriaList([RepetitionGuard(width, cfg)] if cfg.loop_guard else [])
     # A complete GenerationConfig: given only keyword arguments, transformers 5.17 instantiates a
@@ -111,16 +115,18 @@ def generate_batch(model, collator: OcrCollator, rows: list[dict], cfg: EvalConf
     generation_config.update(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              no_repeat_ngram_size=cfg.no_repeat_ngram_size or None,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=collator.pad_id)
-    generated = model.generate(**batch, generation_config=generation_config, stopping_criteria=guard)[:, width:]
-    prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
-    bounds = bounds or [max_new_tokens] * len(rows)
-    return [_decode(row[:bound], tokenizer, collator.pad_id, cfg, n)
-            for row, bound, n in zip(generated.tolist(), bounds, prompt_tokens, strict=True)]
+    with clock.stage("generate"):
+        generated = model.generate(**batch, generation_config=generation_config, stopping_criteria=guard)[:, width:]
+        prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
+        bounds = bounds or [max_new_tokens] * len(rows)
+        return [_decode(row[:bound], tokenizer, collator.pad_id, cfg, n)
+                for row, bound, n in zip(generated.tolist(), bounds, prompt_tokens, strict=True)]
 
 
-def generate(loaded, rows, cfg: EvalConfig, max_new_tokens: int, desc: str = "generate") -> list[Prediction]:
+def generate(loaded, rows, cfg: EvalConfig, max_new_tokens: int, desc: str = "generate",
+             clock: StageClock | None = None) -> list[Prediction]:
     """Greedy, batched, left-padded generation for ``rows`` (a sequence of {image, prompt} dicts) with
-    ``loaded`` (a ``models.backends.LoadedModel``)."""
+    ``loaded`` (a ``models.backends.LoadedModel``); ``clock`` gets the preprocess and generate seconds."""
     model = loaded.model
     collator = make_collator(loaded.processor, loaded.family, for_generation=True)
     loader = DataLoader(rows, batch_size=cfg.batch_size, collate_fn=list, shuffle=False)
@@ -129,7 +135,7 @@ def generate(loaded, rows, cfg: EvalConfig, max_new_tokens: int, desc: str = "ge
     out: list[Prediction] = []
     try:
         for chunk in tqdm(loader, desc=desc, leave=False):
-            out.extend(generate_batch(model, collator, chunk, cfg, max_new_tokens))
+            out.extend(generate_batch(model, collator, chunk, cfg, max_new_tokens, clock=clock))
     finally:
         model.train(was_training)
     return out
@@ -184,14 +190,18 @@ def _fmt(x) -> str:
 
 def evaluate_dataset(loaded, dataset, cfg: EvalConfig, out_path: Path, tag: str) -> dict:
     """Score ``dataset`` (rows with image, text, prompt, id); write per-sample JSONL to ``out_path``."""
-    rows = eval_rows(dataset, cfg)
+    clock = StageClock()
+    with clock.stage("decode"):  # reading the rows decodes their images
+        rows = eval_rows(dataset, cfg)
     bound = max_new_tokens_for([r["text"] for r in rows], loaded.processor.tokenizer, cfg)
-    preds = generate(loaded, rows, cfg, bound, desc=f"eval {tag}")
+    preds = generate(loaded, rows, cfg, bound, desc=f"eval {tag}", clock=clock)
+    clock.count("images", len(rows))
     summary = score_and_write(rows, preds, cfg, out_path)
     summary["max_new_tokens"] = bound
+    summary |= clock.take()  # time/decode_s, time/preprocess_s, time/generate_s, time/wall_s, images_per_s
     log.info("eval %s: CER %s WER %s exact %.3f stopped %.3f catastrophic %.3f (n=%d)", tag, _fmt(summary["cer"]),
              _fmt(summary["wer"]), summary["exact_match"], summary["stopped_rate"], summary["catastrophic_rate"],
-             summary["n"])
+             summary["n"], extra={"fields": {"eval": tag, **summary}})
     return summary
 
 

@@ -17,10 +17,11 @@ caching; give it merged weights (``deepsynth-ocr export``) as ``model.name_or_pa
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
@@ -32,6 +33,7 @@ from deepsynth_ocr.data.images import load_image, render_pdf_page
 from deepsynth_ocr.errors import MissingFileError, UserError
 from deepsynth_ocr.evaluate import Prediction, generate_batch
 from deepsynth_ocr.models.families import get_family
+from deepsynth_ocr.timing import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +53,14 @@ class InferSummary:
     skipped: int  # already in the output file
     written: int
     errors: int  # error rows written by this run
+    timing: dict = field(default_factory=dict)  # StageClock.take(): time/decode_s, time/preprocess_s, time/generate_s, ...
 
     def __str__(self) -> str:
+        spent = ", ".join(f"{k.removeprefix('time/').removesuffix('_s')} {v:.2f} s" for k, v in self.timing.items()
+                          if k.startswith("time/") and k != "time/wall_s")
+        rate = f", {self.timing['images_per_s']:.1f} inputs/s" if "images_per_s" in self.timing else ""
         return (f"{self.inputs} inputs: {self.skipped} already done, {self.written} written "
-                f"({self.errors} errors)")
+                f"({self.errors} errors)" + (f"; {spent}{rate}" if spent else ""))
 
 
 def require_some_input(specs: list[str]) -> tuple[list[InferInput], list[dict]]:
@@ -163,7 +169,7 @@ def _hf_generator(loaded, cfg: RunConfig):
     collator = make_collator(loaded.processor, loaded.family, for_generation=True)
     gen_cfg = replace(cfg.eval, batch_size=cfg.infer.batch_size)
     loaded.model.eval()
-    return lambda rows: generate_batch(loaded.model, collator, rows, gen_cfg, cfg.infer.max_new_tokens)
+    return lambda rows, clock: generate_batch(loaded.model, collator, rows, gen_cfg, cfg.infer.max_new_tokens, clock=clock)
 
 
 def _vllm_generator(cfg: RunConfig):
@@ -180,8 +186,9 @@ def _vllm_generator(cfg: RunConfig):
     params = SamplingParams(temperature=0.0, max_tokens=cfg.infer.max_new_tokens, skip_special_tokens=False,
                             extra_args={"ngram_size": 30, "window_size": 90, "whitelist_token_ids": {128821, 128822}})
 
-    def generate(rows):
-        outputs = llm.generate([{"prompt": r["prompt"], "multi_modal_data": {"image": r["image"]}} for r in rows], params)
+    def generate(rows, clock):
+        with clock.stage("generate"):  # vLLM preprocesses inside generate
+            outputs = llm.generate([{"prompt": r["prompt"], "multi_modal_data": {"image": r["image"]}} for r in rows], params)
         return [Prediction(o.outputs[0].text, o.outputs[0].finish_reason == "stop", n_tokens=len(o.outputs[0].token_ids))
                 for o in outputs]
 
@@ -203,6 +210,7 @@ def ocr_inputs(specs: list[str], out_path: str | Path, cfg: RunConfig, loaded=No
     generate_rows = _vllm_generator(cfg) if cfg.infer.backend == "vllm" else _hf_generator(loaded, cfg)
     prompt = cfg.infer.prompt or (loaded.family if loaded else get_family(cfg.model.family)).default_prompt
     writer = _Writer(out_path)
+    clock = StageClock()
     try:
         for err in spec_errors:
             if err["input"] not in done:
@@ -212,17 +220,19 @@ def ocr_inputs(specs: list[str], out_path: str | Path, cfg: RunConfig, loaded=No
             ready: list[tuple[InferInput, dict]] = []
             for item in todo[start:start + cfg.infer.batch_size]:
                 try:
-                    ready.append((item, {"image": load_input(item, cfg.infer.pdf_dpi, cfg.data), "prompt": prompt}))
+                    with clock.stage("decode"):
+                        ready.append((item, {"image": load_input(item, cfg.infer.pdf_dpi, cfg.data), "prompt": prompt}))
                 except Exception as e:  # any decoder error: record it against this input, keep going
                     writer.row(_record(item, error=f"cannot read input: {type(e).__name__}: {e}"))
             if ready:
-                _generate_into(writer, ready, generate_rows)
+                _generate_into(writer, ready, functools.partial(generate_rows, clock=clock))
+                clock.count("images", len(ready))
             bar.update(min(cfg.infer.batch_size, len(todo) - start))
         bar.close()
     finally:
         writer.f.close()
     keys = [i.key for i in items] + [e["input"] for e in spec_errors]
-    summary = InferSummary(len(keys), sum(k in done for k in keys), writer.written, writer.errors)
+    summary = InferSummary(len(keys), sum(k in done for k in keys), writer.written, writer.errors, clock.take())
     log.info("infer: %s -> %s", summary, out_path)
     return summary
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import yaml
 
+from deepsynth_ocr import logs, telemetry
 from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.errors import Interrupted, RunStopped, UserError
 from deepsynth_ocr.ranks import world
@@ -236,7 +237,10 @@ class Run:
                               "command": sys.argv, "timings": self.manifest.get("timings", {})})
         self._lock = acquire_lock(self.paths)
         self._signals = contextlib.ExitStack()
-        self._handler = _attach_console_log(self.paths.console_log)
+        self.tracer = telemetry.tracer_from_env("deepsynth-ocr")
+        self._span = None
+        logs.set_run_id(directory.name)
+        self._handler = _attach_console_log(self.paths.console_log, cfg.log.format)
         if self._lock["took_over"]:  # logged once the console log is attached, so the run's log has it
             stale = self._lock["took_over"]
             log.warning("run directory %s: taking over the stale lock of pid %s (no longer running, started %s)",
@@ -258,9 +262,14 @@ class Run:
         # Until a job installs its own (training checkpoints first), a stop signal ends the job at once,
         # recorded as interrupted rather than leaving "running" behind.
         self._signals.enter_context(interrupt_on_signals())
+        # The job's span: the parent of every stage(); it ends (with the run's status) when the run does.
+        self._span = self._signals.enter_context(telemetry.span(self.tracer, f"deepsynth-ocr {self.manifest['kind']}",
+                                                                {"run_id": self.dir.name, "run.name": self.cfg.name}))
         return self
 
     def __exit__(self, kind, error, tb) -> bool:
+        if self._span is not None:
+            self._span.set_attribute("run.status", "ok" if error is None else getattr(error, "status", type(error).__name__))
         self._signals.close()
         if error is None:
             self.finish("ok")
@@ -284,6 +293,15 @@ class Run:
         self.manifest["timings"][name] = round(seconds, 3)
         self.save()
 
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        """A stage of the job (load, eval_before, train, ...): its seconds in the manifest's timings as
+        ``<name>_s`` and, when tracing, a child span of the job's span."""
+        start = time.time()
+        with telemetry.span(self.tracer, name, {"run_id": self.dir.name}):
+            yield
+        self.timing(f"{name}_s", time.time() - start)
+
     def log_metrics(self, record: dict) -> None:
         with self.paths.metrics.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -302,6 +320,7 @@ class Run:
         self.save()
         release_lock(self.paths, self._lock)
         log.info("run %s: %s (%s)", status, self.dir, self.paths.manifest)
+        logs.set_run_id(None)
         if self._handler is not None:
             logging.getLogger().removeHandler(self._handler)
             self._handler.close()
@@ -642,10 +661,10 @@ def _writes_to(stream, path: Path) -> bool:
         return False
 
 
-def _attach_console_log(path: Path) -> logging.Handler | None:
-    """Timestamped log of the kit (and Python warnings) to ``path``, plus the console. Returns the file's
-    handler, or None when the console already is that file (each line once)."""
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+def _attach_console_log(path: Path, log_format: str = "text") -> logging.Handler | None:
+    """Timestamped log of the kit (and Python warnings) to ``path``, plus the console, as ``log_format``
+    (``logs``) says. Returns the file's handler, or None when the console already is that file (each line once)."""
+    fmt = logs.formatter(log_format)
     root = logging.getLogger()
     handler = None
     if not _writes_to(sys.stdout, path):
@@ -656,6 +675,9 @@ def _attach_console_log(path: Path) -> logging.Handler | None:
     logging.captureWarnings(True)
     kit = logging.getLogger("deepsynth_ocr")
     kit.setLevel(logging.INFO)
+    for h in root.handlers:  # a notebook's second run may ask for the other format
+        if getattr(h, "_deepsynth_console", False):
+            h.setFormatter(fmt)
     if not any(getattr(h, "_deepsynth_console", False) for h in root.handlers):
         console = _Console()
         console.setFormatter(fmt)

@@ -26,6 +26,10 @@ class StageClock:
     def add(self, name: str, seconds: float) -> None:
         self._seconds[name] = self._seconds.get(name, 0.0) + seconds
 
+    def seconds(self, name: str) -> float:
+        """Seconds in ``name`` since the last take."""
+        return self._seconds.get(name, 0.0)
+
     def count(self, name: str, n: float) -> None:
         self._counts[name] = self._counts.get(name, 0.0) + n
 

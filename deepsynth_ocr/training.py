@@ -260,5 +260,5 @@ def training_arguments(cfg: RunConfig, checkpoints: Path) -> TrainingArguments:
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=dataloader_workers(cfg),
-        disable_tqdm=False,
+        disable_tqdm=cfg.log.format == "json",  # JSON logs: the step records are log lines, not a progress bar
     )

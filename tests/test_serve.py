@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 import uvicorn
 from PIL import Image
@@ -65,10 +66,18 @@ def run_dir(tmp_path_factory) -> Path:
     return train(cfg).run_dir
 
 
+def generation_processes(pid: int) -> list[psutil.Process]:
+    """The spawned children of ``pid`` that run generation (not multiprocessing's resource tracker)."""
+    return [c for c in psutil.Process(pid).children() if "spawn_main" in " ".join(c.cmdline())]
+
+
 def run_config(run_dir: Path, **serve) -> RunConfig:
-    """The run's own config (as ``serve --run`` reads it) with ``serve`` fields overridden."""
+    """The run's own config (as ``serve --run`` reads it) with ``serve`` fields overridden; the model stays in
+    the server's process unless a test asks for the generation process (the default, which the ``served``
+    fixture and the SIGTERM test use: each spawn costs a few seconds)."""
     from deepsynth_ocr.runs import load_config
 
+    serve.setdefault("generation_process", False)
     cfg = load_config(run_dir, None)
     for name, value in serve.items():
         setattr(cfg.serve, name, value)
@@ -112,7 +121,7 @@ def post_all(url: str, bodies: list[dict]) -> list[httpx.Response]:
 def served(run_dir):
     """One server for the run: its adapter (named after the run), a second name for the same adapter,
     and the base."""
-    cfg = run_config(run_dir, adapters=[f"again={run_dir / 'adapter'}"])
+    cfg = run_config(run_dir, adapters=[f"again={run_dir / 'adapter'}"], generation_process=True)
     with live(cfg, run_dir) as url:
         yield url, cfg
 
@@ -385,6 +394,7 @@ def test_sigterm_answers_every_request_in_flight_then_exits_0(run_dir, tmp_path)
     proc = _serve_process(run_dir, port, log, "--max-batch-size", "8", "--max-wait-ms", "3000")
     try:
         _wait_ready(url, proc, log)
+        (generation,) = generation_processes(proc.pid)  # serve.generation_process: the model's own process
         n = 6
         results: list = [None] * n
 
@@ -411,6 +421,7 @@ def test_sigterm_answers_every_request_in_flight_then_exits_0(run_dir, tmp_path)
     assert all(isinstance(r.json()["choices"][0]["message"]["content"], str) for r in results)
     assert proc.returncode == 0, err[-3000:]
     assert "serve: stopped" in err
+    assert not generation.is_running() or generation.status() == psutil.STATUS_ZOMBIE  # it did not outlive the server
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/health", timeout=2)
 
@@ -481,3 +492,16 @@ def test_a_port_in_use_is_a_clear_error_before_the_model_loads(run_dir, monkeypa
         taken.listen()
         with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1:{cfg.serve.port}.*--port"):
             serve_job.serve(cfg, str(run_dir))
+
+
+def test_a_generation_process_that_dies_fails_its_requests_and_the_server_says_not_ready(run_dir):
+    cfg = run_config(run_dir, generation_process=True)
+    with live(cfg, run_dir) as url:
+        body = chat_body(run_dir.name, data_url(IMAGES[0].read_bytes()), max_tokens=8)
+        assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 200
+        (child,) = generation_processes(os.getpid())
+        child.kill()
+        reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+        assert reply.status_code == 500 and "generation process died" in reply.json()["error"]["message"]
+        assert httpx.get(f"{url}/ready", timeout=10).status_code == 503
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200  # the HTTP side itself still answers

@@ -26,16 +26,20 @@ def evaluate(cfg: RunConfig, adapter_dir: str | Path | None = None, run_dir: str
     if not cfg.data.eval_path:
         raise ConfigError("data.eval_path: stand-alone evaluation needs an eval manifest")
     with Run.start(cfg, run_dir, kind="evaluate") as run:
-        loaded = load_base(cfg)
+        with run.stage("load"):
+            loaded = load_base(cfg)
         # A prepare output directory gives its validation split, as for the eval set of a training run.
         dataset, report = prepare_manifest(cfg.data.eval_path, cfg.data, loaded.processor.tokenizer,
                                            loaded.family.default_prompt, split="validation", prepare_cfg=cfg.prepare)
         (log.warning if report.rejected else log.info)("data %s", report.summary())
-        summaries = {"before": evaluate_dataset(loaded, dataset, cfg.eval, run.paths.eval_file("before"), "before")}
+        with run.stage("eval_before"):
+            summaries = {"before": evaluate_dataset(loaded, dataset, cfg.eval, run.paths.eval_file("before"), "before")}
         if adapter_dir:
-            summaries["after"] = evaluate_dataset(loaded.with_adapter(adapter_dir), dataset, cfg.eval,
-                                                  run.paths.eval_file("after"), "after")
-        summaries |= {f"baseline_{k}": v for k, v in run_baselines(dataset, cfg.eval, run.paths.eval_dir).items()}
+            with run.stage("eval_after"):
+                summaries["after"] = evaluate_dataset(loaded.with_adapter(adapter_dir), dataset, cfg.eval,
+                                                      run.paths.eval_file("after"), "after")
+        with run.stage("baselines"):
+            summaries |= {f"baseline_{k}": v for k, v in run_baselines(dataset, cfg.eval, run.paths.eval_dir).items()}
         for tag, summary in summaries.items():
             run.log_metrics({"step": 0, "eval": tag, **summary})
         run.update(metrics=summaries, adapter=str(adapter_dir) if adapter_dir else None)

@@ -14,21 +14,21 @@ import logging
 import os
 import shutil
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 
+from deepsynth_ocr import logs, telemetry
 from deepsynth_ocr.addresses import check_address_free, is_loopback
 from deepsynth_ocr.config import RunConfig, ServeConfig
 from deepsynth_ocr.errors import MissingFileError, UserError
 from deepsynth_ocr.models.backends import load_base
 from deepsynth_ocr.models.families import get_family
 from deepsynth_ocr.runs import open_finished
-from deepsynth_ocr.secrets import RedactingFilter
 from deepsynth_ocr.serving.app import create_app
 from deepsynth_ocr.serving.engine import OcrEngine, parse_adapter_specs
+from deepsynth_ocr.serving.worker import EngineProcess
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +75,10 @@ def api_keys(serve_cfg: ServeConfig) -> list[str]:
     return sorted(set(keys))
 
 
-def _configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.addFilter(RedactingFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-
-
 def serve(cfg: RunConfig, run_dir: str | None = None, vllm_script: str | None = None, dry_run: bool = False) -> int:
     """Run the server until SIGTERM / Ctrl-C; returns the exit code."""
     cfg.validate()
-    _configure_logging()
+    logs.configure(cfg.log.format)
     plan = plan_models(cfg, run_dir)
     if cfg.serve.backend == "vllm":
         return _serve_vllm(plan, run_dir, vllm_script, dry_run)
@@ -97,15 +88,19 @@ def serve(cfg: RunConfig, run_dir: str | None = None, vllm_script: str | None = 
         log.warning("serve: listening on %s without API keys: anyone who can reach the port can use it "
                     "(set %s or serve.api_keys_file)", cfg.serve.host, cfg.serve.api_keys_env)
     log.info("serve: API keys %s", f"required ({len(keys)} configured)" if keys else "off")
-    _Server(server_config(build_app(plan, keys))).run()
+    _Server(server_config(build_app(plan, keys, telemetry.tracer_from_env("deepsynth-ocr-serve")))).run()
     log.info("serve: stopped")
     return 0
 
 
-def build_app(plan: ServePlan, keys: list[str]):
-    """The FastAPI app for ``plan``: the base loaded once, each adapter attached under its name."""
-    engine = OcrEngine(load_base(plan.cfg), plan.cfg, plan.base_name, plan.adapters)
-    return create_app(engine, plan.cfg, keys)
+def build_app(plan: ServePlan, keys: list[str], tracer=None):
+    """The FastAPI app for ``plan``: the base loaded once, each adapter attached under its name, in a
+    generation process of its own unless ``serve.generation_process`` is false."""
+    if plan.cfg.serve.generation_process:
+        engine = EngineProcess(plan.cfg, plan.base_name, plan.adapters)
+    else:
+        engine = OcrEngine(load_base(plan.cfg), plan.cfg, plan.base_name, plan.adapters)
+    return create_app(engine, plan.cfg, keys, tracer)
 
 
 def server_config(app) -> uvicorn.Config:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from transformers import set_seed
+from transformers.trainer_callback import PrinterCallback
 
 from deepsynth_ocr import versions
 from deepsynth_ocr.baselines import run_baselines
@@ -59,11 +60,10 @@ def _sample_rows(eval_ds, rows: list[dict], n: int) -> list[dict]:
 
 
 def _evaluate(loaded, eval_ds, cfg: RunConfig, run: Run, tracker: Tracker, tag: str, step: int) -> dict:
-    start = time.time()
     out = run.paths.eval_file(tag)
-    loaded.for_inference()
-    summary = evaluate_dataset(loaded, eval_ds, cfg.eval, out, tag)
-    run.timing(f"eval_{tag}_s", time.time() - start)
+    with run.stage(f"eval_{tag}"):
+        loaded.for_inference()
+        summary = evaluate_dataset(loaded, eval_ds, cfg.eval, out, tag)
     run.log_metrics({"step": step, "eval": tag, **summary})
     tracker.log({f"eval_{tag}/{k}": v for k, v in summary.items()}, step=step)
     tracker.log_samples(f"eval_{tag}/samples", _sample_rows(eval_ds, run.paths.read_jsonl(out),
@@ -108,14 +108,13 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
                        global_batch=cfg.train.per_device_batch_size * cfg.train.gradient_accumulation_steps * world_size,
                        progress={**run.manifest.get("progress", {}), "max_steps": cfg.train.max_steps})
             set_seed(cfg.seed)
-            start = time.time()
-            loaded = load_model(cfg)
+            with run.stage("load"):
+                loaded = load_model(cfg)
             run.update(backend=loaded.backend, backend_reason=loaded.backend_reason, device=device_name(loaded.model.device),
                        dtype=str(loaded.model.dtype).removeprefix("torch."), dtype_reason=loaded.dtype_reason,
                        checkpoint=checkpoint_source(cfg.model) or "random (built in code)",
                        parameters={"frozen": loaded.frozen_params, "trainable": loaded.trainable_params,
                                    "trained": loaded.trained, "language_model_precision": loaded.lm_precision})
-            run.timing("load_s", time.time() - start)
             train_ds, eval_ds = load_data(cfg, loaded.processor.tokenizer, loaded.family,
                                           run.paths.data_report if main else None)
             tracking = cfg.tracking if main else replace(cfg.tracking, wandb="disabled")
@@ -129,6 +128,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
                     tracker.log({f"baseline_{name}/{k}": v for k, v in summary.items()}, step=0)
 
             first: list = []  # (time, step) of this attempt's first log record: the pace for an ETA
+            json_logs = cfg.log.format == "json"
 
             def log_train(record: dict) -> None:
                 run.log_metrics(record)
@@ -141,10 +141,15 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
                                          "updated": round(now, 1)})
                 tracker.log({f"train/{k}": v for k, v in record.items() if k not in ("step", "epoch")},
                             step=record["step"])
+                if json_logs:
+                    log.info("step %d%s", record["step"], "" if "loss" in record else ": training done",
+                             extra={"fields": record})
 
             collator = make_collator(loaded.processor, loaded.family)
             trainer = KitTrainer(model=loaded.model, args=training_arguments(cfg, run.paths.checkpoints),
                                  train_dataset=train_ds, data_collator=collator, callbacks=[MetricsCallback(log_train)])
+            if json_logs:  # without a progress bar the Trainer prints each record; the kit logs it as JSON instead
+                trainer.remove_callback(PrinterCallback)
             if do_eval and cfg.eval.every_steps:
                 def log_periodic(summary: dict, step: int) -> None:
                     run.log_metrics({"step": step, "eval": "periodic", **summary})
@@ -158,11 +163,9 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
             resume = last_complete_checkpoint(checkpoints) if cfg.train.resume else None
             if cfg.train.resume:
                 log.info("resuming from %s", resume or "scratch (no checkpoint found)")
-            start = time.time()
-            loaded.for_training()
-            with stop_on_signals(trainer):
+            with run.stage("train"), stop_on_signals(trainer):
+                loaded.for_training()
                 output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-            run.timing("train_s", time.time() - start)
             if (steady := trainer.step_timer.steady()) is not None:  # after warm-up, checkpoint saves left out
                 run.timing("steady_s_per_step", steady)
             step = trainer.state.global_step
@@ -180,13 +183,14 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
                 return TrainResult(run.dir, None, None, output.training_loss, loaded)
             fixed_batch = collator([train_ds[i] for i in range(min(2, len(train_ds)))])
             saved = run.paths.adapter if cfg.lora.enabled else run.paths.model
-            if cfg.lora.enabled:
-                # Exact on the hf backend; Unsloth's patched LoRA forward gets the 16-bit rounding bound.
-                rtol = 0.0 if loaded.backend == "hf" else MERGED_RTOL.get(loaded.model.dtype, 0.0)
-                save_adapter(loaded.model, saved, fixed_batch, rtol=rtol)
-            else:
-                loaded.model.save_pretrained(saved)
-            loaded.processor.save_pretrained(saved)
+            with run.stage("save"):
+                if cfg.lora.enabled:
+                    # Exact on the hf backend; Unsloth's patched LoRA forward gets the 16-bit rounding bound.
+                    rtol = 0.0 if loaded.backend == "hf" else MERGED_RTOL.get(loaded.model.dtype, 0.0)
+                    save_adapter(loaded.model, saved, fixed_batch, rtol=rtol)
+                else:
+                    loaded.model.save_pretrained(saved)
+                loaded.processor.save_pretrained(saved)
             run.update(metrics={"before": before, "after": after, "train_loss": output.training_loss, "steps": step})
     finally:
         if tracker is not None:

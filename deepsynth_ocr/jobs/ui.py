@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
+from deepsynth_ocr import logs
 from deepsynth_ocr.addresses import check_address_free, is_loopback
 from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.errors import UserError
-from deepsynth_ocr.secrets import RedactingFilter
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +39,7 @@ def ui(cfg: RunConfig) -> int:
     cfg.validate()
     token = ui_token(cfg)
     check_address_free(cfg.ui.host, cfg.ui.port)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    handler.addFilter(RedactingFilter())
-    logging.getLogger().handlers[:] = [handler]
-    logging.getLogger().setLevel(logging.INFO)
+    logs.configure(cfg.log.format, text="%(asctime)s %(levelname)s %(message)s")
     app = create_ui_app(cfg, token, cwd=Path.cwd())
     scheduler = app.state.ui.scheduler
     scheduler.run_in_background()

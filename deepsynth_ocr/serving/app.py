@@ -10,6 +10,11 @@ The gate in front of the app checks the API key (constant-time, against every ke
 over ``serve.max_body_mb`` (declared or streamed), gives each request an id (``X-Request-Id``) and
 writes one JSON access-log line per request: ids, status, timings, sizes, never the key, the image
 or (unless ``serve.log_content``) the text.
+
+Where the time goes: each stage (``metrics.STAGES``) goes into the ``deepsynth_ocr_stage_seconds``
+histogram, the access-log line and, with a tracer (``telemetry``), a child span of the request's span.
+Decoding runs in a worker thread and the batch's preprocessing in the generation thread, so the event
+loop only moves bytes.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ import uuid
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deepsynth_ocr import telemetry
 from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.serving.engine import OcrEngine
 from deepsynth_ocr.serving.inputs import (
@@ -41,6 +48,7 @@ from deepsynth_ocr.serving.inputs import (
 )
 from deepsynth_ocr.serving.metrics import ServerMetrics
 from deepsynth_ocr.serving.queue import BatchQueue, BatchStats, GenerationFailed, QueueFull
+from deepsynth_ocr.serving.samples import SampleKeeper
 
 access_log = logging.getLogger("deepsynth_ocr.serving.access")
 log = logging.getLogger(__name__)
@@ -53,8 +61,8 @@ CLIENT_GONE = 499  # nginx's code for "client closed request": logged and counte
 class _Gate:
     """ASGI middleware: request id, API key, body limit, access log and request metrics."""
 
-    def __init__(self, app, api_keys: list[str], max_body: int, metrics: ServerMetrics):
-        self.app, self.metrics, self.max_body = app, metrics, max_body
+    def __init__(self, app, api_keys: list[str], max_body: int, metrics: ServerMetrics, tracer=None):
+        self.app, self.metrics, self.max_body, self.tracer = app, metrics, max_body, tracer
         self.keys = [k.encode() for k in api_keys]
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
@@ -95,31 +103,37 @@ class _Gate:
         path = scope["path"]
         endpoint = self.metrics.endpoint(path)
         self.metrics.in_flight.inc()
-        try:
-            refusal = None
-            if self.keys and path.startswith(PROTECTED) and not self._authorised(headers):
-                refusal = ApiError(401, "invalid_api_key", "missing or invalid API key: send the header "
-                                   "'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})
-            elif int(headers.get(b"content-length", b"0") or 0) > self.max_body:
-                refusal = _too_large(self.max_body)
-            if refusal is not None:
-                state["error"] = refusal.code
-                await _error_response(refusal)(scope, receive, send_with_id)
-            else:
-                await self.app(scope, counting_receive, send_with_id)
-        finally:
-            self.metrics.in_flight.dec()
-            seconds = time.perf_counter() - started
-            self.metrics.latency.labels(endpoint).observe(seconds)
-            self.metrics.requests.labels(endpoint, str(status[0])).inc()
-            if status[0] >= 400 or state.get("error"):
-                self.metrics.errors.labels(state.get("error") or f"http_{status[0]}").inc()
-            record = {"ts": round(time.time(), 3), "request_id": request_id, "method": scope["method"], "path": path,
-                      "status": status[0], "ms": round(seconds * 1000, 1), "bytes_in": received}
-            record |= {k: v for k, v in state.items() if k not in ("request_id", "text")}
-            if "text" in state:
-                record["text"] = state["text"]
-            access_log.info(json.dumps(record, ensure_ascii=False))
+        traced = self.tracer if path.startswith("/v1/") else None
+        with telemetry.span(traced, f"{scope['method']} {endpoint}", {"request_id": request_id}, kind="SERVER") as span:
+            state["span"] = span
+            try:
+                refusal = None
+                if self.keys and path.startswith(PROTECTED) and not self._authorised(headers):
+                    refusal = ApiError(401, "invalid_api_key", "missing or invalid API key: send the header "
+                                       "'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})
+                elif int(headers.get(b"content-length", b"0") or 0) > self.max_body:
+                    refusal = _too_large(self.max_body)
+                if refusal is not None:
+                    state["error"] = refusal.code
+                    await _error_response(refusal)(scope, receive, send_with_id)
+                else:
+                    await self.app(scope, counting_receive, send_with_id)
+            finally:
+                self.metrics.in_flight.dec()
+                seconds = time.perf_counter() - started
+                self.metrics.latency.labels(endpoint).observe(seconds)
+                self.metrics.requests.labels(endpoint, str(status[0])).inc()
+                if status[0] >= 400 or state.get("error"):
+                    self.metrics.errors.labels(state.get("error") or f"http_{status[0]}").inc()
+                record = {"ts": round(time.time(), 3), "request_id": request_id, "method": scope["method"], "path": path,
+                          "status": status[0], "ms": round(seconds * 1000, 1), "bytes_in": received}
+                record |= {k: v for k, v in state.items() if k not in ("request_id", "text", "span")}
+                if span is not None:
+                    span.set_attributes({"http.status_code": status[0],
+                                         **{k: v for k, v in record.items() if k.endswith("_ms") or k in ("model", "batch_size", "error")}})
+                if "text" in state:
+                    record["text"] = state["text"]
+                access_log.info(json.dumps(record, ensure_ascii=False), extra={"fields": record})
 
 
 def _too_large(limit: int) -> ApiError:
@@ -132,8 +146,10 @@ def _error_response(e: ApiError) -> JSONResponse:
 
 
 async def _client_gone(request: Request) -> None:
-    while not await request.is_disconnected():
-        await asyncio.sleep(0.05)
+    # After the body, the server's receive() returns only when the client disconnects (or the response is
+    # complete): one wait per request instead of polling is_disconnected() 20 times a second.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 # --- the endpoints: module-level routes; the app's state (engine, queue, metrics, cfg) set by create_app ---
@@ -151,10 +167,15 @@ async def http_error(request: Request, e: StarletteHTTPException):
     return _error_response(ApiError(e.status_code, code, f"{request.method} {request.url.path}: {e.detail}"))
 
 
-def observe(request: Request, stage: str, seconds: float) -> None:
-    """One stage of a request: into its Prometheus histogram and the request's access-log line."""
+def observe(request: Request, stage: str, seconds: float, end_ns: int | None = None) -> None:
+    """One stage of a request (ending now, or at ``end_ns``): into its Prometheus histogram, the request's
+    access-log line and, when tracing, a child span of the request's span."""
     request.app.state.metrics.stage_seconds.labels(stage).observe(seconds)
     setattr(request.state, f"{stage}_ms", round(seconds * 1000, 2))
+    span = request.scope["state"].get("span")
+    if span is not None:
+        end_ns = end_ns or telemetry.now_ns()
+        telemetry.record(request.app.state.tracer, stage, span, end_ns - int(seconds * 1e9), end_ns)
 
 
 @contextlib.contextmanager
@@ -181,7 +202,7 @@ async def answer(request: Request, req: OcrRequest) -> list:
     request.state.model, request.state.images = req.model, len(req.images)
     rows = [{"image": image, "prompt": req.prompt} for image in req.images]
     try:
-        futures = queue.submit(req.model, rows, [req.max_tokens] * len(rows))
+        futures = queue.submit(req.model, rows, [req.max_tokens] * len(rows), request.scope["state"].get("span"))
     except QueueFull as e:
         raise ApiError(503, "queue_full", f"the server is busy ({e}); retry after the Retry-After seconds",
                        headers={"Retry-After": str(e.retry_after)}) from None
@@ -204,12 +225,20 @@ async def answer(request: Request, req: OcrRequest) -> list:
         results = gathered.result()
     except GenerationFailed as e:
         raise ApiError(500, "generation_failed", f"generation failed for this image: {e}") from None
-    observe(request, "queue_wait", max(d.queued_s for d in results))
-    observe(request, "generate", max(d.generate_s for d in results))
+    last = max(results, key=lambda d: d.ended_ns)  # a PDF's pages may span batches: the request waited for the last
+    batch_ns = int((last.preprocess_s + last.generate_s) * 1e9)
+    observe(request, "queue_wait", max(d.queued_s for d in results), last.ended_ns - batch_ns)
+    observe(request, "preprocess", last.preprocess_s, last.ended_ns - int(last.generate_s * 1e9))
+    observe(request, "generate", last.generate_s, last.ended_ns)
     request.state.batch_size = max(d.batch_size for d in results)
     request.state.completion_tokens = sum(d.result.n_tokens for d in results)
     if serve_cfg.log_content:
         request.state.text = "\n".join(d.result.text for d in results)
+    keeper = request.app.state.samples
+    if keeper is not None and keeper.chosen():  # written by a worker thread; the reply does not wait for it
+        stages = {k: v for k, v in request.scope["state"].items() if k.endswith("_ms")}
+        asyncio.get_running_loop().run_in_executor(None, keeper.keep, request.state.request_id, req.model, req.images,
+                                                   [d.result.text for d in results], stages)
     return [d.result for d in results]
 
 
@@ -222,7 +251,8 @@ async def chat_completions(request: Request):
     engine, cfg = request.app.state.engine, request.app.state.cfg
     payload = await read_json(request)
     with stage(request, "decode"):
-        req = parse_chat(payload, engine.names, cfg.serve, cfg.data, engine.default_prompt, cfg.infer.max_new_tokens)
+        req = await run_in_threadpool(parse_chat, payload, engine.names, cfg.serve, cfg.data, engine.default_prompt,
+                                      cfg.infer.max_new_tokens)
     (pred,) = await answer(request, req)
     with stage(request, "respond"):
         return {
@@ -250,7 +280,8 @@ async def ocr(request: Request):
                                   cfg.infer.max_new_tokens, cfg.serve.max_tokens_limit)
     prompt = form.get("prompt")
     with stage(request, "decode"):
-        images, pages = parse_upload(data, upload.filename or "", cfg.serve, cfg.data, cfg.infer.pdf_dpi)
+        images, pages = await run_in_threadpool(parse_upload, data, upload.filename or "", cfg.serve, cfg.data,
+                                                cfg.infer.pdf_dpi)
     req = OcrRequest(model, images, with_image_placeholder(prompt) if prompt else engine.default_prompt, max_tokens, pages)
     preds = await answer(request, req)
     return {
@@ -279,7 +310,7 @@ async def health():
 @router.get("/ready")
 async def ready(request: Request):
     queue = request.app.state.queue
-    if not queue.running:
+    if not queue.running or not getattr(request.app.state.engine, "alive", True):
         return JSONResponse({"status": "not ready"}, status_code=503)
     return {"status": "ready", "models": request.app.state.engine.names, "queue_depth": queue.depth}
 
@@ -302,16 +333,21 @@ async def _lifespan(app: FastAPI):
     app.state.queue.start()
     yield
     await app.state.queue.close()  # uvicorn has already waited for the requests in flight; this drains the rest
+    if hasattr(app.state.engine, "close"):  # a generation process
+        app.state.engine.close()
 
 
-def create_app(engine: OcrEngine, cfg: RunConfig, api_keys: list[str]) -> FastAPI:
-    """The server's app: the routes above over one engine and its batching queue."""
+def create_app(engine: OcrEngine, cfg: RunConfig, api_keys: list[str], tracer=None) -> FastAPI:
+    """The server's app: the routes above over one engine and its batching queue; ``tracer``: OpenTelemetry
+    spans per request and batch (``telemetry.tracer_from_env``), ``None`` for none."""
     metrics = ServerMetrics()
     queue = BatchQueue(engine.run_batch, cfg.serve.max_batch_size, cfg.serve.max_wait_ms, cfg.serve.max_queue,
-                       functools.partial(_count_batch, metrics))
+                       functools.partial(_count_batch, metrics), tracer)
     app = FastAPI(title="DeepSynth OCR", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.queue, app.state.metrics, app.state.engine, app.state.cfg = queue, metrics, engine, cfg
-    app.add_middleware(_Gate, api_keys=api_keys, max_body=int(cfg.serve.max_body_mb * 2**20), metrics=metrics)
+    app.state.tracer = tracer
+    app.state.samples = SampleKeeper(cfg.serve) if cfg.serve.samples_dir else None
+    app.add_middleware(_Gate, api_keys=api_keys, max_body=int(cfg.serve.max_body_mb * 2**20), metrics=metrics, tracer=tracer)
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.include_router(router)

@@ -18,6 +18,7 @@ from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.evaluate import Prediction, generate_batch
 from deepsynth_ocr.models.adapters import load_adapter
 from deepsynth_ocr.models.backends import LoadedModel
+from deepsynth_ocr.timing import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,6 @@ class OcrEngine:
             self.model.set_adapter(name)
             yield
 
-    def run_batch(self, name: str, rows: list[dict], bounds: list[int]) -> list[Prediction]:
+    def run_batch(self, name: str, rows: list[dict], bounds: list[int], clock: StageClock | None = None) -> list[Prediction]:
         with self._selected(name):
-            return generate_batch(self.model, self.collator, rows, self.cfg.eval, max(bounds), bounds)
+            return generate_batch(self.model, self.collator, rows, self.cfg.eval, max(bounds), bounds, clock=clock)

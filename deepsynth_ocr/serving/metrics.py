@@ -13,9 +13,9 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, float("inf"))
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120, float("inf"))
 # Where a request's time goes: reading the body, decoding its image(s) (base64, image checks, PDF pages),
-# waiting in the batching queue, generating its batch (the processor's preprocessing included), building
-# the response.
-STAGES = ("body_read", "decode", "queue_wait", "generate", "respond")
+# waiting in the batching queue, its batch's preprocessing (the processor over the whole batch, to the
+# device), its batch's generation, building the response.
+STAGES = ("body_read", "decode", "queue_wait", "preprocess", "generate", "respond")
 
 
 class ServerMetrics:

@@ -9,6 +9,9 @@ A request gives up its images when it times out or its client goes away: their f
 cancelled and the worker skips them; a batch already running finishes and its result is dropped.
 The queue is bounded: a request that does not fit gets ``QueueFull`` (the app answers 503 with
 ``Retry-After``). ``close()`` lets everything queued finish, then stops the worker.
+
+With a tracer (``telemetry``), each batch is a ``batch`` span linked to the span of every request it
+served, with its ``preprocess`` and ``generate`` stages as children.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+from deepsynth_ocr import telemetry
+from deepsynth_ocr.timing import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,7 @@ class _Job:
     row: dict
     bound: int
     future: asyncio.Future
+    span: object = None  # the request's span, which the batch span links to
     arrived: float = field(default_factory=time.monotonic)
 
 
@@ -57,24 +64,27 @@ class BatchStats:
 
 @dataclass
 class Done:
-    """An image's result and where its time went."""
+    """An image's result and where its time went (its batch's stages end at ``ended_ns``, wall clock)."""
 
     result: object
     queued_s: float
+    preprocess_s: float
     generate_s: float
     batch_size: int
+    ended_ns: int
 
 
-# run_batch(model name, rows, per-row token bounds) -> one result per row, in order
-RunBatch = Callable[[str, list[dict], list[int]], list]
+# run_batch(model name, rows, per-row token bounds, a StageClock for "preprocess"/"generate") -> one result per row
+RunBatch = Callable[[str, list[dict], list[int], StageClock], list]
 
 
 class BatchQueue:
     def __init__(self, run_batch: RunBatch, max_batch_size: int, max_wait_ms: float, max_queue: int,
-                 on_batch: Callable[[BatchStats], None] | None = None):
+                 on_batch: Callable[[BatchStats], None] | None = None, tracer=None):
         self.run_batch, self.max_batch_size = run_batch, max_batch_size
         self.max_wait, self.max_queue = max_wait_ms / 1000, max_queue
         self.on_batch = on_batch or (lambda stats: None)
+        self.tracer = tracer
         self._pending: deque[_Job] = deque()
         self._wake = asyncio.Event()
         self._closing = False
@@ -103,8 +113,9 @@ class BatchQueue:
     def depth(self) -> int:
         return sum(not j.future.done() for j in self._pending)
 
-    def submit(self, model: str, rows: list[dict], bounds: list[int]) -> list[asyncio.Future]:
-        """Queue one request's images (all or none); returns one future per image, each resolving to ``Done``."""
+    def submit(self, model: str, rows: list[dict], bounds: list[int], span=None) -> list[asyncio.Future]:
+        """Queue one request's images (all or none); returns one future per image, each resolving to ``Done``.
+        ``span``: the request's span, linked from the batch span that serves it."""
         if self._closing:
             raise QueueFull(self.depth, 1)
         waiting = self.depth
@@ -112,7 +123,7 @@ class BatchQueue:
             batches_ahead = math.ceil((waiting + len(rows)) / self.max_batch_size)
             raise QueueFull(waiting, max(1, math.ceil(batches_ahead * (self._batch_seconds or 1.0))))
         loop = asyncio.get_running_loop()
-        jobs = [_Job(model, row, bound, loop.create_future()) for row, bound in zip(rows, bounds, strict=True)]
+        jobs = [_Job(model, row, bound, loop.create_future(), span) for row, bound in zip(rows, bounds, strict=True)]
         self._pending.extend(jobs)
         self._wake.set()
         return [j.future for j in jobs]
@@ -164,10 +175,17 @@ class BatchQueue:
 
     async def _generate(self, batch: list[_Job]) -> None:
         loop = asyncio.get_running_loop()
-        started = time.monotonic()
+        clock = StageClock()
+        started, started_ns = time.monotonic(), telemetry.now_ns()
         try:
-            results = await loop.run_in_executor(self._executor, self.run_batch, batch[0].model,
-                                                 [j.row for j in batch], [j.bound for j in batch])
+            with telemetry.span(self.tracer, "batch", {"batch.size": len(batch), "model": batch[0].model},
+                                links=list({id(j.span): j.span for j in batch}.values())) as batch_span:
+                results = await loop.run_in_executor(self._executor, self.run_batch, batch[0].model,
+                                                     [j.row for j in batch], [j.bound for j in batch], clock)
+                ended_ns = telemetry.now_ns()
+                preprocess_ns = started_ns + int(clock.seconds("preprocess") * 1e9)
+                telemetry.record(self.tracer, "preprocess", batch_span, started_ns, preprocess_ns)
+                telemetry.record(self.tracer, "generate", batch_span, preprocess_ns, ended_ns)
         except Exception as e:
             if len(batch) == 1:
                 log.error("generation failed for one image: %s: %s", type(e).__name__, e)
@@ -180,8 +198,9 @@ class BatchQueue:
         seconds = time.monotonic() - started
         self._batch_seconds = seconds if not self._batch_seconds else 0.8 * self._batch_seconds + 0.2 * seconds
         self.on_batch(BatchStats(len(batch), seconds, sum(getattr(r, "n_tokens", 0) for r in results)))
+        preprocess = clock.seconds("preprocess")
         for job, result in zip(batch, results, strict=True):
-            _resolve(job.future, result=Done(result, started - job.arrived, seconds, len(batch)))
+            _resolve(job.future, result=Done(result, started - job.arrived, preprocess, seconds - preprocess, len(batch), ended_ns))
 
 
 def _resolve(future: asyncio.Future, result=None, exception: Exception | None = None) -> None:
