@@ -98,6 +98,10 @@ class DataConfig:
         "'qa' (image or rendered document + question -> answer), 'summarize' (rendered document -> summary)."
     )
     prompt: str = _f("", "Prompt for OCR rows that carry none; empty means the family's OCR prompt.")
+    instruction: str = _f("", "A dataset-wide instruction for rows without their own prompt, any task (e.g. 'Summarize the "
+                          "article in three sentences.'); Q&A rows keep their question after it. Empty: each task's own.")
+    preset: str = _f("", "Read a public dataset as published: 'squad' (context, question, nested answers; qa) or "
+                     "'cnn_dailymail' (article, highlights; summarize). Fills only the columns and task left at defaults.")
     image_column: str = _f("image", "Source column with the image (a path relative to the source, bytes, or {bytes, path}).")
     text_column: str = _f("text", "Source column with the transcription (ocr/markdown) or the document text (qa/summarize).")
     prompt_column: str = _f("prompt", "Source column with a per-row prompt (optional; overrides the task's prompt).")
@@ -117,13 +121,16 @@ class DataConfig:
 
     def validate(self) -> None:
         from deepsynth_ocr.data.sources import SOURCE_TYPES
-        from deepsynth_ocr.data.tasks import TASKS
+        from deepsynth_ocr.data.tasks import PRESETS, TASKS
 
         _check(bool(self.train_path), "data.train_path", "is required")
         _check(self.eval_size >= 0, "data.eval_size", f"must be >= 0, got {self.eval_size}")
         _check(self.source_type == "auto" or self.source_type in SOURCE_TYPES, "data.source_type",
                f"must be 'auto' or one of {list(SOURCE_TYPES)}, got {self.source_type!r}")
         _check(self.task in TASKS, "data.task", f"must be one of {list(TASKS)}, got {self.task!r}")
+        _check(self.preset in ("", *PRESETS), "data.preset", f"must be empty or one of {list(PRESETS)}, got {self.preset!r}")
+        _check(not self.instruction or self.instruction.count("<image>") <= 1, "data.instruction",
+               "may hold at most one <image> placeholder")
         for name in ("image", "text", "prompt", "id", "task", "question", "answer", "summary"):
             _check(bool(getattr(self, f"{name}_column")), f"data.{name}_column", "must be a non-empty column name")
         _check(self.max_target_tokens > 0, "data.max_target_tokens", f"must be > 0, got {self.max_target_tokens}")

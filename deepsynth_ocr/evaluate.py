@@ -158,7 +158,7 @@ def score_rows(loaded, rows, cfg: EvalConfig, max_new_tokens: int, desc: str = "
     """Corpus and per-sample metrics of greedy predictions on ``rows`` ({image, prompt, text}), no files written."""
     preds = generate(loaded, rows, cfg, max_new_tokens, desc=desc)
     return metrics.aggregate([r["text"] for r in rows], [p.text for p in preds], cfg.normalization(),
-                             [p.looped for p in preds])
+                             [p.looped for p in preds], [r.get("task") or "ocr" for r in rows])
 
 
 def eval_rows(dataset, cfg: EvalConfig) -> list[dict]:
@@ -172,20 +172,35 @@ def eval_rows(dataset, cfg: EvalConfig) -> list[dict]:
 def score_and_write(rows: list[dict], preds: list[Prediction], cfg: EvalConfig, out_path: Path) -> dict:
     """Per-sample JSONL (reference, prediction, CER, WER, failure flag, ...) and the summary."""
     norm = cfg.normalization()
+    tasks = [r.get("task") or "ocr" for r in rows]
     scores = [metrics.SampleScore.of(r["text"], p.text, norm, p.looped) for r, p in zip(rows, preds, strict=True)]
+    extra = [metrics.task_scores(t, r["text"], p.text) for t, r, p in zip(tasks, rows, preds, strict=True)]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.open("w", encoding="utf-8") as f:
-        for row, pred, score in zip(rows, preds, scores, strict=True):
-            f.write(json.dumps({"id": row["id"], "image": row.get("image_path"), "reference": row["text"],
-                                "prediction": pred.text, "stopped": pred.stopped, "n_tokens": pred.n_tokens,
-                                **score.to_dict()}, ensure_ascii=False) + "\n")
-    summary = metrics.summarize(scores, norm)
+        for row, pred, score, task, more in zip(rows, preds, scores, tasks, extra, strict=True):
+            f.write(json.dumps({"id": row["id"], "image": row.get("image_path"), "task": task, "prompt": row.get("prompt"),
+                                "reference": row["text"], "prediction": pred.text, "stopped": pred.stopped,
+                                "n_tokens": pred.n_tokens, **score.to_dict(), **more}, ensure_ascii=False) + "\n")
+    summary = metrics.summarize_tasks(tasks, scores, extra, norm)
     summary["stopped_rate"] = sum(p.stopped for p in preds) / len(preds)
     return summary
 
 
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
+
+
+def describe(summary: dict) -> str:
+    """One line with each task's own metric: CER/WER for OCR rows, EM/F1 for Q&A, ROUGE-L for summaries."""
+    parts = []
+    if any(t in metrics.OCR_TASKS for t in summary.get("tasks") or ["ocr"]):
+        parts.append(f"CER {_fmt(summary['cer'])} WER {_fmt(summary['wer'])} exact {_fmt(summary['exact_match'])} "
+                     f"stopped {_fmt(summary.get('stopped_rate'))} catastrophic {_fmt(summary['catastrophic_rate'])}")
+    if "qa_f1" in summary:
+        parts.append(f"Q&A EM {_fmt(summary['qa_exact_match'])} F1 {_fmt(summary['qa_f1'])} (n={summary['qa_n']})")
+    if "summarize_rouge_l" in summary:
+        parts.append(f"summaries ROUGE-L {_fmt(summary['summarize_rouge_l'])} (n={summary['summarize_n']})")
+    return "; ".join(parts)
 
 
 def evaluate_dataset(loaded, dataset, cfg: EvalConfig, out_path: Path, tag: str) -> dict:
@@ -199,9 +214,7 @@ def evaluate_dataset(loaded, dataset, cfg: EvalConfig, out_path: Path, tag: str)
     summary = score_and_write(rows, preds, cfg, out_path)
     summary["max_new_tokens"] = bound
     summary |= clock.take()  # time/decode_s, time/preprocess_s, time/generate_s, time/wall_s, images_per_s
-    log.info("eval %s: CER %s WER %s exact %.3f stopped %.3f catastrophic %.3f (n=%d)", tag, _fmt(summary["cer"]),
-             _fmt(summary["wer"]), summary["exact_match"], summary["stopped_rate"], summary["catastrophic_rate"],
-             summary["n"], extra={"fields": {"eval": tag, **summary}})
+    log.info("eval %s: %s (n=%d)", tag, describe(summary), summary["n"], extra={"fields": {"eval": tag, **summary}})
     return summary
 
 

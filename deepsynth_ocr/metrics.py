@@ -14,9 +14,12 @@ Definitions the kit commits to (jiwer's own behaviour differs between versions):
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 import statistics
 import unicodedata
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 import jiwer
@@ -162,13 +165,105 @@ def summarize(scores: list[SampleScore], norm: TextNormalization = RAW) -> dict:
 
 
 def aggregate(references: list[str], hypotheses: list[str], norm: TextNormalization = RAW,
-              looped: list[bool] | None = None) -> dict:
-    """``summarize`` over reference/hypothesis pairs."""
+              looped: list[bool] | None = None, tasks: list[str] | None = None) -> dict:
+    """``summarize_tasks`` over reference/hypothesis pairs (all OCR unless ``tasks`` says otherwise)."""
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     looped = looped or [False] * len(references)
-    return summarize([SampleScore.of(r, h, norm, lp) for r, h, lp in zip(references, hypotheses, looped, strict=True)], norm)
+    tasks = tasks or ["ocr"] * len(references)
+    scores = [SampleScore.of(r, h, norm, lp) for r, h, lp in zip(references, hypotheses, looped, strict=True)]
+    extra = [task_scores(t, r, h) for t, r, h in zip(tasks, references, hypotheses, strict=True)]
+    return summarize_tasks(tasks, scores, extra, norm)
 
+
+
+# --- task metrics: Q&A (SQuAD's exact match and token F1) and summaries (ROUGE-L) ------------------------------
+OCR_TASKS = ("ocr", "markdown")  # scored by CER/WER; every other task by its own metric, never averaged with these
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+
+
+def squad_normalize(text: str) -> str:
+    """SQuAD's answer normalisation: lower case, punctuation removed, English articles removed, whitespace collapsed.
+    Punctuation is every Unicode P* character (SQuAD's script uses ASCII punctuation only)."""
+    text = "".join(ch for ch in text.lower() if not unicodedata.category(ch).startswith("P"))
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(reference: str, hypothesis: str) -> bool:
+    return squad_normalize(reference) == squad_normalize(hypothesis)
+
+
+def token_f1(reference: str, hypothesis: str) -> float:
+    """SQuAD's token F1 over normalised whitespace tokens; when either side is empty, 1 if both are, else 0."""
+    ref, hyp = squad_normalize(reference).split(), squad_normalize(hypothesis).split()
+    if not ref or not hyp:
+        return float(ref == hyp)
+    common = sum((Counter(ref) & Counter(hyp)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(hyp), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+class _UnicodeWords:
+    """rouge-score's tokenizer interface over Unicode word runs (its default drops every non-ASCII letter,
+    which would score a Persian or Chinese summary 0)."""
+
+    @staticmethod
+    def tokenize(text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower(), re.UNICODE)
+
+
+@functools.cache
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=_UnicodeWords())
+
+
+def rouge_l(reference: str, hypothesis: str) -> float:
+    """ROUGE-L F-measure (rouge-score's longest common subsequence) over lower-cased Unicode words, no stemming."""
+    return _rouge_scorer().score(reference, hypothesis)["rougeL"].fmeasure
+
+
+def task_scores(task: str, reference: str, hypothesis: str) -> dict:
+    """The per-sample scores of a non-OCR task (empty for OCR tasks, which ``SampleScore`` covers)."""
+    if task == "qa":
+        return {"em": exact_match(reference, hypothesis), "f1": token_f1(reference, hypothesis)}
+    if task == "summarize":
+        return {"rouge_l": rouge_l(reference, hypothesis)}
+    return {}
+
+
+def summarize_tasks(tasks: list[str], scores: list[SampleScore], extra: list[dict], norm: TextNormalization = RAW) -> dict:
+    """The summary of a possibly mixed eval set. CER/WER and the other top-level figures cover the OCR rows
+    only (``None`` when there are none); every task present also gets its own keys, never averaged with
+    another's: ``<task>_n``; ``ocr``/``markdown``: ``_cer``, ``_wer``, ``_exact_match``; ``qa``: ``_exact_match``,
+    ``_f1`` (SQuAD); ``summarize``: ``_rouge_l``. ``tasks`` lists them."""
+    present = sorted(set(tasks))
+    ocr = [s for t, s in zip(tasks, scores, strict=True) if t in OCR_TASKS]
+    if ocr:
+        out = summarize(ocr, norm)
+    else:
+        out = {k: None for k in ("cer", "wer", "cer_mean", "cer_median", "cer_p90", "wer_mean", "cer_raw_mean",
+                                 "wer_raw_mean", "exact_match", "catastrophic_rate", "loop_rate")}
+        out["normalization"] = norm.describe()
+    out["n"] = len(scores)
+    out["tasks"] = present
+    if present == ["ocr"]:
+        return out
+    for task in present:
+        idx = [i for i, t in enumerate(tasks) if t == task]
+        out[f"{task}_n"] = len(idx)
+        if task in OCR_TASKS:
+            part = summarize([scores[i] for i in idx], norm)
+            out |= {f"{task}_cer": part["cer"], f"{task}_wer": part["wer"], f"{task}_exact_match": part["exact_match"]}
+        elif task == "qa":
+            out[f"{task}_exact_match"] = statistics.fmean(extra[i]["em"] for i in idx)
+            out[f"{task}_f1"] = statistics.fmean(extra[i]["f1"] for i in idx)
+        elif task == "summarize":
+            out[f"{task}_rouge_l"] = statistics.fmean(extra[i]["rouge_l"] for i in idx)
+    return out
 
 
 def char_diff(reference: str, hypothesis: str) -> list[tuple[str, str]]:

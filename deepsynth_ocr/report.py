@@ -87,8 +87,51 @@ def _plots(records: list[dict], baselines: dict[str, dict]) -> dict[str, str]:
 
 
 def _summary(rows: list[dict], norm: dict) -> dict:
-    return metrics.summarize([metrics.SampleScore(**{k: r[k] for k in _SCORE_FIELDS}) for r in rows],
-                             metrics.TextNormalization(**norm))
+    tasks = [r.get("task") or "ocr" for r in rows]
+    extra = [{k: r[k] for k in ("em", "f1", "rouge_l") if k in r} for r in rows]
+    return metrics.summarize_tasks(tasks, [metrics.SampleScore(**{k: r[k] for k in _SCORE_FIELDS}) for r in rows],
+                                   extra, metrics.TextNormalization(**norm))
+
+
+# Each task's own metric, per engine, when an eval set holds more than OCR rows (never averaged across tasks).
+TASK_COLUMNS = {"ocr": (("cer", "CER"), ("wer", "WER"), ("exact_match", "exact")),
+                "markdown": (("cer", "CER"), ("wer", "WER"), ("exact_match", "exact")),
+                "qa": (("exact_match", "exact match (SQuAD)"), ("f1", "token F1 (SQuAD)")),
+                "summarize": (("rouge_l", "ROUGE-L"),)}
+
+
+def _task_table(summaries: dict[str, dict]) -> list[str]:
+    tasks = sorted({t for s in summaries.values() for t in s.get("tasks", [])})
+    if tasks in ([], ["ocr"]):
+        return []
+    out = ["<h2>Per task</h2><table id='tasks'><tr><th>task</th><th>engine</th><th>n</th><th>metrics</th></tr>"]
+    for task in tasks:
+        for name, s in summaries.items():
+            if f"{task}_n" not in s:
+                continue
+            cells = ", ".join(f"{label} {_fmt(s.get(f'{task}_{key}'))}" for key, label in TASK_COLUMNS.get(task, ()))
+            out.append(f"<tr><td>{html.escape(task)}</td><td>{html.escape(name)}</td><td>{s[f'{task}_n']}</td>"
+                       f"<td>{cells}</td></tr>")
+    out.append("</table><p class='muted'>Each task is scored by its own metric; the CER table above covers the "
+               "OCR rows only.</p>")
+    return out
+
+
+def _badness(r: dict) -> float:
+    """How wrong a sample is on its task's own scale (higher is worse)."""
+    if "f1" in r:
+        return 1 - r["f1"]
+    if "rouge_l" in r:
+        return 1 - r["rouge_l"]
+    return r["cer"]
+
+
+def _sample_scores(r: dict) -> str:
+    if "f1" in r:
+        return f"EM {int(r['em'])} F1 {_fmt(r['f1'])}"
+    if "rouge_l" in r:
+        return f"ROUGE-L {_fmt(r['rouge_l'])}"
+    return f"CER {_fmt(r['cer'])} WER {_fmt(r['wer'])}"
 
 
 def _thumbnail(path: str | None) -> str:
@@ -160,9 +203,10 @@ def build_html(run_dir: Path) -> str:
     if summaries:
         parts.append("<table id='scores'><tr><th>engine</th>" + "".join(f"<th>{h}</th>" for _, h, _ in COLUMNS) + "</tr>")
         for name, s in summaries.items():
-            cells = "".join(f"<td>{s['n'] if key == 'n' else _fmt(s[key], pct)}</td>" for key, _, pct in COLUMNS)
+            cells = "".join(f"<td>{s['n'] if key == 'n' else _fmt(s.get(key), pct)}</td>" for key, _, pct in COLUMNS)
             parts.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
         parts.append("</table><p class='muted'>catastrophic = CER &gt; 1 or a repetition loop.</p>")
+        parts += _task_table(summaries)
     else:
         parts.append("<p class='muted'>no evaluation in this run.</p>")
     parts.append("<h2>Training</h2><div class='plots'>")
@@ -174,11 +218,12 @@ def build_html(run_dir: Path) -> str:
     if privacy:
         parts.append("<p class='muted'>hidden: tracking.log_images is false (privacy), so no images or texts are shown.</p>")
     elif worst_source:
-        worst = sorted(evals[worst_source], key=lambda r: -r["cer"])[:WORST_N]
+        worst = sorted(evals[worst_source], key=lambda r: -_badness(r))[:WORST_N]
         for r in worst:
             flags = " <b>loop</b>" if r.get("looped") else ""
+            task = f" [{html.escape(r['task'])}]" if r.get("task", "ocr") != "ocr" else ""
             parts.append(
-                f"<div class='sample'><b>{html.escape(str(r['id']))}</b> CER {_fmt(r['cer'])} WER {_fmt(r['wer'])}{flags}"
+                f"<div class='sample'><b>{html.escape(str(r['id']))}</b>{task} {_sample_scores(r)}{flags}"
                 f"{_thumbnail(r.get('image'))}"
                 f"<div>reference: <span class='text' dir='auto'>{html.escape(r['reference'])}</span></div>"
                 f"<div>prediction: <span class='text' dir='auto'>{html.escape(r['prediction'])}</span></div>"

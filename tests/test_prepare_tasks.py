@@ -103,3 +103,63 @@ def test_summarisation_dataset_prepares_to_pages_and_trains_with_the_smoke_confi
     assert [r["kept"] for r in report] == [8, 4]
     evaluated = [json.loads(x) for x in (result.run_dir / "eval" / "after.jsonl").read_text().splitlines()]
     assert {e["reference"] for e in evaluated} <= {r["summary"] for r in rows}
+
+
+def _prepare_with(tmp_path, name: str, rows: list[dict], **data_fields):
+    """``rows`` written as Parquet (nested structs kept, as the hub's files hold them) and prepared with ``data_fields``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = tmp_path / f"{name}.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), source)
+    cfg = RunConfig()
+    cfg.prepare.sources, cfg.prepare.output_dir = [str(source)], str(tmp_path / f"prepared-{name}")
+    cfg.prepare.validation_size, cfg.prepare.dpi = 0, 30
+    for k, v in data_fields.items():
+        setattr(cfg.data, k, v)
+    result = prepare(cfg, progress=False)
+    return result, datasets.load_from_disk(str(result.output_dir))["train"]
+
+
+SQUAD_ROWS = [  # the columns and nesting of rajpurkar/squad (train has one answer, validation several)
+    {"id": "5733be284776f41400f3c", "title": "University_of_Notre_Dame",
+     "context": "Architecturally, the school has a Catholic character. Atop the Main Building's gold dome is a statue.",
+     "question": "What sits on top of the Main Building?", "answers": {"text": ["a statue", "statue"], "answer_start": [89, 91]}},
+    {"id": "5733be284776f41400f3d", "title": "University_of_Notre_Dame",
+     "context": "The Basilica of the Sacred Heart is beside the Main Building.",
+     "question": "What is beside the Main Building?", "answers": {"text": ["The Basilica of the Sacred Heart"], "answer_start": [0]}},
+    {"id": "no-answer", "title": "t", "context": "Nothing here.", "question": "Where?", "answers": {"text": [], "answer_start": []}},
+]
+
+
+def test_squad_rows_prepare_as_rendered_questions_with_their_first_answer(tmp_path):
+    result, train = _prepare_with(tmp_path, "squad", SQUAD_ROWS, preset="squad")
+    rows = {r["id"]: r for r in train}
+    assert set(rows) == {"5733be284776f41400f3c", "5733be284776f41400f3d"}
+    first = rows["5733be284776f41400f3c"]
+    assert first["task"] == "qa" and first["text"] == "a statue"
+    assert first["prompt"] == "<image>\nWhat sits on top of the Main Building?"
+    assert first["image"] is not None  # the context, rendered to a page
+    # the row without an answer is reported by name, not dropped silently
+    (rejected,) = result.reports[0].rejections
+    assert rejected.location.endswith("row 2") and rejected.reason == "empty_text" and "holds no answer" in rejected.detail
+
+
+def test_cnn_dailymail_rows_prepare_as_summaries_with_a_dataset_wide_instruction(tmp_path):
+    rows = [{"article": "LONDON (CNN) -- The river rose by two metres overnight. Residents were moved to higher ground.",
+             "highlights": "River rose two metres.\nResidents moved.", "id": "42c027e4ff9730fbb3de84c1af0d2c506e41c3e4"}]
+    _, train = _prepare_with(tmp_path, "cnn", rows, preset="cnn_dailymail",
+                             instruction="Summarize the article in two sentences.")
+    (row,) = list(train)
+    assert row["task"] == "summarize" and row["text"] == "River rose two metres.\nResidents moved."
+    assert row["prompt"] == "<image>\nSummarize the article in two sentences."
+    assert row["id"] == "42c027e4ff9730fbb3de84c1af0d2c506e41c3e4"
+
+
+def test_an_instruction_keeps_each_questions_text_and_explicit_columns_beat_the_preset(tmp_path):
+    rows = [{"id": "q1", "passage": "Water boils at 100 degrees.", "question": "At what temperature?",
+             "answers": {"text": ["100 degrees"], "answer_start": [15]}}]
+    _, train = _prepare_with(tmp_path, "custom", rows, preset="squad", text_column="passage",
+                             instruction="Answer from the page.")
+    (row,) = list(train)
+    assert row["prompt"] == "<image>\nAnswer from the page.\nAt what temperature?" and row["text"] == "100 degrees"

@@ -33,7 +33,7 @@ from deepsynth_ocr.config import DataConfig, PrepareConfig
 from deepsynth_ocr.data.documents import DocumentTooLong, PageStyle, render_document
 from deepsynth_ocr.data.images import RowError, check_image
 from deepsynth_ocr.data.sources import RawRow, columns_from, count_rows, read_source
-from deepsynth_ocr.data.tasks import IMAGE, TASKS, task_prompt
+from deepsynth_ocr.data.tasks import IMAGE, TASKS, first_answer, setting, task_prompt
 from deepsynth_ocr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ class RowValidator:
                  max_pages: int = 3, embed: bool = True):
         self.cfg, self.tokenizer, self.page_style, self.max_pages, self.embed = cfg, tokenizer, page_style or PageStyle(), max_pages, embed
         self.ocr_prompt = cfg.prompt or default_prompt
+        self.default_task = setting(cfg, "task")
         self.columns = columns_from(cfg)
         self.seen_ids: dict[str, str] = {}
         self.changes: list[str] = []  # normalisations of the last kept image
@@ -144,16 +145,21 @@ class RowValidator:
         if raw.error:
             raise RowError(raw.error_reason, raw.error)
         fields, cfg = raw.fields, self.cfg
-        task_name = fields.get("task") or cfg.task
+        task_name = fields.get("task") or self.default_task
         task = TASKS.get(task_name) if isinstance(task_name, str) else None
         if task is None:
             raise RowError("unknown_task", f"task {task_name!r} (column '{cfg.task_column}') is not one of {list(TASKS)}")
+        if task.target == "answer":
+            answer = first_answer(fields.get("answer"))
+            if answer is None and fields.get("answer") is not None:  # SQuAD's unanswerable rows: answers.text == []
+                raise RowError("empty_text", f"field 'answer' (column '{self.columns['answer']}') holds no answer")
+            fields = {**fields, "answer": answer}
         target = _text(fields, task.target, self.columns[task.target], cfg.collapse_whitespace)
         n_tokens = len(self.tokenizer(target, add_special_tokens=False).input_ids)
         if n_tokens > cfg.max_target_tokens:
             raise RowError("text_too_long", f"'{task.target}' is {n_tokens} tokens > data.max_target_tokens={cfg.max_target_tokens}")
         question = _text(fields, "question", cfg.question_column) if "question" in task.needs else ""
-        prompt = fields.get("prompt") or task_prompt(task, self.ocr_prompt, question)
+        prompt = fields.get("prompt") or task_prompt(task, self.ocr_prompt, question, cfg.instruction)
         if not isinstance(prompt, str) or prompt.count(IMAGE) != 1:
             raise RowError("bad_prompt", f"prompt {prompt!r:.60} must hold exactly one {IMAGE} placeholder")
         image = self._image(raw, task)

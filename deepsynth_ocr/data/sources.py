@@ -55,7 +55,9 @@ class RawRow:
 
 def columns_from(cfg) -> dict[str, str]:
     """``field -> source column`` from a ``DataConfig``'s ``*_column`` settings."""
-    return {name: getattr(cfg, f"{name}_column") for name in FIELDS}
+    from deepsynth_ocr.data.tasks import setting
+
+    return {name: setting(cfg, f"{name}_column") for name in FIELDS}
 
 
 def _mapped(record: dict, columns: dict[str, str]) -> dict:

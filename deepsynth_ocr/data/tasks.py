@@ -7,7 +7,12 @@
 | qa | the row's image, else ``text`` rendered to pages | ``<image>\\n`` + the question | ``answer`` |
 | summarize | the row's image, else ``text`` rendered to pages (DeepSynth) | ``<image>\\nSummarize the document.`` | ``summary`` |
 
-A row's own prompt (``data.prompt_column``) replaces the task's prompt.
+A row's own prompt (``data.prompt_column``) replaces the task's prompt; ``data.instruction`` replaces the
+task's instruction for every row without one (Q&A rows keep their question after it).
+
+``data.preset`` reads public datasets as they are published: ``squad`` (``context``, ``question``, the nested
+``answers: {text: [...], answer_start: [...]}``; its first answer is the target) and ``cnn_dailymail``
+(``article``, ``highlights``). A preset fills only the columns and task left at their defaults.
 """
 
 from __future__ import annotations
@@ -36,8 +41,39 @@ TASKS: dict[str, Task] = {
 }
 
 
-def task_prompt(task: Task, ocr_prompt: str, question: str = "") -> str:
-    """The prompt of ``task``; ``ocr_prompt`` is what OCR rows use (config or family default)."""
+PRESETS: dict[str, dict[str, str]] = {
+    "squad": {"task": "qa", "text_column": "context", "question_column": "question", "answer_column": "answers",
+              "id_column": "id"},
+    "cnn_dailymail": {"task": "summarize", "text_column": "article", "summary_column": "highlights", "id_column": "id"},
+}
+
+
+def setting(cfg, name: str):
+    """``cfg.<name>`` (a ``DataConfig``), or its preset's value when the user left the field at its default."""
+    value = getattr(cfg, name)
+    preset = PRESETS.get(getattr(cfg, "preset", "") or "", {})
+    if name in preset:
+        default = type(cfg).__dataclass_fields__[name].default
+        return preset[name] if value == default else value
+    return value
+
+
+def task_prompt(task: Task, ocr_prompt: str, question: str = "", instruction: str = "") -> str:
+    """The prompt of ``task``; ``ocr_prompt`` is what OCR rows use (config or family default); ``instruction``
+    (``data.instruction``) replaces the task's own instruction."""
+    if instruction:
+        head = instruction if IMAGE in instruction else f"{IMAGE}\n{instruction}"
+        return f"{head}\n{question}" if "question" in task.needs else head
     if not task.prompt:
         return ocr_prompt
     return task.prompt.format(question=question) if "question" in task.needs else task.prompt
+
+
+def first_answer(value):
+    """The answer text of a Q&A field: a string as it is; SQuAD's ``{"text": [...], "answer_start": [...]}`` or a
+    list of strings: the first answer (``None`` when there is none, which the row's check reports)."""
+    if isinstance(value, dict):
+        value = value.get("text")
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return value
