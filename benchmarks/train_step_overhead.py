@@ -10,6 +10,9 @@ Then the cost of the kit's per-step stage timings (``training.StageTimer``: four
 tokens counts, a ``take()`` per logging interval of 10 steps) replayed in this process, as a share of the
 kit step measured above. Target <= 2%. (A run with and without them could not resolve 2% on shared cores.)
 
+Last, what on-the-fly augmentation (the ``augment`` section's defaults) adds to building one batch, as a share
+of the kit step: the collator over the same rows with and without it, interleaved.
+
     python benchmarks/train_step_overhead.py [--steps 30] [--rounds 3]
 """
 
@@ -26,7 +29,8 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from deepsynth_ocr.collate import OcrCollator
-from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.config import AugmentConfig, RunConfig
+from deepsynth_ocr.data.augment import Augmentations, AugmentingCollator
 from deepsynth_ocr.data.prepare import prepare_manifest
 from deepsynth_ocr.models.backends import load_model
 from deepsynth_ocr.training import training_arguments
@@ -83,6 +87,13 @@ def timing_us_per_step(mask: torch.Tensor, n: int = 20000) -> float:
     return 1e6 * (time.perf_counter() - start) / n
 
 
+def collate_ms(collate, rows: list[dict], n: int = 10) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        collate(rows)
+    return 1000 * (time.perf_counter() - start) / n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/smoke.yaml")
@@ -108,6 +119,15 @@ def main() -> None:
     print(f"kit step  {k * 1000:.1f} ms (Trainer + collator + clipping + paged_adamw_8bit)")
     print(f"bare step {b * 1000:.1f} ms (forward + backward + PagedAdamW8bit.step)")
     print(f"ratio kit/bare: {k / b:.3f}  (target <= 1.05)")
+    rows = [dataset[i] for i in range(batch_size)]
+    augmenting = AugmentingCollator(collator, Augmentations.from_config(AugmentConfig()), cfg.seed)
+    plain_ms, aug_ms = [], []
+    for _ in range(args.rounds):
+        plain_ms.append(collate_ms(collator, rows))
+        aug_ms.append(collate_ms(augmenting, rows))
+    p, a = min(plain_ms), min(aug_ms)
+    print(f"on-the-fly augmentation (augment defaults): collate {p:.1f} -> {a:.1f} ms per batch of {batch_size}, "
+          f"+{a - p:.1f} ms = {100 * (a - p) / (k * 1000):.1f}% of the kit step")
     us = timing_us_per_step(batch["attention_mask"])
     print(f"stage timings per step (StageTimer, replayed): {us:.1f} us = {100 * us / (k * 1e6):.3f}% of the kit step "
           "(target <= 2%)")

@@ -22,8 +22,10 @@ def cmd_evaluate(args) -> int:
     cfg = load_config(args.run, args.config, args.set)
     adapter = args.adapter or (str(open_finished(args.run, need_adapter=True).adapter) if args.run else None)
     run_dir, summaries = evaluate(cfg, adapter, args.run_dir)
+    from deepsynth_ocr.evaluate import describe
+
     for tag, s in summaries.items():
-        print(f"{tag}: CER {s['cer']} WER {s['wer']} exact {s['exact_match']:.3f} catastrophic {s['catastrophic_rate']:.3f}")
+        print(f"{tag}: {describe(s)}")
     print(f"report: {RunPaths(run_dir).report}")
     return 0
 
@@ -70,11 +72,12 @@ def cmd_report(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from deepsynth_ocr.evaluate import compare
     from deepsynth_ocr.jobs.train import train
 
     result = train(RunConfig.load(args.config, args.set), args.run_dir)
     if result.before and result.after:
-        print(f"CER before {result.before.get('cer', float('nan')):.4f} -> after {result.after.get('cer', float('nan')):.4f}")
+        print(compare(result.before, result.after))
     print(f"run directory: {result.run_dir}")
     return 0
 
@@ -121,7 +124,9 @@ def cmd_notebook(args) -> int:
         return 1
     metrics = RunPaths(run_dir).read_manifest().get("metrics") or {}
     if isinstance(metrics.get("before"), dict) and isinstance(metrics.get("after"), dict):
-        print(f"CER before {metrics['before'].get('cer')} -> after {metrics['after'].get('cer')}")
+        from deepsynth_ocr.evaluate import compare
+
+        print(compare(metrics["before"], metrics["after"]))
     print(f"run directory: {run_dir}")
     return 0
 

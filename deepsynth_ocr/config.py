@@ -364,6 +364,26 @@ class UiConfig:
 
 
 @dataclass
+class AugmentConfig:
+    enabled: bool = _f(False, "Degrade training images on the fly (each epoch differently, reproducibly: a resumed run "
+                       "sees the same images). Evaluation never does.")
+    probability: float = _f(0.5, "Chance that each degradation below is applied to an image (0..1).")
+    rotation: float = _f(2.0, "Largest rotation in degrees, either direction; 0 switches it off.")
+    blur: float = _f(0.8, "Largest Gaussian blur radius in pixels; 0 switches it off.")
+    contrast: float = _f(0.3, "Contrast factor drawn from [1 - contrast, 1 + contrast]; 0 switches it off.")
+    noise: float = _f(6.0, "Largest standard deviation of pixel noise (0-255 scale); 0 switches it off.")
+    jpeg_quality: int = _f(40, "Lowest JPEG quality of a re-compression (1-95); 0 switches it off.")
+
+    def validate(self) -> None:
+        _check(0 <= self.probability <= 1, "augment.probability", f"must be between 0 and 1, got {self.probability}")
+        for name in ("rotation", "blur", "contrast", "noise"):
+            _check(getattr(self, name) >= 0, f"augment.{name}", f"must be >= 0, got {getattr(self, name)}")
+        _check(self.jpeg_quality == 0 or 1 <= self.jpeg_quality <= 95, "augment.jpeg_quality",
+               f"must be 0 (off) or 1..95, got {self.jpeg_quality}")
+        _check(self.contrast <= 1, "augment.contrast", f"must be <= 1 (a factor down to 0), got {self.contrast}")
+
+
+@dataclass
 class LogConfig:
     format: str = _f("text", "Log lines: 'text' (timestamped lines for people) or 'json' (one JSON object per line: time, "
                      "level, logger, message, run_id, and the structured fields: request id and per-stage ms in the "
@@ -384,6 +404,7 @@ class RunConfig:
     prepare: PrepareConfig = field(default_factory=PrepareConfig, metadata={"help": "`deepsynth-ocr prepare`: sources, splits, output, document pages."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Optimisation."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
+    augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={"help": "On-the-fly augmentation of training images."})
     tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata={"help": "W&B and privacy."})
     infer: InferConfig = field(default_factory=InferConfig, metadata={"help": "`deepsynth-ocr infer`: batch OCR of images and PDFs."})
     export: ExportConfig = field(default_factory=ExportConfig, metadata={"help": "`deepsynth-ocr export`: adapter, merged weights, hub push."})
@@ -484,7 +505,7 @@ def parse_value(text: str) -> Any:
         return text  # not YAML (an unbalanced quote, a stray colon): the literal string
 
 
-SECTIONS = ("model", "lora", "data", "prepare", "train", "eval", "tracking", "infer", "export", "serve", "ui", "log")
+SECTIONS = ("model", "lora", "data", "prepare", "train", "eval", "augment", "tracking", "infer", "export", "serve", "ui", "log")
 
 
 def _build(cls: type, data: dict, prefix: str) -> Any:

@@ -195,12 +195,23 @@ def describe(summary: dict) -> str:
     parts = []
     if any(t in metrics.OCR_TASKS for t in summary.get("tasks") or ["ocr"]):
         parts.append(f"CER {_fmt(summary['cer'])} WER {_fmt(summary['wer'])} exact {_fmt(summary['exact_match'])} "
-                     f"stopped {_fmt(summary.get('stopped_rate'))} catastrophic {_fmt(summary['catastrophic_rate'])}")
+                     f"stopped {_fmt(summary.get('stopped_rate'))} catastrophic {_fmt(summary['catastrophic_rate'])} "
+                     f"(n={summary.get('ocr_n', summary['n'])})")
     if "qa_f1" in summary:
         parts.append(f"Q&A EM {_fmt(summary['qa_exact_match'])} F1 {_fmt(summary['qa_f1'])} (n={summary['qa_n']})")
     if "summarize_rouge_l" in summary:
         parts.append(f"summaries ROUGE-L {_fmt(summary['summarize_rouge_l'])} (n={summary['summarize_n']})")
     return "; ".join(parts)
+
+
+def compare(before: dict, after: dict) -> str:
+    """``before -> after`` of each task's own metric: CER for OCR rows, token F1 for Q&A, ROUGE-L for summaries."""
+    pairs = []
+    if before.get("cer") is not None or after.get("cer") is not None:
+        pairs.append(("CER", before.get("cer"), after.get("cer")))
+    pairs += [(label, before.get(key), after.get(key)) for key, label in (("qa_f1", "Q&A token F1"),
+                                                                         ("summarize_rouge_l", "ROUGE-L")) if key in after]
+    return ", ".join(f"{label} before {_fmt(b)} -> after {_fmt(a)}" for label, b, a in pairs)
 
 
 def evaluate_dataset(loaded, dataset, cfg: EvalConfig, out_path: Path, tag: str) -> dict:
@@ -214,7 +225,7 @@ def evaluate_dataset(loaded, dataset, cfg: EvalConfig, out_path: Path, tag: str)
     summary = score_and_write(rows, preds, cfg, out_path)
     summary["max_new_tokens"] = bound
     summary |= clock.take()  # time/decode_s, time/preprocess_s, time/generate_s, time/wall_s, images_per_s
-    log.info("eval %s: %s (n=%d)", tag, describe(summary), summary["n"], extra={"fields": {"eval": tag, **summary}})
+    log.info("eval %s: %s", tag, describe(summary), extra={"fields": {"eval": tag, **summary}})
     return summary
 
 

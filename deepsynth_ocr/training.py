@@ -140,6 +140,17 @@ class StopGuard(TrainerCallback):
         return control
 
 
+class AugmentEpoch(TrainerCallback):
+    """Tells an ``AugmentingCollator`` which epoch starts (restored from the checkpoint on a resume), before the
+    epoch's data loader (and its workers, which copy the collator) starts."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = int(state.epoch or 0)
+
+
 class StageTimer(TrainerCallback):
     """Where a training step's time goes, per logging interval: ``time/forward_backward_s``,
     ``time/optimizer_s``, ``time/checkpoint_s``, ``time/between_steps_s`` (loading and collating the next

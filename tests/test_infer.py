@@ -83,10 +83,10 @@ def test_a_batch_that_fails_is_retried_row_by_row(folder, tmp_path, tiny_parts, 
     Image.new("RGB", (12, 12)).save(folder / "tiny.png")  # readable (data.min_image_side is 8); generation fails
     real = infer.generate_batch
 
-    def fails_on_tiny_images(model, collator, rows, cfg, max_new_tokens):
+    def fails_on_tiny_images(model, collator, rows, cfg, max_new_tokens, clock=None):
         if any(r["image"].size == (12, 12) for r in rows):
             raise ValueError("image too small for the vision tower")
-        return real(model, collator, rows, cfg, max_new_tokens)
+        return real(model, collator, rows, cfg, max_new_tokens, clock=clock)
 
     monkeypatch.setattr(infer, "generate_batch", fails_on_tiny_images)
     cfg = RunConfig()

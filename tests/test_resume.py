@@ -19,9 +19,12 @@ from .runs_helpers import STEPS, child_env, cli, logged, losses, only_run_dir, s
 KILL_AFTER = 20
 
 
+AUGMENTED = "augment.enabled=true"  # on-the-fly augmentation must not break the resume's exactness (issue 24)
+
+
 def _kill_after_checkpoint(output_root) -> tuple:
     """Start a run, SIGKILL it once checkpoint-KILL_AFTER is complete (training has logged the step after it)."""
-    launch = smoke_launch(output_root)
+    launch = smoke_launch(output_root, AUGMENTED)
     proc = subprocess.Popen(launch.command, cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
@@ -37,7 +40,7 @@ def _kill_after_checkpoint(output_root) -> tuple:
 
 @pytest.mark.slow
 def test_a_run_killed_after_a_checkpoint_reads_died_and_resumes_by_directory_to_the_uninterrupted_result(tmp_path):
-    plain = smoke_launch(tmp_path / "plain")
+    plain = smoke_launch(tmp_path / "plain", AUGMENTED)
     subprocess.run(plain.command, cwd=ROOT, env=child_env(), check=True, capture_output=True)
 
     killed = tmp_path / "killed"

@@ -1,5 +1,13 @@
 """Seeded degradations that make rendered text look scanned: paper texture, rotation, perspective,
-blur, noise and JPEG artefacts. The same ``random.Random`` state gives the same output image."""
+blur, contrast, noise and JPEG artefacts. The same ``random.Random`` state gives the same output image.
+
+Used twice: by the synthetic generator (offline, ``data.synthetic``) and on the fly while training
+(``AugmentingCollator``, the ``augment`` config section). On the fly, each image's degradation is drawn
+from a generator seeded by the run's seed, the epoch and the row's id and text, never from a stream that
+advances with each batch: a resumed run, which skips the batches it already trained on, degrades every
+later image exactly as the uninterrupted run did. Evaluation never sees it (only training batches pass
+through the wrapper).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,7 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter
 
 
 @dataclass(frozen=True)
@@ -19,9 +27,16 @@ class Augmentations:
     rotation: float = 0.0  # degrees, either direction
     perspective: float = 0.0  # corner displacement as a fraction of the image side
     blur: float = 0.0  # Gaussian blur radius in pixels
+    contrast: float = 0.0  # contrast factor drawn from [1 - contrast, 1 + contrast]
     noise: float = 0.0  # standard deviation of pixel noise, on the 0-255 scale
     jpeg_quality: int = 0  # lowest JPEG quality (1-95); 0 means no JPEG round trip
     probability: float = 1.0  # chance that each enabled degradation is applied to an image
+
+    @classmethod
+    def from_config(cls, cfg) -> Augmentations:
+        """The on-the-fly degradations of an ``AugmentConfig`` (no texture or perspective: those belong to rendering)."""
+        return cls(rotation=cfg.rotation, blur=cfg.blur, contrast=cfg.contrast, noise=cfg.noise,
+                   jpeg_quality=cfg.jpeg_quality, probability=cfg.probability)
 
     @classmethod
     def scanned(cls) -> Augmentations:
@@ -71,6 +86,8 @@ def augment(image: Image.Image, aug: Augmentations, rng: random.Random) -> Image
                                 resample=Image.BICUBIC, fillcolor=(255, 255, 255))
     if on(aug.blur):
         image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, aug.blur)))
+    if on(aug.contrast):
+        image = ImageEnhance.Contrast(image).enhance(rng.uniform(max(0.0, 1 - aug.contrast), 1 + aug.contrast))
     if on(aug.noise):
         arr = np.asarray(image, dtype=float) + np_rng.normal(0, rng.uniform(0, aug.noise), (image.height, image.width, 1))
         image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
@@ -79,3 +96,24 @@ def augment(image: Image.Image, aug: Augmentations, rng: random.Random) -> Image
         image.save(buf, format="JPEG", quality=rng.randint(aug.jpeg_quality, 95))
         image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
     return image
+
+
+class AugmentingCollator:
+    """A training collator whose rows' images are degraded first, reproducibly (see the module's docstring).
+    ``epoch`` is set by the trainer's callback at each epoch's start; every other attribute is the wrapped
+    collator's."""
+
+    def __init__(self, collate, aug: Augmentations, seed: int):
+        self.collate, self.aug, self.seed = collate, aug, seed
+        self.epoch = 0
+
+    def rng_for(self, row: dict) -> random.Random:
+        return random.Random(f"{self.seed}:{self.epoch}:{row.get('id')}:{row.get('text')}")
+
+    def __call__(self, rows: list[dict]):
+        return self.collate([{**row, "image": augment(row["image"], self.aug, self.rng_for(row))} for row in rows])
+
+    def __getattr__(self, name):
+        if name == "collate":  # not set yet (unpickling in a data-loader worker): no recursion
+            raise AttributeError(name)
+        return getattr(self.collate, name)

@@ -22,6 +22,7 @@ from deepsynth_ocr import versions
 from deepsynth_ocr.baselines import run_baselines
 from deepsynth_ocr.collate import make_collator
 from deepsynth_ocr.config import RunConfig
+from deepsynth_ocr.data.augment import Augmentations, AugmentingCollator
 from deepsynth_ocr.devices import device_name
 from deepsynth_ocr.errors import NonFiniteLoss, TrainingInterrupted
 from deepsynth_ocr.evaluate import PeriodicEvalCallback, evaluate_dataset
@@ -34,6 +35,7 @@ from deepsynth_ocr.report import write_report
 from deepsynth_ocr.runs import Run, signal_handlers, start_run
 from deepsynth_ocr.tracking import Tracker
 from deepsynth_ocr.training import (
+    AugmentEpoch,
     KitTrainer,
     MetricsCallback,
     last_complete_checkpoint,
@@ -146,8 +148,13 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
                              extra={"fields": record})
 
             collator = make_collator(loaded.processor, loaded.family)
+            callbacks = [MetricsCallback(log_train)]
+            train_collator = collator
+            if cfg.augment.enabled:
+                train_collator = AugmentingCollator(collator, Augmentations.from_config(cfg.augment), cfg.seed)
+                callbacks.append(AugmentEpoch(train_collator))
             trainer = KitTrainer(model=loaded.model, args=training_arguments(cfg, run.paths.checkpoints),
-                                 train_dataset=train_ds, data_collator=collator, callbacks=[MetricsCallback(log_train)])
+                                 train_dataset=train_ds, data_collator=train_collator, callbacks=callbacks)
             if json_logs:  # without a progress bar the Trainer prints each record; the kit logs it as JSON instead
                 trainer.remove_callback(PrinterCallback)
             if do_eval and cfg.eval.every_steps:

@@ -13,8 +13,8 @@ or (unless ``serve.log_content``) the text.
 
 Where the time goes: each stage (``metrics.STAGES``) goes into the ``deepsynth_ocr_stage_seconds``
 histogram, the access-log line and, with a tracer (``telemetry``), a child span of the request's span.
-Decoding runs in a worker thread and the batch's preprocessing in the generation thread, so the event
-loop only moves bytes.
+Decoding runs in a worker thread and a batch's preprocessing with its generation (in the generation
+process, ``serving.worker``), so the event loop only moves bytes.
 """
 
 from __future__ import annotations
