@@ -169,7 +169,7 @@ def _hf_generator(loaded, cfg: RunConfig):
     collator = make_collator(loaded.processor, loaded.family, for_generation=True)
     gen_cfg = replace(cfg.eval, batch_size=cfg.infer.batch_size)
     loaded.model.eval()
-    return lambda rows, clock: generate_batch(loaded.model, collator, rows, gen_cfg, cfg.infer.max_new_tokens, clock=clock)
+    return lambda rows, clock=None: generate_batch(loaded.model, collator, rows, gen_cfg, cfg.infer.max_new_tokens, clock=clock)
 
 
 def _vllm_generator(cfg: RunConfig):
@@ -186,8 +186,8 @@ def _vllm_generator(cfg: RunConfig):
     params = SamplingParams(temperature=0.0, max_tokens=cfg.infer.max_new_tokens, skip_special_tokens=False,
                             extra_args={"ngram_size": 30, "window_size": 90, "whitelist_token_ids": {128821, 128822}})
 
-    def generate(rows, clock):
-        with clock.stage("generate"):  # vLLM preprocesses inside generate
+    def generate(rows, clock=None):
+        with (clock or StageClock()).stage("generate"):  # vLLM preprocesses inside generate
             outputs = llm.generate([{"prompt": r["prompt"], "multi_modal_data": {"image": r["image"]}} for r in rows], params)
         return [Prediction(o.outputs[0].text, o.outputs[0].finish_reason == "stop", n_tokens=len(o.outputs[0].token_ids))
                 for o in outputs]

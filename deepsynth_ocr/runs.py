@@ -346,6 +346,10 @@ class FollowerRun:
     def timing(self, name: str, seconds: float) -> None:
         pass
 
+    @contextlib.contextmanager
+    def stage(self, name: str):  # the main process times and traces the stages
+        yield
+
     def log_metrics(self, record: dict) -> None:
         pass
 

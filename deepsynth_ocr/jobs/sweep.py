@@ -170,15 +170,24 @@ def _run_trial(trial, base: RunConfig, sweep_dir: Path, notebook: bool) -> float
         after = (RunPaths(run_dir).read_manifest().get("metrics") or {}).get("after") or {}
     else:
         def report(summary: dict, step: int) -> None:
+            if summary["cer"] is None:
+                raise ConfigError(_NO_OCR_ROWS.format(tasks=", ".join(summary.get("tasks", []))))
             trial.report(summary["cer"], step)
             if trial.should_prune():
                 raise RunPruned(step, summary["cer"])
 
         after = train(cfg, run_dir, on_periodic=report).after or {}
+    if after and after.get("cer") is None:
+        raise ConfigError(_NO_OCR_ROWS.format(tasks=", ".join(after.get("tasks", []))))
     if after.get("cer") is None:
         raise ConfigError("the trial ran no evaluation after training: the sweep needs data.eval_path (or "
                           "data.eval_size) and eval.enabled")
     return after["cer"]
+
+
+# Sweeps minimise CER; Q&A (token F1) and summaries (ROUGE-L) are scored, but not yet an objective.
+_NO_OCR_ROWS = ("the sweep minimises CER, and the eval set has no OCR rows (tasks: {tasks}); give it an eval set "
+                "with ocr or markdown rows")
 
 
 def _keep_inputs(cfg: RunConfig, space_path: Path, sweep_dir: Path) -> None:
