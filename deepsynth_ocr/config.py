@@ -308,7 +308,7 @@ class ServeConfig:
     max_batch_size: int = _f(8, "Most requests (images) generated together in one batch.")
     max_wait_ms: int = _f(10, "How long the first request of a batch waits for others to join it (milliseconds).")
     generation_process: bool = _f(True, "Run the model in a child process of its own, so HTTP handling and generation do "
-                                  "not share one Python GIL (measured: about 2x the requests/s at saturation on CPU); "
+                                  "not share one Python GIL (measured: 1.4-1.8x the requests/s at saturation on 2 CPU cores); "
                                   "false keeps it in the server's process.")
     max_queue: int = _f(64, "Images waiting for generation beyond which new requests get 503 with Retry-After.")
     request_timeout_s: float = _f(120.0, "A request not answered in this many seconds gets 504 and its queued work is dropped.")

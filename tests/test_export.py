@@ -120,11 +120,24 @@ def test_a_broken_adapter_export_fails_verification(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_export_of_a_run_directory(trained, tmp_path, capsys):
+def test_cli_export_of_a_run_directory(trained, tmp_path, capsys, monkeypatch):
+    """The CLI exports a run directory; with traces on, the export job's span covers its load and export stages."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from deepsynth_ocr import telemetry
     from deepsynth_ocr.cli import main
 
+    exporter, provider = InMemorySpanExporter(), TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(telemetry, "tracer_from_env", lambda service, env=None: provider.get_tracer("test"))
     _, run_dir, _, _ = trained
     assert main(["export", str(run_dir), "-o", str(tmp_path / "out"), "--no-merged"]) == 0
+    spans = exporter.get_finished_spans()
+    (job,) = [s for s in spans if s.name == "deepsynth-ocr export"]
+    assert job.attributes["run_id"] == run_dir.name
+    assert sorted(s.name for s in spans if s.parent and s.parent.span_id == job.context.span_id) == ["export", "load"]
     assert "adapter: reloaded in a fresh process, max logit difference 0 (allowed 0)" in capsys.readouterr().out
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "out" / "merged").exists() and (tmp_path / "out" / "README.md").is_file()

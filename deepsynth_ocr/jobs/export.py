@@ -10,6 +10,7 @@ import json
 import logging
 from pathlib import Path
 
+from deepsynth_ocr import telemetry
 from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.export import export_model, fixed_batch
 from deepsynth_ocr.models.backends import load_base
@@ -28,7 +29,11 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, cfg: RunConfi
         log.info("export: the run trained on a 4-bit base; the base is reloaded unquantised (model.dtype %s) "
                  "to merge the adapter", cfg.model.dtype)
         cfg = RunConfig.from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "load_in_4bit": False}})
-    loaded = load_base(cfg).with_adapter(paths.adapter)
     out_dir = Path(out_dir) if out_dir else paths.export
     data = json.loads(paths.data_report.read_text()) if paths.data_report.is_file() else []
-    return out_dir, export_model(loaded, cfg, out_dir, fixed_batch(loaded, cfg), paths.read_manifest(), data)
+    tracer = telemetry.tracer_from_env("deepsynth-ocr")  # None unless OTEL_* asks for traces
+    with telemetry.span(tracer, "deepsynth-ocr export", {"run_id": paths.dir.name}):
+        with telemetry.span(tracer, "load"):
+            loaded = load_base(cfg).with_adapter(paths.adapter)
+        with telemetry.span(tracer, "export"):  # merge, save, and each export's verification in a fresh process
+            return out_dir, export_model(loaded, cfg, out_dir, fixed_batch(loaded, cfg), paths.read_manifest(), data)
