@@ -42,6 +42,8 @@ train_optim = "paged_adamw_8bit"
 eval_batch_size = 16
 tracking_wandb = "offline"
 tracking_log_images = True
+augment_enabled = False
+log_format = "text"
 
 # %%
 from deepsynth_ocr import cells as nb
