@@ -266,6 +266,26 @@ def summarize_tasks(tasks: list[str], scores: list[SampleScore], extra: list[dic
     return out
 
 
+TASK_METRICS = {"exact_match": "exact match", "f1": "token F1", "rouge_l": "ROUGE-L", "cer": "CER", "wer": "WER"}
+
+
+def task_metric_rows(summaries: list[dict]) -> list[tuple[str, list]]:
+    """(label, one value per summary) for every per-task metric any of ``summaries`` holds, e.g.
+    ``("qa token F1", [0.14, 0.27])``: what a comparison shows beside the top-level CER."""
+    keys = sorted({k for s in summaries for k in s if k.split("_", 1)[0] in ("ocr", "markdown", "qa", "summarize")
+                   and k.split("_", 1)[1] in TASK_METRICS})
+    return [(f"{k.split('_', 1)[0]} {TASK_METRICS[k.split('_', 1)[1]]}", [s.get(k) for s in summaries]) for k in keys]
+
+
+def sample_label(row: dict) -> str:
+    """A per-sample row's score on its task's own scale: EM/F1 for Q&A, ROUGE-L for summaries, else CER/WER."""
+    if "f1" in row:
+        return f"EM {int(row['em'])} F1 {row['f1']:.3f}"
+    if "rouge_l" in row:
+        return f"ROUGE-L {row['rouge_l']:.3f}"
+    return f"CER {row['cer']:.3f} WER {row['wer']:.3f}" if row.get("cer") is not None else ""
+
+
 def char_diff(reference: str, hypothesis: str) -> list[tuple[str, str]]:
     """(op, text) runs turning ``reference`` into ``hypothesis``; op in equal/delete/insert."""
     import difflib

@@ -126,12 +126,7 @@ def _badness(r: dict) -> float:
     return r["cer"]
 
 
-def _sample_scores(r: dict) -> str:
-    if "f1" in r:
-        return f"EM {int(r['em'])} F1 {_fmt(r['f1'])}"
-    if "rouge_l" in r:
-        return f"ROUGE-L {_fmt(r['rouge_l'])}"
-    return f"CER {_fmt(r['cer'])} WER {_fmt(r['wer'])}"
+
 
 
 def _thumbnail(path: str | None) -> str:
@@ -223,7 +218,7 @@ def build_html(run_dir: Path) -> str:
             flags = " <b>loop</b>" if r.get("looped") else ""
             task = f" [{html.escape(r['task'])}]" if r.get("task", "ocr") != "ocr" else ""
             parts.append(
-                f"<div class='sample'><b>{html.escape(str(r['id']))}</b>{task} {_sample_scores(r)}{flags}"
+                f"<div class='sample'><b>{html.escape(str(r['id']))}</b>{task} {metrics.sample_label(r)}{flags}"
                 f"{_thumbnail(r.get('image'))}"
                 f"<div>reference: <span class='text' dir='auto'>{html.escape(r['reference'])}</span></div>"
                 f"<div>prediction: <span class='text' dir='auto'>{html.escape(r['prediction'])}</span></div>"

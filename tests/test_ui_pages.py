@@ -161,3 +161,25 @@ def test_launched_runs_resume_by_directory_from_the_run_page(ui, monkeypatch):
     r = client.post(f"/api/runs/{run_dir.name}/resume").json()
     assert r == {"run": run_dir.name, "state": "started"}
     assert started[0].args == ["train", "-c", str(run_dir / "config.yaml"), "-s", "train.resume=true", "--run-dir", str(run_dir)]
+
+
+def test_q_and_a_runs_show_their_own_metric_on_the_run_page_and_in_compare(ui):
+    """Runs scored by token F1 (no OCR rows): the compare table has a 'qa token F1 after' row per run and the
+    run page labels each sample with EM/F1, not a CER it does not have."""
+    client, state, _ = ui
+    root = state.root
+    for name, f1 in (("qa-a_20261205_100000", 0.25), ("qa-b_20261205_100001", 0.5)):
+        run = root / name
+        (run / "eval").mkdir(parents=True)
+        summary = {"n": 1, "cer": None, "tasks": ["qa"], "qa_n": 1, "qa_exact_match": 0.0, "qa_f1": f1}
+        (run / "manifest.json").write_text(json.dumps({"kind": "train", "status": "ok", "name": name.split("_")[0],
+                                                       "metrics": {"before": summary, "after": summary}}))
+        (run / "config.yaml").write_text("name: x\n")
+        row = {"id": "q1", "task": "qa", "reference": "blue", "prediction": "light blue", "em": False, "f1": 2 / 3,
+               "cer": 1.5, "wer": 1.0}
+        for tag in ("before", "after"):
+            (run / "eval" / f"{tag}.jsonl").write_text(json.dumps(row) + "\n")
+    page = client.get("/compare?run=qa-a_20261205_100000&run=qa-b_20261205_100001").text
+    assert "qa token F1 after</td><td>0.2500</td><td>0.5000</td>" in page.replace("\n", "")
+    run_page = client.get("/runs/qa-a_20261205_100000").text
+    assert "EM 0 F1 0.667" in run_page and "CER 1.500" not in run_page

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from deepsynth_ocr.metrics import sample_label, task_metric_rows
 from deepsynth_ocr.runs import RunInfo, RunPaths
 from deepsynth_ocr.secrets import redact
 
@@ -84,8 +85,9 @@ def samples(run_dir: Path, n: int = 8) -> list[dict]:
     for index, row in enumerate(after_rows[:n] or before_rows[:n]):
         first = before.get(row.get("id"), {})
         out.append(redact({"index": index, "id": row.get("id"), "reference": row.get("reference"),
-                           "before": first.get("prediction"), "before_cer": first.get("cer"),
-                           "after": row.get("prediction") if after_rows else None, "after_cer": row.get("cer"),
+                           "before": first.get("prediction"), "before_score": sample_label(first) if first else "",
+                           "after": row.get("prediction") if after_rows else None,
+                           "after_score": sample_label(row) if after_rows else "",
                            "has_image": bool(row.get("image"))}))
     return out
 
@@ -139,6 +141,9 @@ def compare(infos: list[RunInfo], n_rows: int = 10) -> dict:
     ids = [r.get("id") for r in eval_rows(infos[0].dir, "after")][:n_rows] if infos else []
     return redact({
         "runs": [summary(i) for i in infos],
+        # each task's own metric after training (Q&A token F1, ROUGE-L, ...), never averaged into the CER rows
+        "task_metrics": [{"label": label, "values": values} for label, values in task_metric_rows(
+            [((i.manifest.get("metrics") or {}).get("after") or {}) for i in infos])],
         "series": {i.dir.name: series(i.dir) for i in infos},
         "config": [{"key": k, "values": [configs[i.dir.name].get(k) for i in infos]} for k in differing],
         "rows": [{"id": row_id, "reference": after[infos[0].dir.name][row_id].get("reference"),
