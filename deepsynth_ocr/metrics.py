@@ -277,13 +277,13 @@ def task_metric_rows(summaries: list[dict]) -> list[tuple[str, list]]:
     return [(f"{k.split('_', 1)[0]} {TASK_METRICS[k.split('_', 1)[1]]}", [s.get(k) for s in summaries]) for k in keys]
 
 
-def sample_label(row: dict) -> str:
+def sample_label(row: dict, digits: int = 4) -> str:
     """A per-sample row's score on its task's own scale: EM/F1 for Q&A, ROUGE-L for summaries, else CER/WER."""
     if "f1" in row:
-        return f"EM {int(row['em'])} F1 {row['f1']:.3f}"
+        return f"EM {int(row['em'])} F1 {row['f1']:.{digits}f}"
     if "rouge_l" in row:
-        return f"ROUGE-L {row['rouge_l']:.3f}"
-    return f"CER {row['cer']:.3f} WER {row['wer']:.3f}" if row.get("cer") is not None else ""
+        return f"ROUGE-L {row['rouge_l']:.{digits}f}"
+    return " ".join(f"{name.upper()} {row[name]:.{digits}f}" for name in ("cer", "wer") if row.get(name) is not None)
 
 
 def char_diff(reference: str, hypothesis: str) -> list[tuple[str, str]]:

@@ -85,9 +85,9 @@ def samples(run_dir: Path, n: int = 8) -> list[dict]:
     for index, row in enumerate(after_rows[:n] or before_rows[:n]):
         first = before.get(row.get("id"), {})
         out.append(redact({"index": index, "id": row.get("id"), "reference": row.get("reference"),
-                           "before": first.get("prediction"), "before_score": sample_label(first) if first else "",
+                           "before": first.get("prediction"), "before_score": sample_label(first, 3) if first else "",
                            "after": row.get("prediction") if after_rows else None,
-                           "after_score": sample_label(row) if after_rows else "",
+                           "after_score": sample_label(row, 3) if after_rows else "",
                            "has_image": bool(row.get("image"))}))
     return out
 
