@@ -93,25 +93,15 @@ def _summary(rows: list[dict], norm: dict) -> dict:
                                    extra, metrics.TextNormalization(**norm))
 
 
-# Each task's own metric, per engine, when an eval set holds more than OCR rows (never averaged across tasks).
-TASK_COLUMNS = {"ocr": (("cer", "CER"), ("wer", "WER"), ("exact_match", "exact")),
-                "markdown": (("cer", "CER"), ("wer", "WER"), ("exact_match", "exact")),
-                "qa": (("exact_match", "exact match (SQuAD)"), ("f1", "token F1 (SQuAD)")),
-                "summarize": (("rouge_l", "ROUGE-L"),)}
-
-
 def _task_table(summaries: dict[str, dict]) -> list[str]:
-    tasks = sorted({t for s in summaries.values() for t in s.get("tasks", [])})
-    if tasks in ([], ["ocr"]):
+    """Each task's own metric per engine (``metrics.task_metric_rows``), when the eval set holds more than OCR rows."""
+    rows = metrics.task_metric_rows(list(summaries.values()))
+    if all(s.get("tasks", ["ocr"]) == ["ocr"] for s in summaries.values()) or not rows:
         return []
-    out = ["<h2>Per task</h2><table id='tasks'><tr><th>task</th><th>engine</th><th>n</th><th>metrics</th></tr>"]
-    for task in tasks:
-        for name, s in summaries.items():
-            if f"{task}_n" not in s:
-                continue
-            cells = ", ".join(f"{label} {_fmt(s.get(f'{task}_{key}'))}" for key, label in TASK_COLUMNS.get(task, ()))
-            out.append(f"<tr><td>{html.escape(task)}</td><td>{html.escape(name)}</td><td>{s[f'{task}_n']}</td>"
-                       f"<td>{cells}</td></tr>")
+    out = ["<h2>Per task</h2><table id='tasks'><tr><th>metric</th>"
+           + "".join(f"<th>{html.escape(name)}</th>" for name in summaries) + "</tr>"]
+    out += [f"<tr><td>{html.escape(label)}</td>" + "".join(f"<td>{_fmt(v)}</td>" for v in values) + "</tr>"
+            for label, values in rows]
     out.append("</table><p class='muted'>Each task is scored by its own metric; the CER table above covers the "
                "OCR rows only.</p>")
     return out

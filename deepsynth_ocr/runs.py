@@ -679,16 +679,14 @@ def _attach_console_log(path: Path, log_format: str = "text") -> logging.Handler
     logging.captureWarnings(True)
     kit = logging.getLogger("deepsynth_ocr")
     kit.setLevel(logging.INFO)
-    for h in root.handlers:  # a notebook's second run may ask for the other format
-        if getattr(h, "_deepsynth_console", False):
-            h.setFormatter(fmt)
-    if not any(getattr(h, "_deepsynth_console", False) for h in root.handlers):
+    console = next((h for h in root.handlers if getattr(h, "_deepsynth_console", False)), None)
+    if console is None:
         console = _Console()
-        console.setFormatter(fmt)
         console.addFilter(RedactingFilter())
         console.setLevel(logging.INFO)
         console._deepsynth_console = True
         root.addHandler(console)
+    console.setFormatter(fmt)  # a notebook's second run may ask for the other format
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
     return handler

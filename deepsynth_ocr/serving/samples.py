@@ -81,14 +81,13 @@ class SampleKeeper:
     def enforce_retention(self) -> list[Path]:
         """Remove what is past the age limit, then the oldest files until under the size limit; returns them."""
         with self._lock:
-            files = sorted((p for p in self.dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime)
+            files = sorted(((p.stat(), p) for p in self.dir.rglob("*") if p.is_file()), key=lambda sp: sp[0].st_mtime)
             now, removed = time.time(), []
-            sizes = {p: p.stat().st_size for p in files}
-            total = sum(sizes.values())
-            for p in files:
-                if now - p.stat().st_mtime > self.max_age_s or total > self.max_bytes:
+            total = sum(st.st_size for st, _ in files)
+            for st, p in files:  # oldest first
+                if now - st.st_mtime > self.max_age_s or total > self.max_bytes:
                     p.unlink(missing_ok=True)
-                    total -= sizes[p]
+                    total -= st.st_size
                     removed.append(p)
             for day in self.dir.iterdir():
                 if day.is_dir() and not any(day.iterdir()):
