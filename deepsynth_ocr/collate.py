@@ -54,6 +54,17 @@ class OcrCollator:
     def target_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
 
+    def verification_batch(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        """The rows' targets as a text-only batch (BOS + target + EOS, no image): what proves a saved adapter.
+
+        LoRA adapts the language model only, so every adapted module sees these tokens, and an adapter that
+        reloads wrongly changes their logits; the frozen vision tower, which a full batch would run twice (about
+        a minute per page at real size on a CPU), adds nothing to that proof."""
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        input_ids, attention_mask, _ = pad_rows([bos + self.target_ids(r["text"]) for r in rows], None,
+                                                self.pad_id, left=False)
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         images = [r["image"].convert("RGB") for r in rows]
         vision = self.processor.image_processor(images, return_tensors="pt", **self.family.image_kwargs)

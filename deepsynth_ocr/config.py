@@ -198,6 +198,12 @@ class TrainConfig:
         -1, "Data-loader worker processes that decode and tile images while the model trains; -1: 2 on a GPU, "
         "0 on a CPU (where the workers would compete with training for the same cores)."
     )
+    sampling: str = _f("random", "Order of training rows: 'random' (shuffled each epoch) or 'sequential' (as stored: "
+                       "a curriculum, or a measurement that needs a known order).")
+    allow_cpu: bool = _f(
+        False, "Train a real (non-tiny) checkpoint on the CPU anyway. At real size a step takes minutes: for measuring "
+        "the real path (configs/deepseek-ocr-2-real-size-cpu.yaml, benchmarks/real_size.py), not for fine-tuning."
+    )
 
     def validate(self) -> None:
         for name in ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "logging_steps", "save_total_limit"):
@@ -206,6 +212,7 @@ class TrainConfig:
         _check(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         _check(self.save_steps >= 0, "train.save_steps", f"must be >= 0, got {self.save_steps}")
         _check(self.dataloader_workers >= -1, "train.dataloader_workers", f"must be >= -1, got {self.dataloader_workers}")
+        _check(self.sampling in ("random", "sequential"), "train.sampling", f"must be random or sequential, got {self.sampling!r}")
 
 
 @dataclass

@@ -22,35 +22,17 @@ from PIL import Image, ImageOps
 
 from deepsynth_ocr.batching import IGNORE_INDEX, pad_rows, padding_id
 from deepsynth_ocr.errors import UserError
-from deepsynth_ocr.models.families import V1Geometry
+from deepsynth_ocr.models.families import V1Geometry, closest_grid
 
 IMAGE_TOKEN = "<image>"
 
 
-def candidate_grids(geo: V1Geometry) -> list[tuple[int, int]]:
-    """Every (columns, rows) crop grid with min_crops <= columns * rows <= max_crops, fewest tiles first."""
-    grids = {(w, h) for w in range(1, geo.max_crops + 1) for h in range(1, geo.max_crops + 1)
-             if geo.min_crops <= w * h <= geo.max_crops}
-    return sorted(grids, key=lambda g: g[0] * g[1])
-
-
 def crop_grid(width: int, height: int, geo: V1Geometry) -> tuple[int, int]:
-    """The (columns, rows) grid the published ``dynamic_preprocess`` picks; (1, 1) means no crops.
-
-    Closest aspect ratio wins; on a tie the larger grid wins when the image has more than half
-    the grid's pixel area (so big images get more tiles).
-    """
+    """The (columns, rows) grid the published ``dynamic_preprocess`` picks (``families.closest_grid``); (1, 1)
+    means no crops."""
     if width <= geo.crop_threshold and height <= geo.crop_threshold:
         return (1, 1)
-    aspect = width / height
-    best, best_diff = (1, 1), float("inf")
-    for grid in candidate_grids(geo):
-        diff = abs(aspect - grid[0] / grid[1])
-        if diff < best_diff:
-            best, best_diff = grid, diff
-        elif diff == best_diff and width * height > 0.5 * geo.image_size ** 2 * grid[0] * grid[1]:
-            best = grid
-    return best
+    return closest_grid(width, height, geo.image_size, geo.min_crops, geo.max_crops)
 
 
 def queries_per_side(size: int, geo: V1Geometry) -> int:
@@ -149,6 +131,10 @@ class V1Collator:
         ids = [self.bos_id] + head + [self.processor.image_token_id] * encoded.num_tokens + tail
         mask = [False] * (1 + len(head)) + [True] * encoded.num_tokens + [False] * len(tail)
         return ids, mask, encoded
+
+    def verification_batch(self, rows: list[dict]) -> dict:
+        """The batch a saved adapter is proven on: the full rows (the remote code's forward needs its images)."""
+        return self(rows)
 
     def __call__(self, rows: list[dict]) -> dict:
         encoded = [self.encode_prompt(r["image"], r["prompt"]) for r in rows]

@@ -94,6 +94,60 @@ class V1Geometry:
     fallback_bos_id: int = 0
 
 
+def candidate_grids(min_tiles: int, max_tiles: int) -> list[tuple[int, int]]:
+    """Every (columns, rows) tile grid with min_tiles <= columns * rows <= max_tiles, fewest tiles first."""
+    grids = {(c, r) for c in range(1, max_tiles + 1) for r in range(1, max_tiles + 1) if min_tiles <= c * r <= max_tiles}
+    return sorted(grids, key=lambda g: g[0] * g[1])
+
+
+def closest_grid(width: int, height: int, tile: int, min_tiles: int, max_tiles: int) -> tuple[int, int]:
+    """The (columns, rows) grid DeepSeek-OCR's and DeepSeek-OCR-2's ``dynamic_preprocess`` picks for a page that
+    is cut into tiles: the closest aspect ratio wins; on a tie the larger grid wins when the page has more than
+    half the grid's pixel area (so big pages get more tiles)."""
+    aspect = width / height
+    best, best_diff = (1, 1), float("inf")
+    for grid in candidate_grids(min_tiles, max_tiles):
+        diff = abs(aspect - grid[0] / grid[1])
+        if diff < best_diff:
+            best, best_diff = grid, diff
+        elif diff == best_diff and width * height > 0.5 * tile ** 2 * grid[0] * grid[1]:
+            best = grid
+    return best
+
+
+@dataclass(frozen=True)
+class PublishedGeometry:
+    """DeepSeek-OCR-2's released image geometry (its processor's defaults and the DeepSeek-OCR 2 paper): a global
+    view padded to 1024 px and, when the longer side exceeds 768 px, 2-6 tiles of 768 px in the grid whose aspect
+    ratio is closest to the page's (ties go to the larger grid when the page covers more than half of it). Each
+    ``<image>`` stands for 256 global + 144 per tile + 1 separator placeholders.
+
+    The kit's processor is the checkpoint's own; this is the rule it is checked against (tests, the memory
+    estimate, docs/benchmarks.md's tokens per page shape), written from the published description."""
+
+    global_size: int = 1024
+    tile_size: int = 768
+    min_tiles: int = 2
+    max_tiles: int = 6
+    global_tokens: int = 256
+    tile_tokens: int = 144
+    separator_tokens: int = 1
+
+    def tiles(self, width: int, height: int) -> int:
+        """Tiles of a ``width`` x ``height`` page."""
+        if max(width, height) <= self.tile_size:
+            return 0
+        cols, rows = closest_grid(width, height, self.tile_size, self.min_tiles, self.max_tiles)
+        return cols * rows
+
+    def image_tokens(self, tiles: int) -> int:
+        """Placeholders one ``<image>`` expands to for a page of ``tiles`` tiles."""
+        return self.global_tokens + self.tile_tokens * tiles + self.separator_tokens
+
+
+DEEPSEEK_OCR_2_GEOMETRY = PublishedGeometry()
+
+
 @dataclass(frozen=True)
 class Family:
     """Everything the kit needs to know about one family of checkpoints."""
@@ -115,6 +169,8 @@ class Family:
     pinned_revisions: dict = field(default_factory=dict)
     # Geometry of remote-code DeepSeek-OCR (v1); None for native DeepSeek-OCR-2 families.
     v1_geometry: V1Geometry | None = None
+    # DeepSeek-OCR-2's released image geometry (the deepseek-ocr-2 family only).
+    published_geometry: PublishedGeometry | None = None
     # Unsloth's compiler pass for remote-code models, as the Unsloth DeepSeek-OCR notebook uses.
     unsloth_force_compile: bool = False
     # transformers major version the family's model code needs, and how to get such an environment.
@@ -138,8 +194,10 @@ FAMILIES: dict[str, Family] = {
         lora_target_pattern=NATIVE_LM_LORA_PATTERN,
         vision_prefixes=("model.vision_tower.", "model.multi_modal_projector.", "model.view_separator"),
         # Published geometry: 1024 px global view, 768 px tiles (2-6) when the longer side > 768.
-        image_kwargs={"crop_to_patches": True, "min_patches": 2, "max_patches": 6},
+        image_kwargs={"crop_to_patches": True, "min_patches": DEEPSEEK_OCR_2_GEOMETRY.min_tiles,
+                      "max_patches": DEEPSEEK_OCR_2_GEOMETRY.max_tiles},
         quant_skip_modules=("model.vision_tower", "model.multi_modal_projector", "lm_head"),
+        published_geometry=DEEPSEEK_OCR_2_GEOMETRY,
     ),
     # DeepSeek-OCR v1: remote code (DeepseekOCRForCausalLM), loaded with AutoModel at a pinned revision.
     "deepseek-ocr": Family(
