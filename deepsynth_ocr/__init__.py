@@ -9,6 +9,13 @@ and ``stop`` commands) therefore start without torch, and every path that loads 
 Unsloth first. A broken Unsloth install is not raised here: ``models.backends.choose_backend`` tries the
 import again and reports why it chose transformers + peft. ``DEEPSYNTH_SKIP_UNSLOTH=1`` keeps Unsloth
 out of the process: the hf backend then runs on transformers as released (the GPU proof's hf case).
+
+**The hf backend is transformers + peft as released.** Unsloth's import patches transformers' own 4-bit
+loader (its MoE patches pack DeepSeek-OCR-2's fused experts into 4 bits) and more; an hf run under them
+would measure neither what the docs describe nor what CPU tests, CI and multi-GPU launches run. So every
+entry point that knows its config before transformers is imported (the CLI, the notebooks' parameters
+cell) calls ``keep_unsloth_out_for(cfg.model.backend)``; a process that imported Unsloth earlier anyway
+runs hf under its patches, and ``load_model`` says so in the log and the manifest.
 """
 
 import importlib.abc
@@ -31,6 +38,12 @@ def _import_unsloth() -> None:
         import unsloth  # noqa: F401
     except Exception as e:  # the hf backend can still run; choose_backend says why it was chosen
         logging.getLogger("deepsynth_ocr").warning("unsloth failed to import (%s: %s)", type(e).__name__, e)
+
+
+def keep_unsloth_out_for(backend: str) -> None:
+    """For ``model.backend: hf``, keep Unsloth out of this process (unless the environment already decided)."""
+    if backend == "hf":
+        os.environ.setdefault("DEEPSYNTH_SKIP_UNSLOTH", "1")
 
 
 class _UnslothFirst(importlib.abc.MetaPathFinder):

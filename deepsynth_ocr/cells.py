@@ -13,6 +13,7 @@ import logging
 import os
 from pathlib import Path
 
+from deepsynth_ocr import keep_unsloth_out_for
 from deepsynth_ocr.config import ConfigError, RunConfig
 from deepsynth_ocr.runs import RunDirError, RunPaths, new_run_path, open_finished
 
@@ -44,6 +45,7 @@ def config_from_parameters(namespace: dict, config_path: str = "") -> RunConfig:
     changed = {k: namespace[k] for k in defaults if k in namespace and namespace[k] != defaults[k]}
     cfg = RunConfig.from_flat(changed, base=base)
     check_inputs(cfg)
+    keep_unsloth_out_for(cfg.model.backend)  # the notebook's jobs import transformers after this cell
     return cfg
 
 

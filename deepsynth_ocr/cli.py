@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from deepsynth_ocr import logs
+from deepsynth_ocr import keep_unsloth_out_for, logs
 from deepsynth_ocr.config import RunConfig, parse_value
 from deepsynth_ocr.errors import RunStopped, UserError
 from deepsynth_ocr.runs import LIVE, RunPaths, find_run, list_runs, load_config, open_finished, read_run
@@ -360,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "log_format", None) and hasattr(args, "set"):
         args.set.append(f"log.format={args.log_format}")
     try:
+        if hasattr(args, "set") and hasattr(args, "config"):  # before any job imports transformers
+            keep_unsloth_out_for(load_config(getattr(args, "run", None), args.config, args.set).model.backend)
         return args.func(args)
     except UserError as e:
         print(f"deepsynth-ocr {args.command}: error: {e}", file=sys.stderr)

@@ -134,12 +134,6 @@ class SourceIndex:
             return self.method(file, target, name, depth + 1)
         return sig
 
-    def function(self, path: Path, name: str) -> Signature:
-        for node in self.tree(path).body:
-            if isinstance(node, ast.FunctionDef) and node.name == name:
-                return _signature(node, f"{path.relative_to(self.root)}:{node.lineno}")
-        raise DriftError(f"{path.relative_to(self.root)}: no function {name}")
-
 
 @functools.lru_cache(maxsize=64)
 def _parse(path: str, mtime_ns: int, size: int) -> ast.Module:
@@ -190,15 +184,13 @@ def unsloth_keywords(cfgs=None) -> dict[str, set[str]]:
     from deepsynth_ocr.models.families import get_family
 
     calls: dict[str, set[str]] = {"FastVisionModel.from_pretrained": set(), "FastVisionModel.get_peft_model": set(),
-                                  "FastVisionModel.for_training": set(), "FastVisionModel.for_inference": set(),
-                                  "save_pretrained_merged": set()}
+                                  "FastVisionModel.for_training": set(), "FastVisionModel.for_inference": set()}
     for cfg in cfgs if cfgs is not None else _recipes():
         family = get_family(cfg.model.family)
         calls["FastVisionModel.from_pretrained"] |= set(backends.unsloth_load_kwargs(cfg, family))
         calls["FastVisionModel.get_peft_model"] |= set(backends.unsloth_peft_kwargs(cfg, family))
         calls["FastVisionModel.for_training"] |= set(
             backends.unsloth_for_training_kwargs(backends.unsloth_gradient_checkpointing(cfg)))
-        calls["save_pretrained_merged"] |= set(backends.unsloth_save_merged_kwargs(object()))
     return calls
 
 
@@ -206,23 +198,15 @@ def check_unsloth(root: Path, calls: dict[str, set[str]]) -> list[CallCheck]:
     """Check ``calls`` against the Unsloth source under ``root`` (positional ``model`` / directory too)."""
     index = SourceIndex(root)
     models_init = root / "unsloth" / "models" / "__init__.py"
-    save = root / "unsloth" / "save.py"
     out = []
     for call, keywords in calls.items():
         check = CallCheck(call, keywords)
         try:
-            if call == "save_pretrained_merged":
-                # Unsloth binds this function to vision models as model.save_pretrained_merged(dir, ...).
-                check.signature = index.function(save, "unsloth_generic_save_pretrained_merged")
-                first_after_self = check.signature.positional[1:2]
-                if first_after_self != ["save_directory"]:
-                    check.problem = f"expected (self, save_directory, ...), got {check.signature.positional[:3]}"
-            else:
-                cls, method = call.split(".")
-                check.signature = index.method(models_init, cls, method)
-                # The kit passes the model positionally to every method but from_pretrained.
-                if method != "from_pretrained" and check.signature.positional[:1] != ["model"]:
-                    check.problem = f"first parameter is {check.signature.positional[:1]}, the kit passes the model there"
+            cls, method = call.split(".")
+            check.signature = index.method(models_init, cls, method)
+            # The kit passes the model positionally to every method but from_pretrained.
+            if method != "from_pretrained" and check.signature.positional[:1] != ["model"]:
+                check.problem = f"first parameter is {check.signature.positional[:1]}, the kit passes the model there"
             missing = sorted(keywords - check.signature.named)
             if missing:
                 check.problem = f"no parameter named {missing} (renamed or removed upstream)"

@@ -38,13 +38,21 @@ def main(argv: list[str] | None = None) -> int:
     cfg.data.train_path, cfg.data.eval_path = str(manifests["train"]), str(manifests["eval"])
     cfg.train.max_steps, cfg.train.save_steps, cfg.train.logging_steps = args.steps, 0, 1
     cfg.validate()
-    r = measured_run(cfg)
-    print(f"backend {r['backend']} | {r['device']} | peak reserved VRAM {r['peak_reserved_gib']:.2f} GiB "
-          f"(allocated {r['peak_allocated_gib']:.2f}) | {r['s_per_step']:.2f} s/step over {args.steps} steps")
-    if r["cer_before"] is not None and r["cer_after"] is not None:
-        print(f"CER before {r['cer_before']:.4f} -> after {r['cer_after']:.4f}")
-    print(f"run directory: {r['run_dir']}")
+    print(describe(measured_run(cfg)))
     return 0
+
+
+def describe(r: dict) -> str:
+    """What ``measured_run`` found, in three lines: memory and speed, CER, the run directory."""
+    gib = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    steady = "n/a (fewer steps than the warm-up)" if r["steady_s_per_step"] is None else f"{r['steady_s_per_step']:.3f}"
+    lines = [f"backend {r['backend']} | {r['device']} | training peak VRAM reserved {gib(r['peak_reserved_gib'])} GiB "
+             f"(allocated {gib(r['peak_allocated_gib'])}) | steady {steady} s/step, {r['s_per_step_whole_run']:.3f} "
+             f"over the whole run of {r['steps']} steps"]
+    if r["cer_before"] is not None and r["cer_after"] is not None:
+        lines.append(f"CER before {r['cer_before']:.4f} -> after {r['cer_after']:.4f}")
+    lines.append(f"run directory: {r['run_dir']}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from deepsynth_ocr.config import ConfigError, RunConfig
 from deepsynth_ocr.data.prepare import prepare_manifest, write_data_report
-from deepsynth_ocr.devices import to_model, torch_dtype
+from deepsynth_ocr.devices import host_peak_rss_gib, to_model, torch_dtype
 from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.models.adapters import ADAPTER_WEIGHTS, copy_adapter_weights
 from deepsynth_ocr.models.families import get_family
@@ -113,6 +113,11 @@ class KitTrainer(Trainer):
             with self.step_timer.clock.stage("checkpoint"):
                 super()._save_checkpoint(model, trial)
 
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None and (n := restore_paged_states(self.optimizer)):
+            log.info("resume: %d paged optimizer states restored as paged (or placed beside their parameters)", n)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         model = model if model is not None else self.model
         if not hasattr(model, "peft_config"):
@@ -123,6 +128,38 @@ class KitTrainer(Trainer):
                             "directory to resume from the one before it")
         n = copy_adapter_weights(model, load_file(str(path)), "default", str(path))
         log.info("resume: %d adapter tensors restored by exact key from %s", n, path)
+
+
+def restore_paged_states(optimizer) -> int:
+    """Make the states of a reloaded paged bitsandbytes optimizer usable again; returns how many were fixed.
+
+    bitsandbytes pages an 8-bit state (``paged_adamw_8bit``, tensors of 1e5 elements or more: a LoRA A of a
+    dense DeepSeek-OCR-2 MLP is 16 x 6848) in CUDA managed memory and flags it ``is_paged``. The flag is a Python
+    attribute, and ``torch.save`` / ``torch.load`` keep it, but the loaded tensor is ordinary host memory: the
+    optimizer's ``to_gpu`` then skips it and the next step prefetches it as managed memory, which fails (or, on
+    hosts with HMM, steps on host memory). So a flagged state becomes a real paged buffer again on a GPU, and on a
+    CPU an ordinary tensor beside its parameter."""
+    import torch
+
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the optimizer
+    fixed = 0
+    for group in inner.param_groups:
+        for p in group["params"]:
+            state = inner.state.get(p, {})
+            for key, value in list(state.items()):
+                if not (isinstance(value, torch.Tensor) and getattr(value, "is_paged", False)):
+                    continue
+                if p.device.type == "cuda":
+                    import bitsandbytes.functional as F
+
+                    paged = F.get_paged(*value.shape, dtype=value.dtype, device=p.device)
+                    paged.copy_(value)
+                    inner.page_mng.paged_tensors.append(paged)
+                    state[key] = paged
+                else:
+                    state[key] = value.detach().to(p.device, copy=True)  # a new tensor: no flag
+                fixed += 1
+    return fixed
 
 
 class StopGuard(TrainerCallback):
@@ -155,8 +192,9 @@ class StageTimer(TrainerCallback):
     """Where a training step's time goes, per logging interval: ``time/forward_backward_s``,
     ``time/optimizer_s``, ``time/checkpoint_s``, ``time/between_steps_s`` (loading and collating the next
     batch, logging, a periodic evaluation), ``samples_per_s`` and ``tokens_per_s`` (non-padding tokens),
-    and on a GPU the peak allocated / reserved memory of the interval. On a GPU the split between forward,
-    backward and optimizer is host time (kernels run asynchronously; no synchronisation is added).
+    and on a GPU the peak allocated / reserved memory of the interval; on a CPU the process's peak resident
+    memory of the interval (``mem/peak_rss_gib``).
+    On a GPU the split between forward, backward and optimizer is host time (kernels run asynchronously; no synchronisation is added).
     ``steady()`` is the median step (forward, backward, optimizer) once the first ``WARMUP`` steps
     (compilation, allocator growth, data-loader start-up) are past, checkpoint saves left out."""
 
@@ -166,6 +204,11 @@ class StageTimer(TrainerCallback):
         self.clock = StageClock()
         self.seconds: list[float] = []
         self._begin = self._pre_optimizer = self._end = None
+        self._run_peaks: dict[str, float] = {}  # the whole run's maxima, kept across the per-interval resets
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not torch.cuda.is_available():
+            host_peak_rss_gib(reset=True)  # the first interval's peak is training's, not loading's
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._begin = time.perf_counter()
@@ -191,11 +234,27 @@ class StageTimer(TrainerCallback):
         out = self.clock.take()
         if "time/checkpoint_s" in out:  # the save happened between two steps: counted once, as itself
             out["time/between_steps_s"] = round(max(0.0, out.get("time/between_steps_s", 0.0) - out["time/checkpoint_s"]), 4)
-        if torch.cuda.is_available():
-            out["mem/peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-            out["mem/peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 3)
-            torch.cuda.reset_peak_memory_stats()
+        out.update(self._window_peaks(reset=True))
         return out
+
+    def _window_peaks(self, reset: bool) -> dict:
+        if torch.cuda.is_available():
+            peaks = {"mem/peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+                     "mem/peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
+            if reset:
+                torch.cuda.reset_peak_memory_stats()
+        else:
+            peaks = {"mem/peak_rss_gib": round(host_peak_rss_gib(reset=reset), 3)}
+        for key, value in peaks.items():
+            self._run_peaks[key] = max(value, self._run_peaks.get(key, 0.0))
+        return peaks
+
+    def run_peaks(self) -> dict:
+        """The training run's peak memory (every logging interval, and the steps after the last one), for the
+        manifest: ``train_peak_allocated_gib`` / ``train_peak_reserved_gib`` on a GPU, ``train_peak_rss_gib`` on a
+        CPU. The per-interval resets make the allocator's own maximum at the end a post-training figure."""
+        self._window_peaks(reset=False)
+        return {f"train_{key.removeprefix('mem/')}": value for key, value in self._run_peaks.items()}
 
     def steady(self) -> float | None:
         after = self.seconds[self.WARMUP:]
@@ -230,12 +289,13 @@ def dataloader_workers(cfg: RunConfig) -> int:
 
 def require_cuda_for_real_checkpoints(cfg: RunConfig) -> None:
     """A real DeepSeek-OCR checkpoint (3 B parameters) is never trained on a CPU: say so before anything starts."""
-    if get_family(cfg.model.family).tiny_geometry is None and not torch.cuda.is_available():
+    if get_family(cfg.model.family).tiny_geometry is None and not torch.cuda.is_available() and not cfg.train.allow_cpu:
         why = "this machine has none"
         if torch.version.cuda:
             why = f"this torch (a CUDA {torch.version.cuda} build) sees none (is the NVIDIA driver new enough for it?)"
         raise UserError(f"model.family {cfg.model.family!r} ({cfg.model.name_or_path}) trains on a CUDA GPU and {why}. "
-                        "Run this recipe on a GPU machine, or configs/smoke.yaml (the tiny model) here")
+                        "Run this recipe on a GPU machine, or configs/smoke.yaml (the tiny model) here (train.allow_cpu: true runs it "
+                        "anyway, at minutes per step)")
 
 
 def training_arguments(cfg: RunConfig, checkpoints: Path) -> TrainingArguments:
@@ -271,5 +331,6 @@ def training_arguments(cfg: RunConfig, checkpoints: Path) -> TrainingArguments:
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=dataloader_workers(cfg),
+        train_sampling_strategy=t.sampling,
         disable_tqdm=cfg.log.format == "json",  # JSON logs: the step records are log lines, not a progress bar
     )

@@ -187,25 +187,27 @@ def _copied_paths(dockerfile) -> set[str]:
     return {m.group(1) for m in re.finditer(r"^COPY (\S+) ", dockerfile.read_text(), re.M)}
 
 
-def test_the_cpu_image_holds_everything_the_smoke_config_reads():
-    """GPU_AUDIT.md item 5: configs/smoke.yaml needs the smoke domain and the bundled tiny base."""
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile"])
+def test_both_images_hold_everything_the_smoke_config_and_the_gpu_proof_read(dockerfile):
+    """GPU_AUDIT.md item 5 and GPU_AUDIT_3 N2: configs/smoke.yaml (which the GPU proof's cases start from) needs
+    the smoke domain and the bundled tiny base, in the CPU image and in the GPU image."""
     from deepsynth_ocr.config import RunConfig
     from deepsynth_ocr.models import tiny
 
     cfg = RunConfig.from_yaml(ROOT / "configs" / "smoke.yaml")
     needed = {cfg.data.train_path, cfg.data.eval_path, str(tiny.BUNDLED_BASE.relative_to(ROOT))}
-    copied = _copied_paths(ROOT / "docker" / "Dockerfile.cpu")
+    copied = _copied_paths(ROOT / "docker" / dockerfile)
     missing = [p for p in needed if not any(p == c or p.startswith(c.rstrip("/") + "/") for c in copied)]
-    assert not missing, f"docker/Dockerfile.cpu does not COPY {missing}"
+    assert not missing, f"docker/{dockerfile} does not COPY {missing}"
 
 
 # PyPI's CUDA build of each torch release the image may pin (the +cuXYZ of its wheel's nvidia-* deps).
 PYPI_TORCH_CUDA = {"2.14.1": "13.0", "2.13.0": "12.8"}
 
 
-def test_torch_and_the_gpu_base_image_agree_on_one_cuda_and_xformers_is_gone():
+def test_torch_and_the_gpu_base_image_agree_on_one_cuda_and_xformers_is_not_pinned():
     """GPU_AUDIT.md item 10: a CUDA 13.0 torch on a CUDA 12.8 base lets an old driver pass `docker run`
-    and the run then falls back to the CPU; the cu128 xformers wheel cannot load beside that torch."""
+    and the run then falls back to the CPU. xformers comes only as Unsloth's own dependency (GPU_AUDIT_3 N3)."""
     text = (ROOT / "docker" / "Dockerfile").read_text()
     torch_pin = re.search(r"pip install [^\n]*torch==([\d.]+)", text).group(1)
     base_cuda = re.search(r"^FROM nvidia/cuda:(\d+\.\d+)\.\d+-", text, re.M).group(1)

@@ -81,15 +81,17 @@ def test_the_tiny_base_keeps_its_pil_image_processor_where_torchvision_would_be_
     from deepsynth_ocr.models import backends, tiny
     from deepsynth_ocr.models.families import get_family
 
-    asked = []
     real = transformers.AutoProcessor.from_pretrained
+    chosen = []
 
-    def spy(path, *args, **kwargs):
-        asked.append(kwargs.get("backend"))
-        return real(path, *args, **kwargs)
+    def torchvision_where_it_imports(path, *args, **kwargs):  # what AutoProcessor returns on a GPU image
+        processor = real(path, *args, **kwargs)
+        chosen.append(object())
+        processor.image_processor = chosen[-1]
+        return processor
 
-    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", spy)
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", torchvision_where_it_imports)
     monkeypatch.setattr(auto, "is_torchvision_available", lambda: True)
     processor = backends.load_processor(str(tiny.BUNDLED_BASE), get_family("tiny"))
-    assert asked == ["pil"] and type(processor.image_processor).__name__ == "DeepseekOcr2ImageProcessorPil"
+    assert chosen and type(processor.image_processor).__name__ == "DeepseekOcr2ImageProcessorPil"
     assert auto._resolve_backend(None, None, "DeepseekOcr2ImageProcessor") == "torchvision"  # what it would pick

@@ -87,6 +87,26 @@ def test_the_manifest_counts_what_4bit_really_quantises():
     assert experts > 0 and precision["16bit"] >= experts
 
 
+def test_4bit_is_counted_by_what_a_parameter_is_not_by_its_module():
+    """GPU_AUDIT_3 W3: under Unsloth's patches the fused experts become Params4bit without being nn.Linear; a
+    count by module type called them 16-bit. A packed tensor stands in for such an expert here."""
+    import copy
+
+    import bitsandbytes as bnb
+
+    from deepsynth_ocr.models.backends import language_model_precision
+
+    loaded = load_model(_qlora_cfg())
+    before = language_model_precision(loaded.model, loaded.family)
+    experts = next(m for n, m in loaded.model.named_modules() if n.endswith("mlp.experts"))
+    donor = next(m for m in loaded.model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    name, original = next(iter(experts.named_parameters(recurse=False)))
+    setattr(experts, name, copy.deepcopy(donor.weight))  # a Params4bit where a fused expert tensor was
+    after = language_model_precision(loaded.model, loaded.family)
+    packed = donor.weight.quant_state.shape.numel()
+    assert after["4bit"] == before["4bit"] + packed and after["16bit"] == before["16bit"] - original.numel()
+
+
 def test_gradient_checkpointing_keeps_the_frozen_vision_tower_out_of_the_graph():
     """GPU_AUDIT.md item 9: no tensor of the vision tower requires grad in a training step, yet LoRA learns."""
     from deepsynth_ocr.devices import to_model

@@ -23,7 +23,7 @@ from deepsynth_ocr.baselines import run_baselines
 from deepsynth_ocr.collate import make_collator
 from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.data.augment import Augmentations, AugmentingCollator
-from deepsynth_ocr.devices import device_name
+from deepsynth_ocr.devices import device_name, host_peak_rss_gib, host_rss_gib
 from deepsynth_ocr.errors import NonFiniteLoss, TrainingInterrupted
 from deepsynth_ocr.evaluate import PeriodicEvalCallback, evaluate_dataset
 from deepsynth_ocr.export import MERGED_RTOL
@@ -91,6 +91,15 @@ def stop_on_signals(trainer: KitTrainer):
         yield
 
 
+def checkpointing_mode(loaded: LoadedModel, cfg: RunConfig) -> str:
+    """What gradient checkpointing the run uses, for the manifest (the two backends differ)."""
+    if not cfg.model.gradient_checkpointing:
+        return "off"
+    if loaded.backend == "unsloth":
+        return f"unsloth ({loaded.gradient_checkpointing}: offloaded, reentrant)"
+    return "non-reentrant (torch.utils.checkpoint)"
+
+
 def train(cfg: RunConfig, run_dir: str | Path | None = None,
           on_periodic: Callable[[dict, int], None] | None = None) -> TrainResult:
     """Fine-tune as ``cfg`` says into ``run_dir`` (default: a new ``<output_root>/<name>_<timestamp>``).
@@ -112,6 +121,12 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
             set_seed(cfg.seed)
             with run.stage("load"):
                 loaded = load_model(cfg)
+            if loaded.model.device.type != "cuda":  # what the weights hold, apart from training's peaks
+                run.update(memory={"rss_after_load_gib": round(host_rss_gib(), 3),
+                                   "peak_rss_load_gib": round(host_peak_rss_gib(), 3)})
+            run.update(image_processor=type(getattr(loaded.processor, "image_processor", loaded.processor)).__name__,
+                       gradient_checkpointing=checkpointing_mode(loaded, cfg),
+                       allocator=os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF"))
             run.update(backend=loaded.backend, backend_reason=loaded.backend_reason, device=device_name(loaded.model.device),
                        dtype=str(loaded.model.dtype).removeprefix("torch."), dtype_reason=loaded.dtype_reason,
                        checkpoint=checkpoint_source(cfg.model) or "random (built in code)",
@@ -175,6 +190,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
                 output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
             if (steady := trainer.step_timer.steady()) is not None:  # after warm-up, checkpoint saves left out
                 run.timing("steady_s_per_step", steady)
+            run.update(memory={**run.manifest.get("memory", {}), **trainer.step_timer.run_peaks()})
             step = trainer.state.global_step
             if trainer.nonfinite is not None:
                 what, bad_step = trainer.nonfinite
@@ -188,7 +204,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
 
             if not main:
                 return TrainResult(run.dir, None, None, output.training_loss, loaded)
-            fixed_batch = collator([train_ds[i] for i in range(min(2, len(train_ds)))])
+            fixed_batch = collator.verification_batch([train_ds[i] for i in range(min(2, len(train_ds)))])
             saved = run.paths.adapter if cfg.lora.enabled else run.paths.model
             with run.stage("save"):
                 if cfg.lora.enabled:

@@ -122,3 +122,28 @@ def save_adapter(model, adapter_dir: str | Path, batch: dict, rtol: float = 0.0)
         raise AdapterError(f"saved adapter at {adapter_dir} does not reproduce the model (max logit diff {diff}, allowed {allowed:g})")
     log.info("adapter saved to %s and verified (reloaded logits differ by %g, allowed %g)", adapter_dir, diff, allowed)
     return diff
+
+
+def base_digests(model) -> dict[str, str]:
+    """SHA-256 of every floating, non-LoRA parameter's bytes, by name without the peft prefix: what training must
+    leave bit-identical (4-bit packed weights are uint8 and never trainable, so they are left out)."""
+    import hashlib
+
+    out = {}
+    for name, p in model.named_parameters():
+        if ".lora_" in name or not p.dtype.is_floating_point:
+            continue
+        data = p.detach().cpu().contiguous().view(torch.uint8).numpy()
+        out[name.removeprefix("base_model.model.").replace(".base_layer.", ".")] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def base_changes(before: dict[str, str], model, family) -> dict:
+    """What training changed of the base since ``before`` (``base_digests`` after loading): the tensors that differ,
+    how many of the vision side stayed bit-identical, and how many LoRA B matrices left their zero start."""
+    after = base_digests(model)
+    changed = sorted(n for n in before if after.get(n) != before[n])
+    vision = [n for n in before if n.startswith(family.vision_prefixes)]
+    trained = sum(1 for n, p in model.named_parameters() if ".lora_B." in n and bool(p.detach().abs().sum() > 0))
+    return {"compared": len(before), "changed": changed[:5], "n_changed": len(changed), "vision_tensors": len(vision),
+            "vision_identical": sum(1 for n in vision if n not in changed), "lora_B_trained": trained}

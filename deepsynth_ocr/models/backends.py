@@ -15,6 +15,7 @@ import importlib.util
 import logging
 import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 from deepsynth_ocr.config import ConfigError, RunConfig
-from deepsynth_ocr.devices import compute_device, resolve_dtype, torch_dtype
+from deepsynth_ocr.devices import compute_device, resolve_dtype, torch_dtype, trim_host_heap
 from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.models.adapters import load_adapter
 from deepsynth_ocr.models.families import Family, get_family
@@ -69,14 +70,15 @@ class LoadedModel:
         return replace(self, model=load_adapter(self.model, adapter_dir))
 
     def save_merged(self, out_dir: str | Path) -> Path:
-        """Write the base model with the LoRA merged in, in 16 bits, plus the processor/tokenizer."""
+        """Write the base model with the LoRA merged in, in 16 bits, plus the processor/tokenizer.
+
+        Always through transformers + peft on an unquantised base (``export`` reloads it so, whatever backend
+        trained): merging into 4-bit weights loses precision, and whether Unsloth's ``merged_16bit`` unpacks the
+        experts it packed is unchecked (GPU_AUDIT_3 M4)."""
         out_dir = Path(out_dir)
-        if self.fast_model is not None:
-            self.model.save_pretrained_merged(str(out_dir), **unsloth_save_merged_kwargs(self.processor))
-            return out_dir
         if getattr(self.model, "is_loaded_in_4bit", False) or getattr(self.model.base_model, "is_loaded_in_4bit", False):
-            raise UserError("save_merged: the hf backend cannot merge into 4-bit weights without loss; "
-                               "reload the base with model.load_in_4bit: false and load the adapter, or use unsloth")
+            raise UserError("save_merged: cannot merge into 4-bit weights without loss; reload the base with "
+                            "model.load_in_4bit: false and load the adapter (what `deepsynth-ocr export` does)")
         self.model.merge_and_unload().save_pretrained(str(out_dir))
         self.processor.save_pretrained(str(out_dir))
         return out_dir
@@ -246,6 +248,8 @@ def load_base(cfg: RunConfig) -> LoadedModel:
     else:
         model, processor, family = _from_pretrained(cfg, family, source)
     _eager_experts_on_cpu(model, family)
+    if (released := trim_host_heap()) > 0.1:
+        log.info("loading left %.1f GiB of freed temporaries in the heap; handed back to the system", released)
     return LoadedModel(model, processor, family, "hf", "base model")
 
 
@@ -280,8 +284,13 @@ def load_processor(path: str, family: Family, revision: str | None = None):
     whose resizing differs slightly; real checkpoints get the library's default."""
     import transformers
 
-    backend = {"backend": "pil"} if family.tiny_geometry is not None else {}
-    return transformers.AutoProcessor.from_pretrained(path, revision=revision, **backend)
+    processor = transformers.AutoProcessor.from_pretrained(path, revision=revision)
+    if family.tiny_geometry is not None:
+        # Replaced after loading: a ``backend`` keyword (or an ``image_processor`` one) to AutoProcessor reaches
+        # every sub-processor, and the tokenizer saves it into tokenizer_config.json. (AutoImageProcessor asks for
+        # torchvision in transformers 5.17; the tiny family is native DeepSeek-OCR-2, so its PIL class is known.)
+        processor.image_processor = transformers.DeepseekOcr2ImageProcessorPil.from_pretrained(path, revision=revision)
+    return processor
 
 
 def is_vision_param(name: str, family: Family) -> bool:
@@ -331,6 +340,14 @@ def prepare_for_training(model, family: Family, cfg: RunConfig):
         # Non-reentrant checkpointing needs no input that requires grad, so the hooks go.
         model.disable_input_require_grads()
     return (model, *count_and_check_trainable(model, family, cfg))
+
+
+def freeze_vision(model, family: Family) -> int:
+    """Stop every vision-side parameter from training; returns how many were trainable."""
+    unfrozen = [p for name, p in model.named_parameters() if p.requires_grad and is_vision_param(name, family)]
+    for p in unfrozen:
+        p.requires_grad_(False)
+    return len(unfrozen)
 
 
 def drop_vision_input_grad_hooks(model, family: Family) -> int:
@@ -388,19 +405,20 @@ def trained_summary(model) -> dict:
 
 
 def language_model_precision(model, family: Family) -> dict:
-    """Language-model parameters stored in 4 bits and in 16 bits (a 4-bit load quantises nn.Linear only)."""
+    """Language-model weights stored in 4 bits and unquantised, counted by what each parameter is (a bitsandbytes
+    ``Params4bit``, by the shape it was quantised from), not by its module's type: transformers' own 4-bit load
+    quantises nn.Linear only, but under Unsloth's patches the fused routed experts are packed too."""
     import bitsandbytes as bnb
 
     quantised, kept = 0, 0
-    linear4 = {n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
-    for name, module in model.named_modules():
-        if name in linear4:
-            quantised += module.in_features * module.out_features
+    for name, p in model.named_parameters():
+        full = name.removeprefix("base_model.model.")
+        if ".lora_" in full or is_vision_param(full, family):
             continue
-        for pname, p in module.named_parameters(recurse=False):
-            full = f"{name}.{pname}".removeprefix("base_model.model.")
-            if ".lora_" in full or is_vision_param(full, family):
-                continue
+        if isinstance(p, bnb.nn.Params4bit):
+            state = getattr(p, "quant_state", None)
+            quantised += state.shape.numel() if state is not None else 2 * p.numel()  # two 4-bit codes per byte
+        else:
             kept += p.numel()
     return {"4bit": quantised, "16bit": kept}
 
@@ -462,15 +480,6 @@ def unsloth_for_training_kwargs(gradient_checkpointing: bool | str) -> dict:
     return {"use_gradient_checkpointing": gradient_checkpointing}
 
 
-def unsloth_save_merged_kwargs(processor) -> dict:
-    """Arguments for Unsloth's ``model.save_pretrained_merged`` (after the output directory)."""
-    from deepsynth_ocr.models.deepseek_ocr_v1 import V1Processor
-
-    # Unsloth saves whatever it is given as ``tokenizer``: the v1 wrapper is the kit's, not a tokenizer.
-    tokenizer = processor.tokenizer if isinstance(processor, V1Processor) else processor
-    return {"tokenizer": tokenizer, "save_method": "merged_16bit"}
-
-
 def load_unsloth(cfg: RunConfig, family: Family, reason: str, for_training: bool) -> LoadedModel:
     require_transformers_for(family)
     from unsloth import FastVisionModel
@@ -478,6 +487,10 @@ def load_unsloth(cfg: RunConfig, family: Family, reason: str, for_training: bool
     kwargs = unsloth_load_kwargs(cfg, family)
     warn_remote_code(cfg, family, kwargs["revision"])
     model, processor = FastVisionModel.from_pretrained(**kwargs)
+    if family.tiny_geometry is not None:
+        # Unsloth loads the processor with AutoProcessor and no backend, so where torchvision imports (every GPU
+        # image) the tiny base would get the torchvision resize, unlike the hf case and every CPU figure.
+        processor = load_processor(kwargs["model_name"], family)
     loaded = LoadedModel(model, _wrap_processor(processor, family, cfg), family, "unsloth", reason,
                          fast_model=FastVisionModel, gradient_checkpointing=unsloth_gradient_checkpointing(cfg))
     if not for_training:
@@ -485,6 +498,10 @@ def load_unsloth(cfg: RunConfig, family: Family, reason: str, for_training: bool
         return loaded
     if cfg.lora.enabled:
         loaded.model = FastVisionModel.get_peft_model(model, **unsloth_peft_kwargs(cfg, family))
+    else:
+        # full_finetuning=True makes Unsloth's post-load setup set requires_grad on every parameter, the vision
+        # tower's included (unsloth_zoo.training_utils.prepare_model_for_training); the kit trains the language model.
+        freeze_vision(loaded.model, family)
     loaded.frozen_params, loaded.trainable_params = count_and_check_trainable(loaded.model, family, cfg)
     return loaded
 
@@ -497,6 +514,11 @@ def load_model(cfg: RunConfig, for_training: bool = True) -> LoadedModel:
     if backend == "unsloth":
         loaded = load_unsloth(cfg, get_family(cfg.model.family), reason, for_training)
     else:
+        if "unsloth" in sys.modules:  # keep_unsloth_out_for came too late (transformers was imported first)
+            reason += "; under Unsloth's patches to transformers (Unsloth was imported first in this process)"
+            log.warning("backend hf: Unsloth was imported before the config was known, so transformers runs with its "
+                        "patches (its MoE patches pack the experts in 4 bits); set DEEPSYNTH_SKIP_UNSLOTH=1 for "
+                        "transformers as released")
         loaded = replace(load_base(cfg), backend=backend, backend_reason=reason)
         if for_training:
             loaded.model, loaded.frozen_params, loaded.trainable_params = prepare_for_training(
@@ -505,8 +527,9 @@ def load_model(cfg: RunConfig, for_training: bool = True) -> LoadedModel:
     if backend == "hf" and cfg.model.load_in_4bit:
         loaded.lm_precision = language_model_precision(loaded.model, loaded.family)
         q, k = loaded.lm_precision["4bit"], loaded.lm_precision["16bit"]
-        log.info("4-bit: %d language-model parameters quantised, %d kept in 16 bits (%.0f%%: transformers quantises "
-                 "nn.Linear only, so fused routed experts, embeddings and the head stay 16-bit)", q, k, 100 * k / (q + k))
+        log.info("4-bit: %d language-model parameters quantised, %d kept in %s (%.0f%%: transformers quantises "
+                 "nn.Linear only, so fused routed experts, embeddings and the head are not)", q, k,
+                 str(loaded.model.dtype).removeprefix("torch."), 100 * k / (q + k))
     if for_training:
         log.info("parameters: %d frozen, %d trainable (%.2f%%), vision frozen",
                  loaded.frozen_params, loaded.trainable_params,
