@@ -234,14 +234,16 @@ def api_preset(request: Request, name: str):
 
 
 @router.get("/api/estimate")
-def api_estimate(request: Request, family: str, backend: str = "auto", load_in_4bit: bool = False, batch: int = 1):
+def api_estimate(request: Request, family: str, backend: str = "auto", load_in_4bit: bool = False, batch: int = 1,
+                 gradient_checkpointing: bool = True):
     from deepsynth_ocr.memory import estimate
 
     gpus = ui_state(request).gpus
     if family not in forms.CHOICES["model.family"] or batch < 1:
         return _user_error(ConfigError(f"model.family: unknown family {family!r}"))
     backend = backend if backend != "auto" else ("unsloth" if gpus else "hf")
-    return {**estimate(family, backend, load_in_4bit, batch, gpus[0]["memory_gib"] if gpus else None),
+    return {**estimate(family, backend, load_in_4bit, batch, gpus[0]["memory_gib"] if gpus else None,
+                       gradient_checkpointing),
             "gpu": gpus[0]["name"] if gpus else None}
 
 

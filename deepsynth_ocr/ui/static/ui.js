@@ -167,7 +167,7 @@ function launchPage() {
   }
   async function refreshEstimate() {
     const v = values();
-    const q = new URLSearchParams({ family: v["model.family"], backend: v["model.backend"], load_in_4bit: v["model.load_in_4bit"], batch: v["train.per_device_batch_size"] || 1 });
+    const q = new URLSearchParams({ family: v["model.family"], backend: v["model.backend"], load_in_4bit: v["model.load_in_4bit"], gradient_checkpointing: v["model.gradient_checkpointing"] || "true", batch: v["train.per_device_batch_size"] || 1 });
     estimate.textContent = "memory estimate…";
     const { ok, data } = await api("GET", "/api/estimate?" + q);
     if (!ok) { estimate.textContent = ""; return; }
