@@ -39,6 +39,7 @@ train_per_device_batch_size = 2
 train_gradient_accumulation_steps = 4
 train_warmup_steps = 5
 train_optim = "paged_adamw_8bit"
+train_sampling = "random"
 eval_batch_size = 16
 tracking_wandb = "offline"
 tracking_log_images = True
