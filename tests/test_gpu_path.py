@@ -52,8 +52,9 @@ def test_unsloth_is_imported_before_transformers_peft_and_trl(tmp_path):
         "import json, os, sys\n"
         "json.dump({m: m in sys.modules for m in ('transformers', 'peft', 'trl')}, open(os.environ['PROBE_OUT'], 'w'))\n")
     out = tmp_path / "seen.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "UNSLOTH_ALLOW_CPU": "1",
-           "PROBE_OUT": str(out)}
+    # Without DEEPSYNTH_SKIP_UNSLOTH: a CLI call in this test process for model.backend hf sets it (on purpose).
+    env = {**{k: v for k, v in os.environ.items() if k != "DEEPSYNTH_SKIP_UNSLOTH"},
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]), "UNSLOTH_ALLOW_CPU": "1", "PROBE_OUT": str(out)}
     subprocess.run([sys.executable, "-c", "import deepsynth_ocr.jobs.train, deepsynth_ocr.cli"], check=True, env=env, cwd=ROOT)
     assert json.loads(out.read_text()) == {"transformers": False, "peft": False, "trl": False}
 

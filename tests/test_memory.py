@@ -28,7 +28,9 @@ def test_activations_grow_with_tiles_and_depth_and_checkpointing_cuts_them():
         assert memory.activation_gib(name, 6) > memory.activation_gib(name, 0)
         assert memory.activation_gib(name, 6, 12) > memory.activation_gib(name, 6, 2)
     assert memory.activation_gib("lora-ckpt", 6) < memory.activation_gib("lora", 6)
-    assert memory.activation_gib("lora", 6, dtype_bytes=memory.BF16_BYTES) < memory.activation_gib("lora", 6)
+    ratio = memory.measured()["bf16_over_fp32"]  # measured: 1.06 on the CPU, whose bfloat16 uses float32 temporaries
+    assert 0.3 < ratio < 1.5
+    assert memory.activation_gib("lora", 6, dtype_bytes=memory.BF16_BYTES) == pytest.approx(ratio * memory.activation_gib("lora", 6))
 
 
 def test_the_gpu_estimate_uses_the_measured_activations_and_the_backends_weights():
