@@ -96,7 +96,7 @@ def checkpointing_mode(loaded: LoadedModel, cfg: RunConfig) -> str:
     if not cfg.model.gradient_checkpointing:
         return "off"
     if loaded.backend == "unsloth":
-        return f"unsloth ({loaded.gradient_checkpointing}: offloaded, reentrant)"
+        return "unsloth (offloaded, reentrant)"
     return "non-reentrant (torch.utils.checkpoint)"
 
 
@@ -126,8 +126,8 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
                                    "peak_rss_load_gib": round(host_peak_rss_gib(), 3)})
             run.update(image_processor=type(getattr(loaded.processor, "image_processor", loaded.processor)).__name__,
                        gradient_checkpointing=checkpointing_mode(loaded, cfg),
-                       allocator=os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF"))
-            run.update(backend=loaded.backend, backend_reason=loaded.backend_reason, device=device_name(loaded.model.device),
+                       allocator=os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+                       backend=loaded.backend, backend_reason=loaded.backend_reason, device=device_name(loaded.model.device),
                        dtype=str(loaded.model.dtype).removeprefix("torch."), dtype_reason=loaded.dtype_reason,
                        checkpoint=checkpoint_source(cfg.model) or "random (built in code)",
                        parameters={"frozen": loaded.frozen_params, "trainable": loaded.trainable_params,
