@@ -77,9 +77,11 @@ gpu-proof:
 	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(WHEELS)/site $(WHEELS)/*.whl
 	PYTHONPATH=$(CURDIR)/$(WHEELS)/site:$(CURDIR) $(GPU_PYTHON) -m deepsynth_ocr.gpu_proof run --out $(OUT) --deadline $(DEADLINE)
 
-# Everything, slow tests included (what CI runs); well under 15 minutes on 2 CPU cores.
+# Everything, slow tests included (what CI runs), in TEST_WORKERS pytest-xdist processes (a test file stays on one
+# worker, so its module fixtures are built once); about 12 minutes on 2 CPU cores (docs/testing.md).
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -m "slow or not slow" --durations=12
+	$(BIN)/python -m pytest -m "slow or not slow" -n $(TEST_WORKERS) --dist loadfile --durations=12
 
 # The quick inner loop: skips tests marked slow.
 test-fast: setup

@@ -237,6 +237,9 @@ class EvalConfig:
     periodic_samples: int = _f(16, "Size of the fixed eval subset scored every eval.every_steps.")
     baselines: list = _f(["tesseract", "rapidocr"], "Non-DeepSeek engines scored on the same eval set when installed (skipped with a notice otherwise).")
     tesseract_lang: str = _f("eng", "Tesseract language(s), e.g. 'eng', 'fas', 'eng+ara' (Debian tesseract-ocr-<lang>).")
+    baseline_cache: bool = _f(True, "Reuse the baselines' readings of identical images (same pixels, engine version and "
+                              "settings) kept under $DEEPSYNTH_CACHE/baselines (.cache/ in a checkout): a sweep or a "
+                              "repeated fine-tune on one eval set runs each engine once. false reads every image again.")
 
     def normalization(self):
         """The ``metrics.TextNormalization`` these fields describe."""

@@ -6,6 +6,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "data" / "samples"
 
+# `make test` runs the suite in pytest-xdist workers, as many as cores: each worker, and every process its tests
+# start, gets one compute thread, so that the workers share the cores instead of oversubscribing them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # W&B must never prompt, sync or write outside the run directory during tests.
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("WANDB_API_KEY", None)

@@ -183,12 +183,15 @@ def test_real_geometry_trains_two_steps_saves_reloads_and_generates_with_a_two_l
     run_dir = result.run_dir
     del result
 
-    pages = write_pages(tmp_path / "pages", ["label", "cheque"], name="infer")
+    # Generation reads a page with tiles (trained on a page without): both views go through the real vision tower.
+    # A batch of pages with different tile counts is generated at full size by benchmarks/real_size.py (each page
+    # costs at least its 1024 px global view, about 18 s here).
+    pages = write_pages(tmp_path / "pages", ["cheque"], name="infer")
     images = [str(tmp_path / "pages" / json.loads(line)["image"]) for line in pages.read_text().splitlines()]
     cfg.infer.adapter = str(run_dir / "adapter")
-    cfg.infer.batch_size, cfg.infer.max_new_tokens = 2, 3
+    cfg.infer.batch_size, cfg.infer.max_new_tokens = 1, 2
     out = tmp_path / "infer.jsonl"
     infer(images, out, cfg)
     predictions = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [p["error"] for p in predictions] == [None, None] and all(isinstance(p["text"], str) for p in predictions)
-    assert all(1 <= p["n_tokens"] <= 3 for p in predictions)
+    assert [p["error"] for p in predictions] == [None] and isinstance(predictions[0]["text"], str)
+    assert 1 <= predictions[0]["n_tokens"] <= 2

@@ -30,9 +30,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
+
+from deepsynth_ocr.cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +60,10 @@ MANIFEST = "deepsynth_published.json"
 WRITER_VERSION = 1  # bump when what this module writes changes: cached directories are rebuilt
 
 
-def default_cache() -> Path:
-    """Where written checkpoints are kept between runs (outside git): ``$DEEPSYNTH_CACHE`` or ``<repo>/.cache``."""
-    env = os.environ.get("DEEPSYNTH_CACHE")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".cache"
-
-
 def default_dir(text_layers: int = 12, seed: int = 0) -> Path:
+    """Where written checkpoints are kept between runs, outside git (``cache.cache_root()``)."""
     depth = "" if text_layers == 12 else f"-{text_layers}layers"
-    return default_cache() / f"deepseek-ocr-2-published{depth}-seed{seed}"
+    return cache_root() / f"deepseek-ocr-2-published{depth}-seed{seed}"
 
 
 def model_config(text_layers: int = 12):
