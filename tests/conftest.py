@@ -16,6 +16,12 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("WANDB_API_KEY", None)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first: the xdist workers take a test file at a time in this order, so the longest files start
+    early and the short ones fill in at the end, instead of one worker finishing a long file alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny_parts():
     """Tokenizer, processor and family of the tiny model (cheap; build a model per test)."""

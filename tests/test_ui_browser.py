@@ -172,7 +172,7 @@ def test_markup_in_a_run_name_and_a_prediction_renders_as_text_in_the_browser(ui
 
 
 def test_launch_watch_stop_resume_to_cer_before_and_after_in_the_browser(ui, browser, shots):
-    name, state = _launch_from_form(browser, ui, {**SMOKE, "name": "ui-smoke", "train.max_steps": "240"})
+    name, state = _launch_from_form(browser, ui, {**SMOKE, "name": "ui-smoke", "train.max_steps": "150"})
     shots(browser, "launch")
     assert state == "started" and name.startswith("ui-smoke_")
     browser.get(f"{ui.url}/runs/{name}")
@@ -185,7 +185,7 @@ def test_launch_watch_stop_resume_to_cer_before_and_after_in_the_browser(ui, bro
     _find(browser, '[data-action="stop"]')[0].click()
     _wait(lambda: _status(browser) == "interrupted", 120, "the status interrupted")
     stopped_at = read_run(ui.root / name).manifest["stopped_at_step"]
-    assert 0 < stopped_at < 240
+    assert 0 < stopped_at < 150
     _find(browser, '[data-action="resume"]')[0].click()
     _wait(lambda: _status(browser) == "ok", 300, "the resumed run finishing")
     cer = _wait(lambda: _find(browser, "#cer")[0].text, 30, "the CER line")
@@ -198,8 +198,8 @@ def test_launch_watch_stop_resume_to_cer_before_and_after_in_the_browser(ui, bro
 
 
 def test_the_page_survives_a_ui_restart_a_queued_job_starts_when_the_first_ends_and_two_runs_compare(ui, browser, shots):
-    first, state = _launch_from_form(browser, ui, {**SMOKE, "name": "ui-long", "train.max_steps": "200"})
-    second, queued = _launch_from_form(browser, ui, {**SMOKE, "name": "ui-short", "train.max_steps": "60",
+    first, state = _launch_from_form(browser, ui, {**SMOKE, "name": "ui-long", "train.max_steps": "120"})
+    second, queued = _launch_from_form(browser, ui, {**SMOKE, "name": "ui-short", "train.max_steps": "30",
                                                       "train.learning_rate": "0.002"})
     assert (state, queued) == ("started", "queued")
     browser.get(ui.url + "/")
@@ -227,7 +227,7 @@ def test_the_page_survives_a_ui_restart_a_queued_job_starts_when_the_first_ends_
     _wait(lambda: _find(browser, "#compare-metrics"), 30, "the compare page")
     assert {e.get_attribute("data-series") for e in _find(browser, "#loss-chart polyline")} == {first, second}
     rows = {r.text.split(" ")[0]: r.text for r in _find(browser, "#compare-config tbody tr")}
-    assert "train.max_steps 200 60" in rows["train.max_steps"] and "train.learning_rate" in rows
+    assert "train.max_steps 120 30" in rows["train.max_steps"] and "train.learning_rate" in rows
     assert len(_find(browser, "#compare-rows tbody tr")) == 10
     shots(browser, "compare")
 
