@@ -194,6 +194,17 @@ class TrainConfig:
         False, "Resume from the last checkpoint of the newest run directory of this name: adapter (checked key by key), "
         "optimizer, scheduler, RNG state and position in the data."
     )
+    keep_best: bool = _f(
+        False, "Rank checkpoints by the periodic eval (CER; token F1 or ROUGE-L where the rows hold no OCR), keep the "
+        "best one from rotation, and make it the run's adapter at the end instead of the last step's. Needs "
+        "eval.every_steps and train.save_steps, a multiple of it, so that every checkpoint has a score."
+    )
+    early_stopping_patience: int = _f(
+        0, "Stop training after this many periodic evaluations in a row without a gain over the best (0: off); the "
+        "run ends 'ok' with the step it stopped at in its manifest. Needs eval.every_steps."
+    )
+    early_stopping_min_delta: float = _f(0.0, "The least improvement of the ranking metric that counts as a gain "
+                                         "for train.early_stopping_patience (absolute, e.g. 0.005 CER).")
     dataloader_workers: int = _f(
         -1, "Data-loader worker processes that decode and tile images while the model trains; -1: 2 on a GPU, "
         "0 on a CPU (where the workers would compete with training for the same cores)."
@@ -213,6 +224,10 @@ class TrainConfig:
         _check(self.save_steps >= 0, "train.save_steps", f"must be >= 0, got {self.save_steps}")
         _check(self.dataloader_workers >= -1, "train.dataloader_workers", f"must be >= -1, got {self.dataloader_workers}")
         _check(self.sampling in ("random", "sequential"), "train.sampling", f"must be random or sequential, got {self.sampling!r}")
+        _check(self.early_stopping_patience >= 0, "train.early_stopping_patience",
+               f"must be >= 0, got {self.early_stopping_patience}")
+        _check(self.early_stopping_min_delta >= 0, "train.early_stopping_min_delta",
+               f"must be >= 0, got {self.early_stopping_min_delta}")
 
 
 @dataclass
@@ -223,7 +238,9 @@ class EvalConfig:
     max_new_tokens_margin: float = _f(0.5, "With max_new_tokens 0: extra fraction of the longest reference.")
     no_repeat_ngram_size: int = _f(0, "Repetition guard: forbid repeating n-grams of this size (0 off).")
     max_samples: int = _f(0, "Score at most this many eval rows (0: all).")
-    num_logged_samples: int = _f(0, "Per-sample rows (image, reference, prediction, CER, WER, failure) sent to W&B per eval; 0: all.")
+    num_logged_samples: int = _f(-1, "Per-sample rows (image, reference, prediction, CER, WER, failure) sent to W&B per "
+                                 "eval: the first N rows; 0 sends none (a privacy switch, as tracking.log_images: false); "
+                                 "-1 sends all.")
     normalize_unicode: str = _f("NFC", "Unicode normalisation before scoring: '' (none), 'NFC' or 'NFKC' (also folds ligatures).")
     normalize_case: bool = _f(False, "Lowercase reference and prediction before scoring.")
     normalize_whitespace: bool = _f(True, "Collapse every whitespace run (tabs, no-break spaces, newlines) to one space before scoring.")
@@ -255,7 +272,8 @@ class EvalConfig:
         _check(self.max_new_tokens_margin >= 0, "eval.max_new_tokens_margin", "must be >= 0")
         _check(self.no_repeat_ngram_size >= 0, "eval.no_repeat_ngram_size", "must be >= 0")
         _check(self.max_samples >= 0, "eval.max_samples", f"must be >= 0, got {self.max_samples}")
-        _check(self.num_logged_samples >= 0, "eval.num_logged_samples", f"must be >= 0, got {self.num_logged_samples}")
+        _check(self.num_logged_samples >= -1, "eval.num_logged_samples",
+               f"must be -1 (all), 0 (none) or a number of rows, got {self.num_logged_samples}")
         _check(self.normalize_unicode in ("", "NFC", "NFKC"), "eval.normalize_unicode",
                f"must be '', 'NFC' or 'NFKC', got {self.normalize_unicode!r}")
         for name in ("loop_max_period", "loop_min_repeats", "loop_min_span"):
@@ -426,6 +444,17 @@ class RunConfig:
         _check(bool(self.name) and "/" not in self.name, "name", f"must be non-empty without '/', got {self.name!r}")
         for section in SECTIONS:
             getattr(self, section).validate()
+        t, every = self.train, self.eval.every_steps if self.eval.enabled else 0
+        if t.keep_best or t.early_stopping_patience:
+            what = "train.keep_best" if t.keep_best else "train.early_stopping_patience"
+            _check(every > 0 and bool(self.data.eval_path), what,
+                   "ranks the periodic evaluation: set data.eval_path, eval.enabled: true and eval.every_steps > 0")
+        if t.keep_best:
+            _check(self.lora.enabled, "train.keep_best", "restores the best checkpoint's LoRA adapter: it needs "
+                   "lora.enabled: true (with full fine-tuning, resume or export the checkpoint you want instead)")
+            _check(t.save_steps > 0 and t.save_steps % every == 0, "train.save_steps",
+                   f"must be a multiple of eval.every_steps ({every}) with train.keep_best, so that every checkpoint "
+                   f"has a score; got {t.save_steps}")
         if not self.lora.enabled:  # full fine-tuning: what cannot train at all, refused before anything loads
             _check(not self.model.load_in_4bit, "lora.enabled",
                    "false (full fine-tuning) cannot train a 4-bit model's uint8 weights; keep lora.enabled: true "

@@ -115,7 +115,7 @@ def check_compose(data: dict) -> list[str]:
         entry = svc.get("entrypoint", image_entry.get(svc.get("image")))
         problems += check_command(list(entry or []) + list(svc.get("command", [])), where)
         for volume in svc.get("volumes", []):
-            source = volume.split(":")[0]
+            source = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", volume).split(":")[0]  # a variable's default, as compose reads it
             if source.startswith("."):
                 if (COMPOSE.parent / source).resolve().parent != ROOT:
                     problems.append(f"{where}: host volume {source!r} is not a directory of the repository")
@@ -245,7 +245,39 @@ def test_the_ui_service_keeps_its_state_on_the_runs_volume_needs_a_token_and_is_
     port = command[command.index("--port") + 1]
     assert command[0] == "ui" and svc["image"] == "deepsynth-ocr:cpu"
     assert "../runs:/app/runs" in svc["volumes"]  # runs and the queue (runs/.ui) outlive the container
+    assert "${DATA_DIR:-../data}:/app/user-data" in svc["volumes"]  # the user's documents, a data root
+    assert _set(command)["ui.data_roots"] == ["data", "user-data"]
     assert svc["environment"]["DEEPSYNTH_UI_TOKEN"].startswith("${DEEPSYNTH_UI_TOKEN:?")  # no token, no start
     assert svc["ports"] == [f"127.0.0.1:{port}:{port}"]
     assert f"127.0.0.1:{port}/health" in " ".join(svc["healthcheck"]["test"])
     assert re.search(r"^Jinja2==", (ROOT / "requirements-cpu.txt").read_text(), re.M)
+
+
+def _set(command: list[str]) -> dict:
+    """The ``-s key=value`` overrides of a compose command, parsed as the CLI parses them."""
+    from deepsynth_ocr.config import parse_value
+
+    return {k: parse_value(v) for k, v in (command[i + 1].split("=", 1) for i, a in enumerate(command) if a == "-s")}
+
+
+def test_the_gpu_ui_reserves_the_gpus_and_mounts_the_model_cache_and_the_users_data():
+    """Issue 31: the UI offers GPU jobs, so a variant runs on the GPU image with the GPUs, the weights cache and the
+    data it launches on; every long-running service has a health check."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    gpu_ui, cpu_ui = services["ui-gpu"], services["ui"]
+    assert gpu_ui["image"] == "deepsynth-ocr:gpu" and gpu_ui["command"] == cpu_ui["command"]
+    (device,) = gpu_ui["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"] and device["count"] == "all"
+    assert set(gpu_ui["volumes"]) == set(cpu_ui["volumes"]) | {"hf-cache:/home/ocr/.cache/huggingface"}
+    assert gpu_ui["environment"]["DEEPSYNTH_UI_TOKEN"].startswith("${DEEPSYNTH_UI_TOKEN:?")
+    long_running = [name for name, svc in services.items() if "ports" in svc]
+    assert sorted(long_running) == ["serve", "serve-cpu", "ui", "ui-gpu"]
+    assert all("healthcheck" in services[name] for name in long_running)
+
+
+def test_the_gpu_image_installs_the_opentelemetry_packages_the_cpu_stack_pins():
+    pins = {}
+    for requirements in ("requirements-cpu.txt", "requirements-training.txt"):
+        text = (ROOT / requirements).read_text()
+        pins[requirements] = dict(re.findall(r"^(opentelemetry-[a-z-]+)==(\S+)", text, re.M))
+    assert len(pins["requirements-cpu.txt"]) == 3 and pins["requirements-training.txt"] == pins["requirements-cpu.txt"]

@@ -506,3 +506,29 @@ def test_a_generation_process_that_dies_fails_its_requests_and_the_server_says_n
         assert reply.status_code == 500 and "generation process died" in reply.json()["error"]["message"]
         assert httpx.get(f"{url}/ready", timeout=10).status_code == 503
         assert httpx.get(f"{url}/health", timeout=10).status_code == 200  # the HTTP side itself still answers
+
+
+@pytest.mark.parametrize("redact", [False, True])
+def test_with_samples_redact_no_image_and_no_text_of_a_request_reaches_the_sample_store(run_dir, tmp_path, redact):
+    """docs/observability.md's privacy table: ``serve.samples_redact`` keeps each text as its length and hash and
+    writes no thumbnail. The unredacted store is scanned the same way, so a scan that cannot see them fails."""
+    store = tmp_path / "samples"
+    cfg = run_config(run_dir, samples_dir=str(store), samples_rate=1.0, samples_redact=redact)
+    with live(cfg, run_dir) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+        texts = [client.chat.completions.create(
+            model=run_dir.name, max_tokens=cfg.infer.max_new_tokens,
+            messages=chat_body("x", data_url(image.read_bytes()))["messages"]).choices[0].message.content for image in IMAGES]
+        deadline = time.time() + 30
+        while len(list(store.rglob("*.json"))) < len(IMAGES) and time.time() < deadline:
+            time.sleep(0.05)
+    kept = [p for p in store.rglob("*") if p.is_file()]
+    assert len([p for p in kept if p.suffix == ".json"]) == len(IMAGES)
+    readable = [t for t in texts if len(t) >= 4]  # long enough not to occur in a record by chance
+    assert readable, texts
+    found = {t for t in readable if any(t.encode() in p.read_bytes() for p in kept)}
+    thumbnails = [p for p in kept if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")]
+    if redact:
+        assert thumbnails == [] and found == set()
+    else:
+        assert len(thumbnails) == len(IMAGES) and found == set(readable)

@@ -183,3 +183,40 @@ def test_q_and_a_runs_show_their_own_metric_on_the_run_page_and_in_compare(ui):
     assert "qa token F1 after</td><td>0.2500</td><td>0.5000</td>" in page.replace("\n", "")
     run_page = client.get("/runs/qa-a_20261205_100000").text
     assert "EM 0 F1 0.667" in run_page and "CER 1.500" not in run_page
+
+
+def test_the_run_page_ranks_checkpoints_by_their_eval_score_and_marks_the_runs_adapter(ui):
+    """Issue 30: each checkpoint with the periodic eval's CER at its step (written by train.keep_best's
+    ``selection`` at save time), rank 1 the best, and the one that became the run's adapter named."""
+    from deepsynth_ocr.runs import CHECKPOINT_SCORE_FILE
+
+    client, state, _ = ui
+    run = state.root / "ranked_20261206_100000"
+    for step, cer in ((100, 0.31), (200, 0.22), (300, 0.27)):
+        folder = run / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text("{}")
+        (folder / CHECKPOINT_SCORE_FILE).write_text(json.dumps({"step": step, "metric": "cer", "value": cer,
+                                                                 "rank_value": cer}))
+    (run / "checkpoints" / "checkpoint-400").mkdir()  # saved between evaluations: listed, not ranked
+    (run / "manifest.json").write_text(json.dumps({"kind": "train", "status": "ok", "name": "ranked",
+                                                   "selection": {"adapter_from": "checkpoint-200"}}))
+    (run / "config.yaml").write_text("name: ranked\n")
+    page = client.get(f"/runs/{run.name}").text
+    rows = {r.split('"')[0]: r for r in page.split('<tr data-checkpoint="')[1:]}
+    assert list(rows) == ["checkpoint-100", "checkpoint-200", "checkpoint-300", "checkpoint-400"]
+    assert "CER 0.2200" in rows["checkpoint-200"] and "1 (best)" in rows["checkpoint-200"]
+    assert 'class="best"' in rows["checkpoint-200"] and "the run's adapter" in rows["checkpoint-200"]
+    assert "CER 0.3100" in rows["checkpoint-100"] and ">3<" in rows["checkpoint-100"] and "adapter" not in rows["checkpoint-100"]
+    assert "not scored" in rows["checkpoint-400"]
+
+
+def test_the_console_log_reaches_the_page_without_terminal_colour_codes(tmp_path):
+    from deepsynth_ocr.ui.details import read_log
+
+    log = tmp_path / "console.log"
+    log.write_bytes(b"\x1b[32m[INFO] 2026-12-06 [RapidOCR] base.py:23: Using engine_name: onnxruntime\x1b[0m\n"
+                    b"step 1\rstep 2\n")
+    text, offset = read_log(log, 0)
+    assert text == "[INFO] 2026-12-06 [RapidOCR] base.py:23: Using engine_name: onnxruntime\nstep 2\n"
+    assert offset == log.stat().st_size

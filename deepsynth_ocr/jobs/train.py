@@ -33,6 +33,7 @@ from deepsynth_ocr.models.families import get_family
 from deepsynth_ocr.ranks import world
 from deepsynth_ocr.report import write_report
 from deepsynth_ocr.runs import Run, signal_handlers, start_run
+from deepsynth_ocr.selection import CheckpointSelection, load_adapter_weights
 from deepsynth_ocr.tracking import Tracker
 from deepsynth_ocr.training import (
     AugmentEpoch,
@@ -57,8 +58,9 @@ class TrainResult:
 
 
 def _sample_rows(eval_ds, rows: list[dict], n: int) -> list[dict]:
-    # The decoded image wins over the JSONL's "image" (a path, or None for embedded images).
-    return [{**r, "image": eval_ds[i]["image"]} for i, r in enumerate(rows[: n or None])]
+    """The first ``n`` rows for W&B (-1: all, 0: none); the decoded image wins over the JSONL's "image" (a path, or
+    None for embedded images)."""
+    return [{**r, "image": eval_ds[i]["image"]} for i, r in enumerate(rows if n < 0 else rows[:n])]
 
 
 def _evaluate(loaded, eval_ds, cfg: RunConfig, run: Run, tracker: Tracker, tag: str, step: int) -> dict:
@@ -89,6 +91,19 @@ def stop_on_signals(trainer: KitTrainer):
 
     with signal_handlers(handler):
         yield
+
+
+def _keep_best(selection: CheckpointSelection, loaded: LoadedModel, checkpoints: Path, step: int, cfg: RunConfig) -> str:
+    """With train.keep_best, put the best-ranked checkpoint's adapter in the model (what is evaluated 'after' and
+    saved) unless the last step scored at least as well; returns where the run's adapter comes from."""
+    best = selection.best_checkpoint(checkpoints) if cfg.train.keep_best else None
+    last = selection.scores.get(step)
+    if best is None or selection.best[0] == step or (last is not None and last["rank_value"] <= selection.best[1]):
+        return f"step {step} (the last)"
+    load_adapter_weights(loaded.model, best)
+    log.info("train.keep_best: the run's adapter is %s (%s %.4f), not step %d's", best.name, selection.metric,
+             abs(selection.best[1]), step)
+    return best.name
 
 
 def checkpointing_mode(loaded: LoadedModel, cfg: RunConfig) -> str:
@@ -172,15 +187,21 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
                                  train_dataset=train_ds, data_collator=train_collator, callbacks=callbacks)
             if json_logs:  # without a progress bar the Trainer prints each record; the kit logs it as JSON instead
                 trainer.remove_callback(PrinterCallback)
+            selection = None
             if do_eval and cfg.eval.every_steps:
+                t = cfg.train
+                selection = CheckpointSelection(t.keep_best, t.early_stopping_patience, t.early_stopping_min_delta)
+
                 def log_periodic(summary: dict, step: int) -> None:
                     run.log_metrics({"step": step, "eval": "periodic", **summary})
                     tracker.log({f"eval_periodic/{k}": v for k, v in summary.items()}, step=step)
+                    selection.observe(summary, step)
                     if on_periodic is not None:
                         on_periodic(summary, step)
 
                 periodic = PeriodicEvalCallback(loaded, eval_ds, cfg.eval, log_periodic)
                 trainer.add_callback(periodic)
+                trainer.add_callback(selection)  # after the evaluation of the same step, before the save
             checkpoints = run.paths.checkpoints
             resume = last_complete_checkpoint(checkpoints) if cfg.train.resume else None
             if cfg.train.resume:
@@ -198,8 +219,9 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
                 raise NonFiniteLoss(what, bad_step, str(last) if last else None)
             if trainer.stop_request is not None:
                 raise TrainingInterrupted(trainer.stop_request, step, str(checkpoints / f"checkpoint-{step}"), str(run.dir))
-            if do_eval and cfg.eval.every_steps:
+            if selection is not None:
                 run.timing("eval_periodic_s", periodic.seconds)  # included in train_s
+                run.update(selection=selection.report(step, _keep_best(selection, loaded, checkpoints, step, cfg)))
             after = _evaluate(loaded, eval_ds, cfg, run, tracker, "after", step) if do_eval else None
 
             if not main:

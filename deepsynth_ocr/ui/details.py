@@ -7,15 +7,19 @@ Everything returned here is text a page shows, so every string passes ``secrets.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
 
 from deepsynth_ocr.metrics import sample_label, task_metric_rows
-from deepsynth_ocr.runs import RunInfo, RunPaths
+from deepsynth_ocr.runs import CHECKPOINT_SCORE_FILE as SCORE_FILE
+from deepsynth_ocr.runs import RunInfo, RunPaths, read_run
 from deepsynth_ocr.secrets import redact
 
 TAIL_BYTES = 64 * 1024  # what a page shows of a console log when it first opens
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # terminal colour and cursor codes
+METRIC_LABELS = {"cer": "CER", "qa_f1": "Q&A token F1", "summarize_rouge_l": "ROUGE-L"}
 
 
 def series(run_dir: Path) -> dict:
@@ -47,12 +51,25 @@ def summary(info: RunInfo) -> dict:
 
 
 def checkpoints(run_dir: Path) -> list[dict]:
+    """The run's checkpoints by step, each with the periodic eval's score at its step where one was taken
+    (``selection.SCORE_FILE``), its rank by that score (1: best) and whether it became the run's adapter."""
     out = []
     folder = RunPaths(run_dir).checkpoints
     for path in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1) if folder.is_dir() else []:
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        try:
+            score = json.loads((path / SCORE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            score = {}
         out.append({"name": path.name, "step": path.name.split("-")[-1], "size_mb": round(size / 2**20, 2),
-                    "complete": (path / "trainer_state.json").is_file()})
+                    "complete": (path / "trainer_state.json").is_file(), "metric": METRIC_LABELS.get(score.get("metric")),
+                    "value": score.get("value"), "rank_value": score.get("rank_value"), "rank": None})
+    ranked = sorted((c for c in out if c["rank_value"] is not None), key=lambda c: c["rank_value"])
+    for rank, c in enumerate(ranked, 1):
+        c["rank"] = rank
+    adapter_from = (read_run(run_dir).manifest.get("selection") or {}).get("adapter_from")
+    for c in out:
+        c["is_adapter"] = c["name"] == adapter_from
     return out
 
 
@@ -104,7 +121,7 @@ def read_log(path: Path, offset: int | None) -> tuple[str, int]:
         f.seek(offset)
         data = f.read(size - offset)
     end = data.rfind(b"\n") + 1  # whole lines only; the rest comes with the next read
-    text = data[:end].decode("utf-8", errors="replace")
+    text = ANSI.sub("", data[:end].decode("utf-8", errors="replace"))  # libraries colour their log lines
     lines = [line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r") for line in text.split("\n")]
     return redact("\n".join(lines)), offset + end
 

@@ -17,7 +17,8 @@ from deepsynth_ocr.config import ConfigError, RunConfig, field_help, parse_value
 FORM_FIELDS = (
     "name", "model.family", "model.name_or_path", "model.backend", "model.load_in_4bit", "lora.r", "lora.alpha",
     "data.train_path", "data.eval_path", "train.max_steps", "train.learning_rate", "train.per_device_batch_size",
-    "train.gradient_accumulation_steps", "train.save_steps", "eval.max_samples", "eval.every_steps", "tracking.wandb",
+    "train.gradient_accumulation_steps", "train.save_steps", "train.keep_best", "train.early_stopping_patience",
+    "eval.max_samples", "eval.every_steps", "tracking.wandb",
 )
 DATA_FIELDS = ("data.train_path", "data.eval_path")
 CHOICES = {"model.family": ["tiny", "deepseek-ocr-2", "deepseek-ocr"], "model.backend": ["auto", "hf", "unsloth"],
