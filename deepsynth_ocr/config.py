@@ -33,6 +33,9 @@ def _check(ok: bool, name: str, message: str) -> None:
         raise ConfigError(f"{name}: {message}")
 
 
+ATTENTION_KERNELS = ("", "sdpa", "eager", "flash_attention_2")
+
+
 @dataclass
 class ModelConfig:
     family: str = _f("tiny", "Checkpoint family: 'tiny' (miniature DeepSeek-OCR-2 for CPU), 'deepseek-ocr-2', 'deepseek-ocr' (v1, remote code).")
@@ -48,6 +51,11 @@ class ModelConfig:
     )
     load_in_4bit: bool = _f(False, "Quantise the language model to 4-bit NF4 (QLoRA) with bitsandbytes.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    attn_implementation: str = _f(
+        "", "Attention kernel passed to from_pretrained: '' (the library's choice: sdpa where the model supports it), "
+        "'sdpa', 'eager' (plain PyTorch; the reference when a kernel is suspect) or 'flash_attention_2' (a CUDA GPU "
+        "and the flash-attn package; refused before loading anywhere else)."
+    )
 
     def validate(self) -> None:
         from deepsynth_ocr.models.families import FAMILIES
@@ -61,6 +69,8 @@ class ModelConfig:
             "model.name_or_path",
             f"family {self.family!r} needs a hub id or local checkpoint directory",
         )
+        _check(self.attn_implementation in ATTENTION_KERNELS, "model.attn_implementation",
+               f"must be one of {ATTENTION_KERNELS}, got {self.attn_implementation!r}")
 
 
 @dataclass

@@ -17,7 +17,7 @@ import time
 from deepsynth_ocr.secrets import RedactingFilter, redact
 
 FORMATS = ("text", "json")
-TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+TEXT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"  # milliseconds: a step is often under a second
 _run_id: str | None = None
 
 

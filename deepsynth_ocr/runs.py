@@ -249,6 +249,20 @@ class Run:
                         self.dir, stale["pid"], stale.get("started"))
         self.paths.config.write_text(yaml.safe_dump(redact(cfg.to_dict()), sort_keys=False))
         self.save()
+        attempt = len(self.manifest.get("attempts", [])) + 1
+        log.info("=== %s run %s started%s | command: %s | model: %s (%s, backend %s) | output: %s", kind, self.dir.name,
+                 f" (attempt {attempt})" if attempt > 1 else "", " ".join(redact(sys.argv)), cfg.model.name_or_path
+                 or "the family's default", cfg.model.family, cfg.model.backend, self.dir)
+        self._sync()
+
+    def _sync(self) -> None:
+        """Flush the console log to the disk at a status change: what a crash right after it must not lose."""
+        detached = _writes_to(sys.stdout, self.paths.console_log)  # `--detach`: the console is the log file
+        stream = self._handler.stream if self._handler is not None else sys.stdout if detached else None
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                stream.flush()
+                os.fsync(stream.fileno())
 
     @classmethod
     def start(cls, cfg: RunConfig, directory: str | Path | None = None, kind: str = "train") -> Run:
@@ -322,10 +336,27 @@ class Run:
         self.save()
         release_lock(self.paths, self._lock)
         log.info("run %s: %s (%s)", status, self.dir, self.paths.manifest)
+        exit_code = 0 if status == "ok" else getattr(error, "exit_code", 130 if isinstance(error, KeyboardInterrupt) else 1)
+        log.info("=== %s run %s ended: %s, exit code %d, %.1f s | results: %s", self.manifest.get("kind"), self.dir.name,
+                 status, exit_code, self.manifest["timings"]["total_s"], results_line(self.manifest))
+        self._sync()
         logs.set_run_id(None)
         if self._handler is not None:
             logging.getLogger().removeHandler(self._handler)
             self._handler.close()
+
+
+def results_line(manifest: dict) -> str:
+    """A run's results in one line for its log's footer: CER (or token F1, ROUGE-L) before and after, the steps."""
+    metrics = manifest.get("metrics") or {}
+    parts = []
+    for key, label in (("cer", "CER"), ("qa_f1", "Q&A token F1"), ("summarize_rouge_l", "ROUGE-L")):
+        values = {tag: (metrics.get(tag) or {}).get(key) for tag in ("before", "after")}
+        if any(v is not None for v in values.values()):
+            parts.append(f"{label} " + " -> ".join("n/a" if v is None else f"{v:.4f}" for v in values.values()))
+    if metrics.get("steps") is not None:
+        parts.append(f"{metrics['steps']} steps")
+    return ", ".join(parts) or "none recorded"
 
 
 class FollowerRun:

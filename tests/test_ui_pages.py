@@ -220,3 +220,34 @@ def test_the_console_log_reaches_the_page_without_terminal_colour_codes(tmp_path
     text, offset = read_log(log, 0)
     assert text == "[INFO] 2026-12-06 [RapidOCR] base.py:23: Using engine_name: onnxruntime\nstep 2\n"
     assert offset == log.stat().st_size
+
+
+def test_a_checkpoint_is_evaluated_from_the_run_page_as_a_new_evaluation_run(ui, monkeypatch):
+    """Issue 30: the Evaluate button of a checkpoint row launches ``deepsynth-ocr evaluate`` of that checkpoint's
+    adapter (and the base) on the run's eval set or another under the data roots; the launched command runs."""
+    from deepsynth_ocr.cli import main
+    from deepsynth_ocr.jobs.train import train
+
+    client, state, data = ui
+    started = _capture(monkeypatch)
+    cfg = RunConfig.from_yaml(ROOT / "configs" / "smoke.yaml").with_overrides([
+        "model.name_or_path=random", f"output_root={state.root}", f"data.train_path={data / 'samples' / 'train.jsonl'}",
+        f"data.eval_path={data / 'samples' / 'eval.jsonl'}", "train.max_steps=2", "train.save_steps=2",
+        "eval.enabled=false", "tracking.wandb=disabled"])
+    run_dir = train(cfg).run_dir
+    url = f"/api/runs/{run_dir.name}/evaluate"
+    assert "Evaluate</button>" in client.get(f"/runs/{run_dir.name}").text
+    for body, words in [({"checkpoint": "../adapter"}, "checkpoint-N"), ({"checkpoint": "checkpoint-9"}, "no adapter weights"),
+                        ({"checkpoint": "checkpoint-2", "eval_path": "/etc/passwd"}, "outside the UI's data roots")]:
+        refused = client.post(url, json=body)
+        assert refused.status_code == 400 and words in refused.text, (body, refused.text)
+    assert started == []
+    reply = client.post(url, json={"checkpoint": "checkpoint-2", "eval_path": str(data / "samples" / "eval.jsonl")}).json()
+    (launch,) = started
+    assert reply == {"run": launch.run_dir.name, "state": "started"} and launch.kind == "evaluate"
+    assert launch.args[launch.args.index("--adapter") + 1] == str(run_dir / "checkpoints" / "checkpoint-2")
+    assert launch.run_dir.parent == state.root and launch.run_dir.name.startswith("smoke-checkpoint-2-eval_")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert main([*launch.args, "-s", "eval.max_samples=4", "-s", "eval.baselines=[]", "-s", "tracking.wandb=disabled"]) in (0, None)
+    metrics = read_run(launch.run_dir).manifest["metrics"]
+    assert metrics["after"]["n"] == 4 and metrics["before"]["n"] == 4

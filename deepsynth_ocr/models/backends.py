@@ -162,9 +162,25 @@ def bnb_config_kwargs(cfg: RunConfig, family: Family) -> dict:
     }
 
 
+def attention_kernel(cfg: RunConfig) -> dict:
+    """``attn_implementation`` for ``from_pretrained`` when ``model.attn_implementation`` names one; flash-attention is
+    refused here, before any weight loads, where its kernel cannot run (transformers would fail deep in loading)."""
+    kernel = cfg.model.attn_implementation
+    if kernel == "flash_attention_2":
+        import importlib.util
+
+        if compute_device().type != "cuda":
+            raise ConfigError("model.attn_implementation: flash_attention_2 runs on a CUDA GPU only, and this process "
+                              "has none: use sdpa (or eager) here")
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError("model.attn_implementation: flash_attention_2 needs the flash-attn package (pip install "
+                              "flash-attn --no-build-isolation, matching your torch and CUDA), or use sdpa")
+    return {"attn_implementation": kernel} if kernel else {}
+
+
 def hf_load_kwargs(cfg: RunConfig, family: Family) -> dict:
     """Arguments for the family's transformers auto class ``from_pretrained``."""
-    kwargs = {"revision": resolve_revision(cfg, family), "dtype": torch_dtype(cfg.model.dtype)}
+    kwargs = {"revision": resolve_revision(cfg, family), "dtype": torch_dtype(cfg.model.dtype), **attention_kernel(cfg)}
     device = compute_device()
     if device.type == "cuda":
         # transformers leaves a model without device_map on the CPU, 16-bit loads included.
@@ -245,6 +261,8 @@ def load_base(cfg: RunConfig) -> LoadedModel:
                 model, processor, family = _from_pretrained(cfg, family, tmp)
         else:
             model = model.to(device=compute_device(), dtype=torch_dtype(cfg.model.dtype))
+            if kernel := attention_kernel(cfg):  # what from_pretrained does with the argument, for a model built here
+                model.set_attn_implementation(kernel["attn_implementation"])
     else:
         model, processor, family = _from_pretrained(cfg, family, source)
     _eager_experts_on_cpu(model, family)
@@ -448,6 +466,7 @@ def unsloth_load_kwargs(cfg: RunConfig, family: Family) -> dict:
         "load_in_4bit": cfg.model.load_in_4bit,
         "full_finetuning": not cfg.lora.enabled,
         "use_gradient_checkpointing": unsloth_gradient_checkpointing(cfg),
+        **attention_kernel(cfg),  # FastVisionModel reads it from its keyword arguments
     }
     if family.trust_remote_code:
         import transformers

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -179,6 +180,33 @@ def api_export(request: Request, name: str):
         return _user_error(RunDirError(f"{name} has no adapter/ to export (status {read_run(run_dir).status})"))
     launch = launches.export_launch(run_dir)
     return {"run": name, "state": state.scheduler.submit(launch, takes_slot=False), "out": str(launch.run_dir)}
+
+
+@router.post("/api/runs/{name}/evaluate")
+async def api_evaluate(request: Request, name: str):
+    """Evaluate the run's adapter or one of its checkpoints (``checkpoint``: ``adapter`` or ``checkpoint-N``) on the
+    run's eval set, or on ``eval_path`` under the data roots: a new evaluation run in the list, base beside it."""
+    state = ui_state(request)
+    run_dir = _run_dir(request, name)
+    body = await request.json() if (await request.body()) else {}
+    which = str(body.get("checkpoint") or "adapter")
+    paths = RunPaths(run_dir)
+    if which != "adapter" and not re.fullmatch(r"checkpoint-\d+", which):
+        return _user_error(RunDirError(f"checkpoint: 'adapter' or 'checkpoint-N', got {which!r}"))
+    adapter = paths.adapter if which == "adapter" else paths.checkpoints / which
+    if not (adapter / "adapter_model.safetensors").is_file():
+        return _user_error(RunDirError(f"{name} has no adapter weights in {which} (status {read_run(run_dir).status})"))
+    eval_path = str(body.get("eval_path") or "")
+    if not forms.allowed_data_path(eval_path, state.data_roots):
+        return JSONResponse({"errors": {"eval_path": f"eval_path: {eval_path} is outside the UI's data roots"}}, status_code=400)
+    _limited(state.launch_limit, "launches")
+    label = read_run(run_dir).name or name
+    overrides = [f"output_root={state.root}", f"name={label}-{which}"] + ([f"data.eval_path={eval_path}"] if eval_path else [])
+    try:
+        launch = launches.evaluate_launch(paths.config, overrides, adapter=adapter)
+    except UserError as e:
+        return _user_error(e)
+    return {"run": launch.run_dir.name, "state": state.scheduler.submit(launch)}
 
 
 # --- files ------------------------------------------------------------------------------------------------

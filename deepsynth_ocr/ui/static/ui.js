@@ -150,6 +150,15 @@ function runPage(name) {
       : action === "export" ? `export ${data.state}: ${data.out}` : `${action}: ${data.state}`;
   }
   for (const [action, button] of Object.entries(buttons)) button.onclick = () => act(action);
+  // Checkpoint rows are replaced when the run finishes, so their buttons are found through the document.
+  document.addEventListener("click", async (e) => {
+    const button = e.target.closest("[data-evaluate]");
+    if (!button) return;
+    result.textContent = "evaluate " + button.dataset.evaluate + "…";
+    const { ok, data } = await api("POST", `/api/runs/${encodeURIComponent(name)}/evaluate`, { checkpoint: button.dataset.evaluate });
+    if (!ok) { result.textContent = (data && (data.error || data.detail || JSON.stringify(data.errors))) || "refused"; return; }
+    result.replaceChildren(`evaluation ${data.state}: `, el("a", data.run, { href: "/runs/" + encodeURIComponent(data.run), id: "evaluate-result" }));
+  });
 }
 
 // --- launch -----------------------------------------------------------------------------------------------
