@@ -10,11 +10,13 @@ export WANDB_SILENT := true
 setup: system-deps $(VENV)/.installed unsloth-src
 
 # Debian packages the tests need: chromium renders report.html (the report test fails without it),
-# tesseract-ocr is an evaluation baseline. Installed when missing and apt-get is usable (root, as on
-# CI); elsewhere install them yourself: the tests that need them say so.
-SYSTEM_PACKAGES := chromium chromium-driver tesseract-ocr tesseract-ocr-eng
+# tesseract-ocr is an evaluation baseline, postgresql's server binaries back the database sweep test (which
+# starts its own throwaway server). Installed when missing and apt-get is usable (root, as on CI); elsewhere
+# install them yourself: the tests that need them say so.
+SYSTEM_PACKAGES := chromium chromium-driver tesseract-ocr tesseract-ocr-eng postgresql
 system-deps:
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v tesseract >/dev/null; then :; \
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v tesseract >/dev/null \
+		&& { command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	else echo "system-deps: please install $(SYSTEM_PACKAGES) (Debian packages)"; fi

@@ -46,10 +46,23 @@ def formatter(fmt: str, text: str = TEXT) -> logging.Formatter:
     return JsonFormatter() if fmt == "json" else logging.Formatter(text, "%Y-%m-%d %H:%M:%S")
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record: a notebook or a test harness that swaps it
+    (and closes the old one) must not leave the root logger writing to a closed stream."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def configure(fmt: str = "text", level: int = logging.INFO, text: str = "%(message)s", stream=None) -> None:
-    """One handler on the root logger, writing ``fmt`` to ``stream`` (stderr) with secrets masked; for
-    commands that write no run directory (serve, infer, prepare, sweep, notebook, ui)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    """One handler on the root logger, writing ``fmt`` to ``stream`` (default: the current stderr) with secrets
+    masked; for commands that write no run directory (serve, infer, prepare, sweep, notebook, ui)."""
+    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderr()
     handler.setFormatter(formatter(fmt, text))
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()

@@ -135,8 +135,6 @@ def new_run_path(output_root: str | Path, name: str) -> Path:
 
 
 RESUMABLE = ("train", "notebook", "sweep")
-# In each checkpoint folder: the periodic evaluation's scores at its step (``selection.CheckpointSelection``).
-CHECKPOINT_SCORE_FILE = "deepsynth_eval.json"
 
 
 def latest_run_dir(output_root: str | Path, name: str) -> Path | None:

@@ -8,13 +8,12 @@ Each checkpoint also gets ``deepsynth_eval.json`` (its step's scores), which the
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from deepsynth_ocr.runs import CHECKPOINT_SCORE_FILE as SCORE_FILE
+from deepsynth_ocr.checkpoint_scores import write_score
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,7 @@ class CheckpointSelection(TrainerCallback):
         score = self.scores.get(state.global_step)
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if score is not None and folder.is_dir() and args.should_save:
-            (folder / SCORE_FILE).write_text(json.dumps(score), encoding="utf-8")
+            write_score(folder, score)
 
     def best_checkpoint(self, checkpoints: Path) -> Path | None:
         if self.best is None:

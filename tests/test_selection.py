@@ -10,8 +10,9 @@ import pytest
 from safetensors.torch import load_file
 
 from deepsynth_ocr import evaluate as evaluate_module
+from deepsynth_ocr.checkpoint_scores import SCORE_FILE
 from deepsynth_ocr.config import ConfigError
-from deepsynth_ocr.selection import SCORE_FILE, CheckpointSelection, ranking_metric
+from deepsynth_ocr.selection import CheckpointSelection, ranking_metric
 
 SCRIPT = {2: 0.9, 4: 0.3, 6: 0.5, 8: 0.45, 10: 0.6, 12: 0.7}  # step -> periodic CER: best at 4, no gain after it
 

@@ -188,7 +188,7 @@ def test_q_and_a_runs_show_their_own_metric_on_the_run_page_and_in_compare(ui):
 def test_the_run_page_ranks_checkpoints_by_their_eval_score_and_marks_the_runs_adapter(ui):
     """Issue 30: each checkpoint with the periodic eval's CER at its step (written by train.keep_best's
     ``selection`` at save time), rank 1 the best, and the one that became the run's adapter named."""
-    from deepsynth_ocr.runs import CHECKPOINT_SCORE_FILE
+    from deepsynth_ocr.checkpoint_scores import SCORE_FILE as CHECKPOINT_SCORE_FILE
 
     client, state, _ = ui
     run = state.root / "ranked_20261206_100000"

@@ -211,6 +211,17 @@ def _trials_record(study, wanted: int) -> tuple[dict, dict | None]:
     return record, ({"cer": best.value, "trial": best.number, "params": best.params} if best else None)
 
 
+def study_storage(sweep_dir: Path, url: str | None = None):
+    """Where the study lives: the database ``url`` several machines share (``postgresql://user@host/db``, any
+    SQLAlchemy URL Optuna takes), else the journal file in the sweep directory."""
+    if url:
+        return url
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(Path(sweep_dir) / "study.journal")))
+
+
 def sweep(cfg: RunConfig, space_path: str | Path, trials: int, sweep_dir: str | Path | None = None,
           storage: str | None = None, notebook: bool = False) -> SweepResult:
     """Run trials of ``cfg`` over the space until the study holds ``trials`` finished ones; write the report."""
@@ -222,11 +233,7 @@ def sweep(cfg: RunConfig, space_path: str | Path, trials: int, sweep_dir: str | 
     sweep_dir.mkdir(parents=True, exist_ok=True)
     _keep_inputs(cfg, Path(space_path), sweep_dir)
     storage_url = storage
-    if storage is None:
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        storage = JournalStorage(JournalFileBackend(str(sweep_dir / "study.journal")))
+    storage = study_storage(sweep_dir, storage_url)
     study = optuna.create_study(study_name=cfg.name, storage=storage, direction="minimize", load_if_exists=True,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
     me = this_process()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from deepsynth_ocr.checkpoint_scores import read_score
 from deepsynth_ocr.metrics import sample_label, task_metric_rows
-from deepsynth_ocr.runs import CHECKPOINT_SCORE_FILE as SCORE_FILE
 from deepsynth_ocr.runs import RunInfo, RunPaths, read_run
 from deepsynth_ocr.secrets import redact
 
@@ -52,15 +52,12 @@ def summary(info: RunInfo) -> dict:
 
 def checkpoints(run_dir: Path) -> list[dict]:
     """The run's checkpoints by step, each with the periodic eval's score at its step where one was taken
-    (``selection.SCORE_FILE``), its rank by that score (1: best) and whether it became the run's adapter."""
+    (``checkpoint_scores``), its rank by that score (1: best) and whether it became the run's adapter."""
     out = []
     folder = RunPaths(run_dir).checkpoints
     for path in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1) if folder.is_dir() else []:
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        try:
-            score = json.loads((path / SCORE_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            score = {}
+        score = read_score(path)
         out.append({"name": path.name, "step": path.name.split("-")[-1], "size_mb": round(size / 2**20, 2),
                     "complete": (path / "trainer_state.json").is_file(), "metric": METRIC_LABELS.get(score.get("metric")),
                     "value": score.get("value"), "rank_value": score.get("rank_value"), "rank": None})
@@ -127,18 +124,19 @@ def read_log(path: Path, offset: int | None) -> tuple[str, int]:
 
 
 def sweep_trials(sweep_dir: Path) -> list[dict]:
-    """Each trial of a sweep: number, state, CER, parameters, run directory (from its Optuna journal)."""
-    journal = sweep_dir / "study.journal"
-    if not journal.is_file():
+    """Each trial of a sweep: number, state, CER, parameters, run directory; read from where the study lives (its
+    journal file, or the database the sweep's manifest names)."""
+    url = (RunPaths(sweep_dir).read_manifest().get("sweep") or {}).get("storage")
+    if url and "***" in url:  # the manifest masks a password: the UI cannot connect with it
+        return []
+    if not url and not (sweep_dir / "study.journal").is_file():
         return []
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
-    from deepsynth_ocr.jobs.sweep import trial_states
+    from deepsynth_ocr.jobs.sweep import study_storage, trial_states
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(str(journal)))
+    storage = study_storage(sweep_dir, url)
     rows = []
     for summary_ in optuna.get_all_study_summaries(storage):
         trials = optuna.load_study(study_name=summary_.study_name, storage=storage).get_trials(deepcopy=False)
