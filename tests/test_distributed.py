@@ -1,5 +1,6 @@
-"""Data-parallel training: the CLI unchanged under torchrun, 2 CPU processes over gloo, one run directory
-written by the main process, and the loss curve of the single-process run at the same global batch."""
+"""Data-parallel training: the CLI unchanged under torchrun and under `accelerate launch` with the shipped DDP
+config, 2 CPU processes over gloo, one run directory written by the main process, and the loss curve of the
+single-process run at the same global batch."""
 
 import json
 import os
@@ -20,17 +21,31 @@ TOLERANCE = 1e-5
 
 def _train(root, per_device, launcher=()):
     launch = smoke_launch(root, f"train.max_steps={STEPS}", f"train.per_device_batch_size={per_device}", "train.save_steps=5")
-    cmd = [*launcher, *launch.command[1:]] if launcher else launch.command  # torchrun runs the same module
+    cmd = [*launcher, *launch.command[1:]] if launcher else launch.command  # the launcher runs the same -m module
     proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return launch.run_dir
 
 
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The one-process run both launchers are held to."""
+    return _train(tmp_path_factory.mktemp("single"), 16)
+
+
+BIN = os.path.dirname(sys.executable)
+LAUNCHERS = {
+    "torchrun": [os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", "29533"],
+    # The shipped config as a user runs it; without CUDA, accelerate's processes join over gloo.
+    "accelerate": [os.path.join(BIN, "accelerate"), "launch", "--config_file", str(ROOT / "configs" / "accelerate" / "ddp.yaml"),
+                   "--main_process_port", "29534"],
+}
+
+
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process_at_the_same_global_batch(tmp_path):
-    single = _train(tmp_path / "single", 16)
-    torchrun = [os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2", "--master_port", "29533"]
-    ddp = _train(tmp_path / "ddp", 8, torchrun)
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_gloo_processes_match_one_process_at_the_same_global_batch(single, launcher, tmp_path):
+    ddp = _train(tmp_path / "ddp", 8, LAUNCHERS[launcher])
     a, b = losses(single), losses(ddp)
     assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
     worst = max(abs(a[s] - b[s]) / abs(a[s]) for s in a)
