@@ -1,3 +1,4 @@
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,20 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # W&B must never prompt, sync or write outside the run directory during tests.
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("WANDB_API_KEY", None)
+
+
+@pytest.fixture(autouse=True)
+def _no_kit_log_handler_outlives_its_test():
+    """A command run in-process (``cli.main``) configures the root logger for its one job, as a process would; in a
+    test worker that handler would go on writing into later tests' captured output. The run console handler, which
+    follows ``sys.stdout`` and is reused by every run, stays."""
+    root = logging.getLogger()
+    before = set(map(id, root.handlers))
+    yield
+    for handler in root.handlers[:]:
+        if (id(handler) not in before and type(handler).__module__.startswith("deepsynth_ocr")
+                and not getattr(handler, "_deepsynth_console", False)):
+            root.removeHandler(handler)
 
 
 def pytest_collection_modifyitems(config, items):

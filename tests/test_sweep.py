@@ -2,6 +2,7 @@
 periodic CER, a report and the best config; a killed sweep resumes, two workers share one study."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -120,3 +121,22 @@ def test_trials_can_be_papermill_runs_of_the_fine_tune_notebook(tmp_path, monkey
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert trial.value == manifest["metrics"]["after"]["cer"]
     assert RunConfig.from_yaml(run_dir / "config.yaml").lora.r == trial.params["lora.r"]
+
+
+def test_a_trial_whose_worker_died_before_naming_itself_is_queued_again(tmp_path):
+    """A worker killed between creating a trial and writing its pid left a running trial that named nobody: never
+    reclaimed, it counted towards --trials forever and a resumed sweep ended one trial short."""
+    from deepsynth_ocr.jobs.sweep import _next_trial, study_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s", storage=study_storage(tmp_path))
+    space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    orphan = study.ask(space)  # ... and the worker died here
+    retry = _next_trial(study, space, 2, tmp_path / "ask.lock")
+    assert study.get_trials(deepcopy=False)[orphan.number].state == TrialState.FAIL
+    assert retry.params == orphan.params and retry.user_attrs["retry_of"] == orphan.number
+    assert retry.user_attrs["pid"] == os.getpid()
+    # On a database several machines share, a young trial that names nobody may be another machine's, mid-ask.
+    young = study.ask(space)
+    _next_trial(study, space, 10, tmp_path / "ask.lock", shared_database=True)
+    assert study.get_trials(deepcopy=False)[young.number].state == TrialState.RUNNING

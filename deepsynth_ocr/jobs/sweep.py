@@ -32,6 +32,7 @@ import shutil
 import signal
 import socket
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -132,18 +133,33 @@ def trial_states(trials) -> dict[int, str]:
             {TrialState.COMPLETE: "complete"}.get(t.state, t.state.name.lower()) for t in trials}
 
 
-def _reclaim_stale(study) -> None:
+# A trial is created (ask) and then names its worker (pid, host) in two writes; a worker killed between them leaves
+# a running trial that names nobody. Seen under the ask lock that the two writes share, such a trial is an orphan,
+# except on a database several machines share, where another machine may be between its two writes right now:
+# there it counts as an orphan once it is this old.
+ORPHAN_AFTER_S = 120
+
+
+def _reclaim_stale(study, shared_database: bool) -> None:
+    now = datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if holder_gone(t.user_attrs):
+        if "pid" not in t.user_attrs:
+            age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+            if shared_database and age < ORPHAN_AFTER_S:
+                continue
+            log.warning("sweep: trial %d was left running by a worker that died before naming itself: marked failed "
+                        "and queued again", t.number)
+            _requeue(study, t, "died")
+        elif holder_gone(t.user_attrs):
             log.warning("sweep: trial %d was left running by pid %s, which is gone: marked failed and queued again",
                         t.number, t.user_attrs.get("pid"))
             _requeue(study, t, "died")
 
 
-def _next_trial(study, space: dict, wanted: int, lock: Path):
+def _next_trial(study, space: dict, wanted: int, lock: Path, shared_database: bool = False):
     """The next trial to run, or None when the study has (or is running) ``wanted`` trials."""
     with _locked(lock):
-        _reclaim_stale(study)
+        _reclaim_stale(study, shared_database)
         counted = study.get_trials(deepcopy=False, states=(*DONE, TrialState.RUNNING))
         if len(counted) >= wanted:
             return None
@@ -266,7 +282,7 @@ def sweep(cfg: RunConfig, space_path: str | Path, trials: int, sweep_dir: str | 
     failures = 0
     try:
         with signal_handlers(between_trials):
-            while not stop and (trial := _next_trial(study, space, trials, sweep_dir / "ask.lock")) is not None:
+            while not stop and (trial := _next_trial(study, space, trials, sweep_dir / "ask.lock", bool(storage_url))) is not None:
                 log.info("sweep: trial %d with %s", trial.number, trial.params)
                 try:
                     value = _run_trial(trial, cfg, sweep_dir, notebook)
