@@ -80,8 +80,9 @@ gpu-proof:
 	PYTHONPATH=$(CURDIR)/$(WHEELS)/site:$(CURDIR) $(GPU_PYTHON) -m deepsynth_ocr.gpu_proof run --out $(OUT) --deadline $(DEADLINE)
 
 # Everything, slow tests included (what CI runs), in TEST_WORKERS pytest-xdist processes (a test file stays on one
-# worker, so its module fixtures are built once); about 12 minutes on 2 CPU cores (docs/testing.md).
-TEST_WORKERS ?= 2
+# worker, so its module fixtures are built once). Three on 2 cores: the tests wait on subprocesses, browsers and
+# servers part of the time, and a third worker fills it (measured 12.7 min against 13.8 with two; docs/testing.md).
+TEST_WORKERS ?= 3
 test: setup
 	$(BIN)/python -m pytest -m "slow or not slow" -n $(TEST_WORKERS) --dist loadfile --durations=12
 
