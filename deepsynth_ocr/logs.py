@@ -46,23 +46,27 @@ def formatter(fmt: str, text: str = TEXT) -> logging.Formatter:
     return JsonFormatter() if fmt == "json" else logging.Formatter(text, "%Y-%m-%d %H:%M:%S")
 
 
-class _CurrentStderr(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time of each record: a notebook or a test harness that swaps it
-    (and closes the old one) must not leave the root logger writing to a closed stream."""
+class CurrentStream(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` or ``sys.stderr`` is at the time of each record: a notebook or a test
+    harness that swaps it (and closes the old one) must not leave a logger writing to a closed stream."""
+
+    def __init__(self, which: str = "stderr"):
+        super().__init__()
+        self._which = which
 
     @property
     def stream(self):
-        return sys.stderr
+        return getattr(sys, self._which)
 
     @stream.setter
-    def stream(self, value):
+    def stream(self, value):  # StreamHandler's own assignments: the stream is looked up at each record
         pass
 
 
 def configure(fmt: str = "text", level: int = logging.INFO, text: str = "%(message)s", stream=None) -> None:
     """One handler on the root logger, writing ``fmt`` to ``stream`` (default: the current stderr) with secrets
     masked; for commands that write no run directory (serve, infer, prepare, sweep, notebook, ui)."""
-    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderr()
+    handler = logging.StreamHandler(stream) if stream is not None else CurrentStream("stderr")
     handler.setFormatter(formatter(fmt, text))
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()

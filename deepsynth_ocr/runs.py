@@ -673,21 +673,6 @@ def load_config(run_dir: str | Path | None, config_path: str | Path | None, over
     return RunConfig.load(open_finished(run_dir).config if run_dir else config_path, list(overrides))
 
 
-class _Console(logging.StreamHandler):
-    """Logs to whatever ``sys.stdout`` is at the time (a notebook or a test may replace it after the first run)."""
-
-    def __init__(self):
-        super().__init__()
-
-    @property
-    def stream(self):
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
 def _writes_to(stream, path: Path) -> bool:
     """Whether ``stream`` is already ``path`` (a process the launcher started with its output there)."""
     try:
@@ -712,7 +697,7 @@ def _attach_console_log(path: Path, log_format: str = "text") -> logging.Handler
     kit.setLevel(logging.INFO)
     console = next((h for h in root.handlers if getattr(h, "_deepsynth_console", False)), None)
     if console is None:
-        console = _Console()
+        console = logs.CurrentStream("stdout")  # a notebook or a test may replace stdout after the first run
         console.addFilter(RedactingFilter())
         console.setLevel(logging.INFO)
         console._deepsynth_console = True
