@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from deepsynth_ocr import keep_unsloth_out_for, logs
 from deepsynth_ocr.config import RunConfig, parse_value
 from deepsynth_ocr.errors import RunStopped, UserError
-from deepsynth_ocr.runs import LIVE, RunPaths, find_run, list_runs, load_config, open_finished, read_run
+from deepsynth_ocr.runs import LIVE, RunDirError, RunPaths, find_run, list_runs, load_config, open_finished, read_run
 
 
 def cmd_evaluate(args) -> int:
@@ -175,11 +176,33 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_archive(args) -> int:
+    from deepsynth_ocr.jobs.archive import archive_runs
+
+    dest = args.to or str(Path(args.root).parent / "archives")
+    for out in archive_runs(args.run[1:], args.root, dest):
+        print(f"archived {out} ({out.stat().st_size / 2**20:.1f} MiB); `deepsynth-ocr runs restore {out}` brings it back")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from deepsynth_ocr.jobs.archive import restore_run
+
+    if len(args.run) < 2:
+        raise RunDirError("runs restore: name the archive(s): deepsynth-ocr runs restore ARCHIVE.tar.gz [--root DIR]")
+    for archive in args.run[1:]:
+        print(f"restored {restore_run(archive, args.root)}")
+    return 0
+
+
 def cmd_runs(args) -> int:
-    if args.run == "prune":
-        return cmd_prune(args)
+    action = args.run[0] if args.run else None
+    if action in ("prune", "archive", "restore"):
+        return {"prune": cmd_prune, "archive": cmd_archive, "restore": cmd_restore}[action](args)
+    if len(args.run) > 1:
+        raise RunDirError(f"runs: one run at a time, got {len(args.run)}; `runs archive RUN...` takes several")
     if args.run:
-        info = read_run(find_run(args.run, args.root))
+        info = read_run(find_run(args.run[0], args.root))
         if args.json:
             print(json.dumps({**info.to_dict(), "manifest": info.manifest}, indent=2, default=str))
         else:
@@ -318,9 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="--backend vllm: write and print the command, do not start it")
     _add_set(p, "override a config field, e.g. -s serve.max_queue=128 (repeatable)")
     p.set_defaults(func=cmd_serve)
-    p = sub.add_parser("runs", help="list runs and sweeps (newest first), show one, or `runs prune` finished ones")
-    p.add_argument("run", nargs="?", help="show this run directory (a path, or a directory name under --root); "
-                   "`prune` removes finished runs (--keep N and/or --older-than DAYS; never a running one)")
+    p = sub.add_parser("runs", help="list runs and sweeps (newest first), show one, `runs prune` finished ones, "
+                       "`runs archive RUN...` / `runs restore ARCHIVE...`")
+    p.add_argument("run", nargs="*", help="show this run directory (a path, or a directory name under --root); "
+                   "`prune` removes finished runs (--keep N and/or --older-than DAYS; never a running one); "
+                   "`archive RUN...` writes each finished run as RUN.tar.gz with a manifest (--to DIR); "
+                   "`restore ARCHIVE...` unpacks them under --root, checked file by file")
     p.add_argument("--root", default="runs", help="the directory that holds run directories (output_root; default runs)")
     p.add_argument("--status", help="only runs with this status (running, starting, ok, failed, interrupted, died, ...)")
     p.add_argument("--name", help="only runs whose name contains this")
@@ -328,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=int, help="with `runs prune`: keep the N newest runs, remove the older finished ones")
     p.add_argument("--older-than", type=float, metavar="DAYS", help="with `runs prune`: remove finished runs started over DAYS ago")
     p.add_argument("--dry-run", action="store_true", help="with `runs prune`: print what would go, remove nothing")
+    p.add_argument("--to", help="with `runs archive`: the folder the archives go to (default: archives/ beside --root)")
     p.set_defaults(func=cmd_runs)
     p = sub.add_parser("stop", help="stop a running run or sweep: SIGTERM to its process; training checkpoints first")
     p.add_argument("run", help="run directory (a path, or a directory name under --root)")
