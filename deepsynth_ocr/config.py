@@ -353,6 +353,10 @@ class ServeConfig:
     max_body_mb: float = _f(20.0, "Largest request body accepted (413 beyond), in MiB.")
     max_tokens_limit: int = _f(8192, "Largest `max_tokens` a request may ask for (400 beyond); requests without one get infer.max_new_tokens.")
     max_pdf_pages: int = _f(32, "Most pages of a PDF uploaded to /v1/ocr (413 beyond).")
+    rate_limit_per_minute: float = _f(0.0, "Requests to /v1/ each client may make per minute, a token bucket per API key "
+                                      "(per address when keys are off); 429 with Retry-After beyond. 0: no limit. A key "
+                                      "in serve.api_keys_file may carry its own: `KEY rate_limit_per_minute=600`.")
+    rate_limit_burst: int = _f(10, "Requests a client may send at once before serve.rate_limit_per_minute applies.")
     api_keys_env: str = _f("DEEPSYNTH_OCR_API_KEYS", "Environment variable holding comma-separated API keys (Bearer tokens).")
     api_keys_file: str = _f("", "File with one API key per line (blank lines and # comments skipped); adds to api_keys_env.")
     file_root: str = _f("", "Directory whose files requests may name as image_url (file:// or a path); empty: file paths are refused.")
@@ -365,6 +369,8 @@ class ServeConfig:
     samples_max_age_days: float = _f(30.0, "Retention: kept samples older than this many days are removed.")
 
     def validate(self) -> None:
+        _check(self.rate_limit_per_minute >= 0, "serve.rate_limit_per_minute", f"must be >= 0, got {self.rate_limit_per_minute}")
+        _check(self.rate_limit_burst >= 1, "serve.rate_limit_burst", f"must be >= 1, got {self.rate_limit_burst}")
         _check(self.backend in ("hf", "vllm"), "serve.backend", f"must be hf or vllm, got {self.backend!r}")
         _check(0 < self.port < 65536, "serve.port", f"must be 1..65535, got {self.port}")
         _check(isinstance(self.adapters, list) and all(isinstance(a, str) and "=" in a for a in self.adapters),

@@ -14,6 +14,7 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -271,3 +272,55 @@ def test_infer_reports_where_its_time_went(tmp_path):
     assert summary.timing["time/decode_s"] > 0 and summary.timing["time/generate_s"] > 0
     assert summary.timing["images_per_s"] > 0
     assert re.search(r"decode [\d.]+ s, preprocess [\d.]+ s, generate [\d.]+ s, [\d.]+ inputs/s", str(summary))
+
+
+def test_each_api_key_has_its_own_token_bucket_and_a_429_says_when_to_retry(tmp_path, monkeypatch):
+    """serve.rate_limit_per_minute per client: a key over its bucket gets 429 with Retry-After and is counted under
+    a hash of the key, never the key; another key (with its own rate from the keys file) is not affected; the bucket
+    refills with time."""
+    from deepsynth_ocr.jobs.serve import api_keys
+    from deepsynth_ocr.serving import limits
+
+    slow_key, fast_key = "slow-key-0123456789abcdef", "fast-key-0123456789abcdef"
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text(f"# team keys\n{slow_key}\n{fast_key} rate_limit_per_minute=6000\n")
+    now = [1000.0]
+    monkeypatch.setattr(limits.time, "monotonic", lambda: now[0])
+    cfg = RunConfig()
+    cfg.serve.rate_limit_per_minute, cfg.serve.rate_limit_burst, cfg.serve.api_keys_file = 30.0, 2, str(keys_file)
+    keys = api_keys(cfg.serve)
+    assert keys == {fast_key: 6000.0, slow_key: None}
+    app = create_app(SizeEngine(cfg), cfg, keys)
+    slow, fast = ({"Authorization": f"Bearer {k}"} for k in (slow_key, fast_key))
+    with TestClient(app) as client:
+        assert [client.get("/v1/models", headers=slow).status_code for _ in range(2)] == [200, 200]  # the burst
+        refused = client.get("/v1/models", headers=slow)
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "2"  # 30 a minute: one per 2 s
+        assert refused.json()["error"]["code"] == "rate_limited"
+        fast_codes = []
+        for _ in range(5):  # 100 a second: a token back every 10 ms
+            now[0] += 0.02
+            fast_codes.append(client.get("/v1/models", headers=fast).status_code)
+        assert fast_codes == [200] * 5  # its own bucket and rate
+        assert client.get("/v1/models").status_code == 401  # no key: refused before any bucket
+        assert client.get("/v1/models", headers=slow).status_code == 429  # 100 ms later: still empty
+        now[0] += 2.0
+        assert client.get("/v1/models", headers=slow).status_code == 200  # refilled
+        metrics = client.get("/metrics", headers=fast).text
+    counted = samples(metrics, "deepsynth_ocr_rate_limited_total")
+    assert counted == {(("client", limits.client_id(slow_key.encode(), None)),): 2.0}
+    assert slow_key not in metrics and samples(metrics, "deepsynth_ocr_errors_total")[(("kind", "rate_limited"),)] == 2.0
+
+
+def test_a_bad_rate_in_the_keys_file_names_the_line_not_the_key(tmp_path):
+    from deepsynth_ocr.errors import UserError
+    from deepsynth_ocr.jobs.serve import api_keys
+
+    keys_file = tmp_path / "keys.txt"
+    secret = "secret-key-0123456789abcdef"
+    keys_file.write_text(f"{secret} rate_limit_per_minute=fast\n")
+    cfg = RunConfig()
+    cfg.serve.api_keys_file = str(keys_file)
+    with pytest.raises(UserError, match="line 1") as e:
+        api_keys(cfg.serve)
+    assert secret not in str(e.value)

@@ -60,19 +60,34 @@ def plan_models(cfg: RunConfig, run_dir: str | None = None) -> ServePlan:
     return ServePlan(cfg, base_name, adapters, merged)
 
 
-def api_keys(serve_cfg: ServeConfig) -> list[str]:
-    """Keys from ``serve.api_keys_env`` (comma-separated) and ``serve.api_keys_file`` (one per line)."""
-    keys = [k.strip() for k in os.environ.get(serve_cfg.api_keys_env, "").split(",") if k.strip()]
+def api_keys(serve_cfg: ServeConfig) -> dict[str, float | None]:
+    """Keys from ``serve.api_keys_env`` (comma-separated) and ``serve.api_keys_file`` (one per line, optionally
+    followed by ``rate_limit_per_minute=N``), each with its own rate limit or None (``serve.rate_limit_per_minute``)."""
+    keys: dict[str, float | None] = {k.strip(): None for k in os.environ.get(serve_cfg.api_keys_env, "").split(",") if k.strip()}
     if serve_cfg.api_keys_file:
         path = Path(serve_cfg.api_keys_file)
         if not path.is_file():
             raise MissingFileError(f"serve.api_keys_file: no such file: {path}")
-        keys += [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            key, *options = line.split()
+            rate = None
+            for option in options:
+                name, _, value = option.partition("=")
+                try:
+                    rate = float(value) if name == "rate_limit_per_minute" else None
+                except ValueError:
+                    rate = None
+                if rate is None or rate < 0:
+                    raise UserError(f"serve.api_keys_file {path}, line {number}: {option.split('=')[0]!r} is not "
+                                    "`rate_limit_per_minute=N` (N >= 0); the key itself is not shown")
+            keys[key] = rate
     short = [k for k in keys if len(k) < 16]
     if short:
         raise UserError(f"{len(short)} API key(s) shorter than 16 characters; use long random keys "
                         "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
-    return sorted(set(keys))
+    return dict(sorted(keys.items()))
 
 
 def serve(cfg: RunConfig, run_dir: str | None = None, vllm_script: str | None = None, dry_run: bool = False) -> int:
@@ -93,7 +108,7 @@ def serve(cfg: RunConfig, run_dir: str | None = None, vllm_script: str | None = 
     return 0
 
 
-def build_app(plan: ServePlan, keys: list[str], tracer=None):
+def build_app(plan: ServePlan, keys: dict[str, float | None] | list[str], tracer=None):
     """The FastAPI app for ``plan``: the base loaded once, each adapter attached under its name, in a
     generation process of its own unless ``serve.generation_process`` is false."""
     if plan.cfg.serve.generation_process:
@@ -150,5 +165,5 @@ def _serve_vllm(plan: ServePlan, run_dir: str | None, vllm_script: str | None, d
     if keys:
         if len(keys) > 1:
             log.warning("serve: vLLM takes one API key (VLLM_API_KEY); the first of %d is used", len(keys))
-        env["VLLM_API_KEY"] = keys[0]
+        env["VLLM_API_KEY"] = next(iter(keys))
     os.execvpe("sh", ["sh", str(out)], env)  # vLLM takes over the process: signals reach it directly

@@ -46,6 +46,7 @@ from deepsynth_ocr.serving.inputs import (
     parse_upload,
     with_image_placeholder,
 )
+from deepsynth_ocr.serving.limits import RateLimits, client_id
 from deepsynth_ocr.serving.metrics import ServerMetrics
 from deepsynth_ocr.serving.queue import BatchQueue, BatchStats, GenerationFailed, QueueFull
 from deepsynth_ocr.serving.samples import SampleKeeper
@@ -59,26 +60,28 @@ CLIENT_GONE = 499  # nginx's code for "client closed request": logged and counte
 
 
 class _Gate:
-    """ASGI middleware: request id, API key, body limit, access log and request metrics."""
+    """ASGI middleware: request id, API key, per-client rate limit, body limit, access log and request metrics."""
 
-    def __init__(self, app, api_keys: list[str], max_body: int, metrics: ServerMetrics, tracer=None):
-        self.app, self.metrics, self.max_body, self.tracer = app, metrics, max_body, tracer
-        self.keys = [k.encode() for k in api_keys]
+    def __init__(self, app, api_keys: dict[str, float | None], max_body: int, metrics: ServerMetrics, limits: RateLimits,
+                 tracer=None):
+        self.app, self.metrics, self.max_body, self.tracer, self.limits = app, metrics, max_body, tracer, limits
+        self.keys = [(k.encode(), rate) for k, rate in api_keys.items()]
 
-    def _authorised(self, headers: dict[bytes, bytes]) -> bool:
+    def _matching_key(self, headers: dict[bytes, bytes]) -> tuple[bytes, float | None] | None:
         scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
-        ok = False
-        for key in self.keys:  # every key is compared: the time taken does not tell which one matched
-            ok |= hmac.compare_digest(key, token.strip())
-        return ok and scheme.lower() == b"bearer"
+        found = None
+        for key, rate in self.keys:  # every key is compared: the time taken does not tell which one matched
+            if hmac.compare_digest(key, token.strip()) and found is None:
+                found = (key, rate)
+        return found if scheme.lower() == b"bearer" else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         headers = dict(scope["headers"])
-        client_id = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = client_id if REQUEST_ID.match(client_id) else uuid.uuid4().hex
+        given_id = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given_id if REQUEST_ID.match(given_id) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = [500]
@@ -108,9 +111,20 @@ class _Gate:
             state["span"] = span
             try:
                 refusal = None
-                if self.keys and path.startswith(PROTECTED) and not self._authorised(headers):
+                matched = self._matching_key(headers) if self.keys and path.startswith(PROTECTED) else None
+                wait = 0
+                if path.startswith("/v1/") and (matched or not self.keys):
+                    client = client_id(matched[0] if matched else None, (scope.get("client") or (None,))[0])
+                    wait = self.limits.wait_s(client, matched[1] if matched else None)
+                    if wait:
+                        self.metrics.rate_limited.labels(client).inc()
+                if self.keys and path.startswith(PROTECTED) and matched is None:
                     refusal = ApiError(401, "invalid_api_key", "missing or invalid API key: send the header "
                                        "'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})
+                elif wait:
+                    refusal = ApiError(429, "rate_limited", f"this client's request rate is over its limit "
+                                       f"(serve.rate_limit_per_minute); retry after {wait} s",
+                                       headers={"Retry-After": str(wait)})
                 elif int(headers.get(b"content-length", b"0") or 0) > self.max_body:
                     refusal = _too_large(self.max_body)
                 if refusal is not None:
@@ -337,7 +351,7 @@ async def _lifespan(app: FastAPI):
         app.state.engine.close()
 
 
-def create_app(engine: OcrEngine, cfg: RunConfig, api_keys: list[str], tracer=None) -> FastAPI:
+def create_app(engine: OcrEngine, cfg: RunConfig, api_keys: dict[str, float | None] | list[str], tracer=None) -> FastAPI:
     """The server's app: the routes above over one engine and its batching queue; ``tracer``: OpenTelemetry
     spans per request and batch (``telemetry.tracer_from_env``), ``None`` for none."""
     metrics = ServerMetrics()
@@ -347,7 +361,9 @@ def create_app(engine: OcrEngine, cfg: RunConfig, api_keys: list[str], tracer=No
     app.state.queue, app.state.metrics, app.state.engine, app.state.cfg = queue, metrics, engine, cfg
     app.state.tracer = tracer
     app.state.samples = SampleKeeper(cfg.serve) if cfg.serve.samples_dir else None
-    app.add_middleware(_Gate, api_keys=api_keys, max_body=int(cfg.serve.max_body_mb * 2**20), metrics=metrics, tracer=tracer)
+    keys = api_keys if isinstance(api_keys, dict) else dict.fromkeys(api_keys)
+    app.add_middleware(_Gate, api_keys=keys, max_body=int(cfg.serve.max_body_mb * 2**20), metrics=metrics,
+                       limits=RateLimits(cfg.serve.rate_limit_per_minute, cfg.serve.rate_limit_burst), tracer=tracer)
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.include_router(router)

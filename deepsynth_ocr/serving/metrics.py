@@ -36,6 +36,8 @@ class ServerMetrics:
                                        + ", ".join(STAGES) + ".", ["stage"], buckets=STAGE_BUCKETS, registry=r)
         self.errors = Counter("deepsynth_ocr_errors_total", "Requests refused or failed, by kind (the error code).",
                               ["kind"], registry=r)
+        self.rate_limited = Counter("deepsynth_ocr_rate_limited_total", "Requests refused by a client's rate limit, by "
+                                    "client (key-<SHA-256 prefix of its API key> or addr-<address>).", ["client"], registry=r)
 
     @staticmethod
     def endpoint(path: str) -> str:
