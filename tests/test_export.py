@@ -166,3 +166,38 @@ def test_a_4bit_run_exports_merged_weights_from_the_base_reloaded_unquantised(tm
     card = (out / "README.md").read_text()  # says which model each number is of (GPU_AUDIT_2 W4)
     assert "Measured by the run on the 4-bit (NF4) base model plus the adapter" in card
     assert "Each export against the model it was made from: the unquantised base plus the adapter." in card
+
+
+def test_a_push_is_checked_for_a_token_the_hub_accepts_before_any_export_work(tmp_path, monkeypatch, capsys):
+    """Issue 33: with export.hub_repo_id set, a missing or refused token stops `deepsynth-ocr export` at once, in one
+    line, before the model loads (it used to fail only at the end, after merging and verifying)."""
+    from deepsynth_ocr.cli import main
+    from deepsynth_ocr.jobs import export as export_job
+    from deepsynth_ocr.runs import update_manifest
+
+    run_dir = tmp_path / "run"
+    (run_dir / "adapter").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("name: smoke\n")
+    update_manifest(run_dir, name="smoke", kind="train", status="ok")
+    monkeypatch.setattr(export_job, "load_base", lambda cfg: pytest.fail("the model loaded before the credential check"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no token saved by a login either
+    assert main(["export", str(run_dir), "--push", "someone/tiny-ocr"]) == 2
+    assert "no Hugging Face token here; set HF_TOKEN" in capsys.readouterr().err
+
+    class Refusing:
+        def whoami(self, token):
+            raise OSError("401 Unauthorized")
+
+    monkeypatch.setenv("HF_TOKEN", "hf_revoked_0123456789abcdef")
+    monkeypatch.setattr("huggingface_hub.HfApi", Refusing)
+    assert main(["export", str(run_dir), "--push", "someone/tiny-ocr"]) == 2
+    err = capsys.readouterr().err
+    assert "did not accept the token" in err and "hf_revoked" not in err and err.count("\n") == 1
+
+    class Accepting:
+        def whoami(self, token):
+            return {"name": "someone"}
+
+    monkeypatch.setattr("huggingface_hub.HfApi", Accepting)
+    assert export.check_push_credentials("someone/tiny-ocr") == "someone"
