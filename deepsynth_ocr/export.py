@@ -87,6 +87,29 @@ def verify_in_fresh_process(kind: str, directory: Path, batch: dict, expected: t
     return {"max_logit_diff": diff, "allowed": atol}
 
 
+# Each task's own columns: OCR rows by CER/WER, Q&A rows by exact match and token F1, summaries by ROUGE-L.
+CARD_METRICS = (("OCR", ("cer", "wer", "exact_match", "catastrophic_rate"), ("CER", "WER", "exact match", "catastrophic")),
+                ("Q&A", ("qa_exact_match", "qa_f1"), ("exact match", "token F1")),
+                ("summaries", ("summarize_rouge_l",), ("ROUGE-L",)))
+
+
+def _metrics_table(metrics: dict) -> list[str]:
+    """Before/after rows per task the eval set holds (OCR alone, with n/a, when nothing was measured)."""
+    before, after = metrics.get("before") or {}, metrics.get("after") or {}
+    lines = []
+    for task, keys, labels in CARD_METRICS:
+        if task != "OCR" and not any(k in m for m in (before, after) for k in keys):
+            continue
+        if task == "OCR" and lines == [] and any(k in m for m in (before, after) for k in ("qa_f1", "summarize_rouge_l")) \
+                and all(m.get("cer") is None for m in (before, after)):
+            continue  # an eval set without OCR rows: no CER row of n/a
+        lines += [f"| {task} | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        for tag, m in (("before", before), ("after", after)):
+            lines.append(f"| {tag} | " + " | ".join("n/a" if m.get(k) is None else f"{m[k]:.4f}" for k in keys) + " |")
+        lines.append("")
+    return lines
+
+
 def model_card(cfg: RunConfig, verification: dict, manifest: dict | None = None, data: list | None = None) -> str:
     """Markdown model card: base model, data summary (``data``: the run's data report), config,
     before/after metrics (from the run's ``manifest``), verification."""
@@ -110,17 +133,20 @@ def model_card(cfg: RunConfig, verification: dict, manifest: dict | None = None,
         lines += ["Measured by the run on the 4-bit (NF4) base model plus the adapter. The exports below hold the "
                   "unquantised base plus the same adapter, whose outputs differ from the 4-bit model's by the "
                   "quantisation error; re-run `deepsynth-ocr evaluate` on `merged/` for its own CER.", ""]
-    lines += ["| | CER | WER | exact match | catastrophic |", "|---|---|---|---|---|"]
-    for tag in ("before", "after"):
-        m = (manifest.get("metrics") or {}).get(tag) or {}
-        cells = [m.get(k) for k in ("cer", "wer", "exact_match", "catastrophic_rate")]
-        lines.append(f"| {tag} | " + " | ".join("n/a" if c is None else f"{c:.4f}" for c in cells) + " |")
+    lines += _metrics_table(manifest.get("metrics") or {})
     lines += ["", "## Export verification (reloaded in a fresh process, logits on a fixed batch)", "",
               "Each export against the model it was made from: the " + ("unquantised " if four_bit else "")
               + "base plus the adapter.", ""]
     lines += [f"- {kind}: max logit difference {v['max_logit_diff']:.3g} (allowed {v['allowed']:.3g})"
               for kind, v in verification.items()]
-    lines += ["", "## Loading", "", "Load the adapter with `deepsynth_ocr.models.adapters.load_adapter(base_model, 'adapter')`. "
+    lines += ["", "## Usage", "", "From this folder, with `pip install deepsynth-ocr` (or the kit's checkout) installed: "
+              "the command line, or the same from Python.", "", "```bash",
+              f"deepsynth-ocr infer page.png -o predictions.jsonl -c adapter/{CONFIG_NAME} -s infer.adapter=adapter", "```",
+              "", "```python", "from deepsynth_ocr.config import RunConfig", "from deepsynth_ocr.jobs.infer import infer", "",
+              f'cfg = RunConfig.from_yaml("adapter/{CONFIG_NAME}")', 'cfg.infer.adapter = "adapter"',
+              'infer(["page.png"], "predictions.jsonl", cfg)  # one JSON line per image: file, text, n_tokens, error',
+              "```", ""]
+    lines += ["## Loading", "", "Load the adapter with `deepsynth_ocr.models.adapters.load_adapter(base_model, 'adapter')`. "
               "With peft 0.21 and transformers 5.x, `PeftModel.from_pretrained` silently loads none of a DeepSeek-OCR-2 "
               "adapter's weights. `merged/` loads with `AutoModelForImageTextToText.from_pretrained`.", "",
               "## Training config", ""] + (["The run trained with `model.load_in_4bit: true`; the config below is the "

@@ -201,3 +201,39 @@ def test_a_push_is_checked_for_a_token_the_hub_accepts_before_any_export_work(tm
 
     monkeypatch.setattr("huggingface_hub.HfApi", Accepting)
     assert export.check_push_credentials("someone/tiny-ocr") == "someone"
+
+
+def test_the_model_card_has_each_tasks_metrics():
+    from deepsynth_ocr.config import RunConfig
+
+    qa = {"cer": None, "qa_exact_match": 0.25, "qa_f1": 0.5}
+    card = export.model_card(RunConfig(), {}, {"metrics": {"before": qa, "after": {**qa, "qa_f1": 0.75}}})
+    assert "| Q&A | exact match | token F1 |" in card and "| after | 0.2500 | 0.7500 |" in card
+    assert "| OCR |" not in card  # no OCR rows in that eval set: no row of n/a CER
+    mixed = {"cer": 0.2, "wer": 0.4, "exact_match": 0.5, "catastrophic_rate": 0.0, "summarize_rouge_l": 0.31}
+    card = export.model_card(RunConfig(), {}, {"metrics": {"before": mixed, "after": mixed}})
+    assert "| OCR | CER | WER | exact match | catastrophic |" in card and "| summaries | ROUGE-L |" in card
+    assert "| before | 0.3100 |" in card
+
+
+@pytest.mark.slow
+def test_the_model_cards_usage_snippet_runs_from_the_export_folder(trained, tmp_path, monkeypatch):
+    """The Python block under "## Usage", run as written from the export folder, reads a page with the adapter."""
+    import re
+
+    from deepsynth_ocr.config import RunConfig
+
+    from .conftest import SAMPLES
+
+    cfg, run_dir, loaded, batch = trained
+    cfg = RunConfig.from_dict(cfg.to_dict())  # the module's run stays as it was for the other tests
+    cfg.export.merged, cfg.export.hub_repo_id = False, ""
+    out = tmp_path / "export"
+    export_model(loaded, cfg, out, batch, *_card_sources(run_dir))
+    card = (out / "README.md").read_text()
+    snippet = re.search(r"## Usage.*?```python\n(.*?)```", card, re.S).group(1)
+    monkeypatch.chdir(out)
+    (out / "page.png").write_bytes((SAMPLES / "images" / "eval_0000.png").read_bytes())
+    exec(compile(snippet, "README.md", "exec"), {})
+    (row,) = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert row["error"] is None and isinstance(row["text"], str) and row["n_tokens"] >= 1
