@@ -301,6 +301,8 @@ class TrackingConfig:
     wandb: str = _f("offline", "W&B mode: 'online', 'offline' (no network; written in the run dir) or 'disabled'.")
     project: str = _f("deepsynth-ocr", "W&B project name.")
     log_images: bool = _f(True, "Privacy switch: false keeps images and texts out of W&B, only metrics go.")
+    tensorboard: bool = _f(False, "Also write every logged number (training steps, evaluations, baselines) as TensorBoard "
+                           "scalars into <run>/tensorboard (`tensorboard --logdir runs`); needs the tensorboard package.")
 
     def validate(self) -> None:
         _check(self.wandb in ("online", "offline", "disabled"), "tracking.wandb", f"must be online, offline or disabled, got {self.wandb!r}")

@@ -80,6 +80,7 @@ class RunPaths:
     model = _file("model")  # full fine-tuning's weights (lora.enabled: false)
     report = _file("report.html")
     wandb = _file("wandb")
+    tensorboard = _file("tensorboard")
     export = _file("export")
     lock = _file(".lock")  # {pid, host, started} of the process writing the directory
     launch = _file(".launch")  # {pid, host, started, kind, name, argv} of the process jobs.launch started

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from deepsynth_ocr.config import TrackingConfig
+from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.secrets import redact
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,11 @@ def resolve_mode(requested: str) -> str:
 
 
 class Tracker:
-    def __init__(self, wandb_dir: Path, cfg: TrackingConfig, run_name: str, config: dict):
+    def __init__(self, wandb_dir: Path, cfg: TrackingConfig, run_name: str, config: dict, tensorboard_dir: Path | None = None):
         self.cfg = cfg
         self.mode = resolve_mode(cfg.wandb)
         self.run = None
+        self.board = _tensorboard_writer(tensorboard_dir) if cfg.tensorboard and tensorboard_dir is not None else None
         if self.mode == "disabled":
             return
         import wandb
@@ -49,6 +51,10 @@ class Tracker:
     def log(self, values: dict, step: int | None = None) -> None:
         if self.run is not None:
             self.run.log(values, step=step)
+        if self.board is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.board.add_scalar(key, value, global_step=step)
 
     def log_samples(self, key: str, rows: list[dict], step: int | None = None) -> None:
         """Per-sample rows ``{id, image, reference, prediction, cer, wer?, failure?}``; with the privacy
@@ -73,3 +79,15 @@ class Tracker:
         if self.run is not None:
             self.run.finish()
             self.run = None
+        if self.board is not None:
+            self.board.close()
+            self.board = None
+
+
+def _tensorboard_writer(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("tracking.tensorboard: the tensorboard package is not installed (pip install tensorboard), "
+                        "or set tracking.tensorboard: false") from None
+    return SummaryWriter(log_dir=str(folder))

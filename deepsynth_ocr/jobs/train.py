@@ -149,8 +149,8 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
                                    "trained": loaded.trained, "language_model_precision": loaded.lm_precision})
             train_ds, eval_ds = load_data(cfg, loaded.processor.tokenizer, loaded.family,
                                           run.paths.data_report if main else None)
-            tracking = cfg.tracking if main else replace(cfg.tracking, wandb="disabled")
-            tracker = Tracker(run.paths.wandb, tracking, run.dir.name, cfg.to_dict())
+            tracking = cfg.tracking if main else replace(cfg.tracking, wandb="disabled", tensorboard=False)
+            tracker = Tracker(run.paths.wandb, tracking, run.dir.name, cfg.to_dict(), run.paths.tensorboard)
             # Under a launcher only the main process evaluates; the others wait for it at the first collective.
             do_eval = main and cfg.eval.enabled and eval_ds is not None
             before = _evaluate(loaded, eval_ds, cfg, run, tracker, "before", 0) if do_eval else None
