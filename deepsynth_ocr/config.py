@@ -121,7 +121,11 @@ class DataConfig:
     answer_column: str = _f("answer", "Source column with the answer (the target) of 'qa' rows.")
     summary_column: str = _f("summary", "Source column with the summary (the target) of 'summarize' rows.")
     collapse_whitespace: bool = _f(False, "Collapse every whitespace run (newlines included) of the target text to one space.")
-    max_target_tokens: int = _f(512, "Rows whose text tokenises longer than this are rejected.")
+    max_target_tokens: int = _f(512, "The longest target (text, answer or summary) in tokens; what happens beyond it is "
+                                "data.long_targets.")
+    long_targets: str = _f("reject", "A target longer than data.max_target_tokens: 'reject' the row (text_too_long in the "
+                           "data report) or 'truncate' the target to that many tokens (counted as target_truncated); "
+                           "the prompt and the image tokens are never cut.")
     min_image_side: int = _f(8, "Rows whose image has a side shorter than this (pixels) are rejected.")
     max_image_side: int = _f(20_000, "Rows whose image has a side longer than this (pixels) are rejected.")
     max_image_pixels: int = _f(
@@ -144,6 +148,8 @@ class DataConfig:
         for name in ("image", "text", "prompt", "id", "task", "question", "answer", "summary"):
             _check(bool(getattr(self, f"{name}_column")), f"data.{name}_column", "must be a non-empty column name")
         _check(self.max_target_tokens > 0, "data.max_target_tokens", f"must be > 0, got {self.max_target_tokens}")
+        _check(self.long_targets in ("reject", "truncate"), "data.long_targets",
+               f"must be reject or truncate, got {self.long_targets!r}")
         _check(self.min_image_side > 0, "data.min_image_side", f"must be > 0, got {self.min_image_side}")
         _check(self.max_image_side >= self.min_image_side, "data.max_image_side",
                f"must be >= data.min_image_side={self.min_image_side}, got {self.max_image_side}")

@@ -71,3 +71,21 @@ def test_render_text_never_clips_and_fonts_are_found():
     image = render_text("wwwwww")  # too wide at the default size: the font shrinks instead
     assert image.size == (48, 48)
     assert image.convert("L").getextrema()[0] < 128  # ink was drawn
+
+
+def test_long_targets_truncate_to_the_token_limit_and_are_counted(tmp_path, tiny_parts):
+    """data.long_targets: truncate keeps the row with the start of its target, cut to data.max_target_tokens tokens,
+    and counts it in the report; the prompt and the image are untouched. The default still rejects."""
+    tokenizer = tiny_parts[0]
+    render_text("ab").save(tmp_path / "ab.png")
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"image": "ab.png", "text": "abcdefghij" * 5, "id": "long"}) + "\n"
+                    + json.dumps({"image": "ab.png", "text": "ab", "id": "short"}) + "\n")
+    ds, report = prepare_manifest(path, DataConfig(max_target_tokens=10, long_targets="truncate"), tokenizer, "<image>\nFree OCR.")
+    assert ds["id"] == ["long", "short"] and report.rejections == []
+    assert len(tokenizer(ds["text"][0], add_special_tokens=False).input_ids) <= 10
+    assert ds["text"][0] and ("abcdefghij" * 5).startswith(ds["text"][0]) and ds["text"][1] == "ab"
+    assert ds["prompt"] == ["<image>\nFree OCR."] * 2 and ds[0]["image"].size == ds[1]["image"].size
+    assert dict(report.normalised) == {"target_truncated": 1} and "target_truncated 1" in report.summary()
+    _, rejected = prepare_manifest(path, DataConfig(max_target_tokens=10), tokenizer, "<image>\nFree OCR.")
+    assert [r.reason for r in rejected.rejections] == ["text_too_long"] and "truncate keeps its start" in rejected.rejections[0].detail

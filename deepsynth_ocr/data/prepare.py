@@ -71,7 +71,7 @@ class PrepareReport:
     read: int = 0
     kept: int = 0
     rejections: list[Rejection] = field(default_factory=list)
-    normalised: Counter = field(default_factory=Counter)  # what was fixed in kept images (exif_rotated, CMYK->RGB)
+    normalised: Counter = field(default_factory=Counter)  # what was fixed in kept rows (exif_rotated, target_truncated)
 
     @property
     def rejected(self) -> int:
@@ -139,7 +139,7 @@ class RowValidator:
         self.default_task = setting(cfg, "task")
         self.columns = columns_from(cfg)
         self.seen_ids: dict[str, str] = {}
-        self.changes: list[str] = []  # normalisations of the last kept image
+        self.changes: list[str] = []  # what was fixed in the last kept row (its image, a truncated target)
 
     def __call__(self, raw: RawRow) -> dict:
         if raw.error:
@@ -155,9 +155,13 @@ class RowValidator:
                 raise RowError("empty_text", f"field 'answer' (column '{self.columns['answer']}') holds no answer")
             fields = {**fields, "answer": answer}
         target = _text(fields, task.target, self.columns[task.target], cfg.collapse_whitespace)
-        n_tokens = len(self.tokenizer(target, add_special_tokens=False).input_ids)
-        if n_tokens > cfg.max_target_tokens:
-            raise RowError("text_too_long", f"'{task.target}' is {n_tokens} tokens > data.max_target_tokens={cfg.max_target_tokens}")
+        ids = self.tokenizer(target, add_special_tokens=False).input_ids
+        truncated = len(ids) > cfg.max_target_tokens
+        if truncated and cfg.long_targets == "reject":
+            raise RowError("text_too_long", f"'{task.target}' is {len(ids)} tokens > data.max_target_tokens="
+                                            f"{cfg.max_target_tokens} (data.long_targets: truncate keeps its start)")
+        if truncated:
+            target = _truncated(self.tokenizer, ids, cfg.max_target_tokens)
         question = _text(fields, "question", cfg.question_column) if "question" in task.needs else ""
         prompt = fields.get("prompt") or task_prompt(task, self.ocr_prompt, question, cfg.instruction)
         if not isinstance(prompt, str) or prompt.count(IMAGE) != 1:
@@ -168,7 +172,7 @@ class RowValidator:
         if row_id in self.seen_ids:
             raise RowError("duplicate_id", f"id {row_id!r} already used at {self.seen_ids[row_id]}")
         self.seen_ids[row_id] = raw.location
-        self.changes = image.changes
+        self.changes = image.changes + (["target_truncated"] if truncated else [])
         return {"id": row_id, "image": image.stored, "text": target, "prompt": unicodedata.normalize("NFC", prompt),
                 "task": task_name, "source": raw.location}
 
@@ -198,6 +202,16 @@ class RowValidator:
             report.kept += 1
             report.normalised.update(self.changes)
             yield sample
+
+
+def _truncated(tokenizer, ids: list[int], limit: int) -> str:
+    """The text of the first ``limit`` tokens; decoding can merge tokens differently, so it is cut until it fits."""
+    keep = limit
+    while True:
+        text = tokenizer.decode(ids[:keep], skip_special_tokens=True).rstrip()
+        if len(tokenizer(text, add_special_tokens=False).input_ids) <= limit or keep == 0:
+            return text
+        keep -= 1
 
 
 def read_rows(spec: str, cfg: DataConfig, validator: RowValidator, report: PrepareReport, source_split: str,
