@@ -93,6 +93,7 @@ def cmd_prepare(args) -> int:
     cfg.prepare.output_dir = args.out or cfg.prepare.output_dir
     cfg.data.source_type = args.type or cfg.data.source_type
     cfg.data.strict = args.strict or cfg.data.strict
+    cfg.prepare.hub_repo_id = args.push or cfg.prepare.hub_repo_id
     logs.configure(cfg.log.format, logging.WARNING)
     result = prepare(cfg)  # validates the config again, with the flags applied
     print(result.summary())
@@ -311,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", "-o", help="output directory (prepare.output_dir; default data/prepared/<name>)")
     p.add_argument("--type", help="source type instead of inferring it: jsonl, csv, parquet, folder, webdataset, hf_disk, hub")
     p.add_argument("--strict", action="store_true", help="fail on the first bad row instead of reporting it")
+    p.add_argument("--push", metavar="OWNER/NAME", help="push the prepared dataset to this Hub dataset repository "
+                   "(prepare.hub_repo_id; private unless prepare.hub_private is false); the token is checked first")
     _add_set(p, "override a config field, e.g. -s prepare.test_size=200 (repeatable)")
     p.set_defaults(func=cmd_prepare)
     p = sub.add_parser("sweep", help="an Optuna study over a search space: one run directory per trial, a report, the best config")

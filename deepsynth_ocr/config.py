@@ -166,6 +166,9 @@ class PrepareConfig:
     test_size: float = _f(0.0, "Test split: a fraction in [0, 1) of the kept rows, or a whole number >= 1 of rows.")
     split_salt: str = _f("", "Mixed into the id hash that assigns splits; change it only to draw different splits.")
     source_split: str = _f("train", "Split to read from a saved datasets directory or a hub dataset.")
+    hub_repo_id: str = _f("", "Push the prepared dataset to this Hub dataset repository (owner/name) once written; the "
+                          "token is checked before any row is read. Empty: no push.")
+    hub_private: bool = _f(True, "Create the pushed dataset repository private.")
     dpi: int = _f(100, "Resolution at which document text (qa/summarize rows without an image) is rendered.")
     page_width_mm: float = _f(210.0, "Width of a rendered document page in millimetres (A4 by default).")
     page_height_mm: float = _f(297.0, "Height of a rendered document page in millimetres.")

@@ -29,7 +29,6 @@ import yaml
 from deepsynth_ocr.collate import make_collator
 from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.data.prepare import prepare_manifest
-from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.models.adapters import logits
 from deepsynth_ocr.models.backends import LoadedModel, checkpoint_source, load_base
 
@@ -182,23 +181,6 @@ def export_model(loaded: LoadedModel, cfg: RunConfig, out_dir: str | Path, batch
     if cfg.export.hub_repo_id:
         push_to_hub(out_dir, cfg.export.hub_repo_id, cfg.export.hub_private)
     return verification
-
-
-def check_push_credentials(repo_id: str) -> str:
-    """That a push to ``repo_id`` can be made at all (a token, which the hub accepts), before any export work; returns
-    the account name. The token is never printed."""
-    from huggingface_hub import HfApi, get_token
-
-    token = get_token()
-    if not token:
-        raise UserError(f"export.hub_repo_id {repo_id!r}: no Hugging Face token here; set HF_TOKEN (or run `hf auth "
-                        "login`) first, or leave export.hub_repo_id empty to export without pushing")
-    try:
-        account = HfApi().whoami(token=token)
-    except Exception as e:  # offline, a revoked token, a hub error: each stops the export before it starts
-        raise UserError(f"export.hub_repo_id {repo_id!r}: the hub did not accept the token or could not be reached "
-                        f"({type(e).__name__}); nothing was exported") from None
-    return str(account.get("name", "?"))
 
 
 def push_to_hub(out_dir: Path, repo_id: str, private: bool) -> str:

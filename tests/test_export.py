@@ -193,14 +193,16 @@ def test_a_push_is_checked_for_a_token_the_hub_accepts_before_any_export_work(tm
     monkeypatch.setattr("huggingface_hub.HfApi", Refusing)
     assert main(["export", str(run_dir), "--push", "someone/tiny-ocr"]) == 2
     err = capsys.readouterr().err
-    assert "did not accept the token" in err and "hf_revoked" not in err and err.count("\n") == 1
+    assert "did not accept the token" in err and "nothing was done" in err and "hf_revoked" not in err and err.count("\n") == 1
 
     class Accepting:
         def whoami(self, token):
             return {"name": "someone"}
 
     monkeypatch.setattr("huggingface_hub.HfApi", Accepting)
-    assert export.check_push_credentials("someone/tiny-ocr") == "someone"
+    from deepsynth_ocr.hub import check_push_credentials
+
+    assert check_push_credentials("someone/tiny-ocr", "export.hub_repo_id") == "someone"
 
 
 def test_the_model_card_has_each_tasks_metrics():

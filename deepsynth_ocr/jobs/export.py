@@ -12,7 +12,8 @@ from pathlib import Path
 
 from deepsynth_ocr import telemetry
 from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.export import check_push_credentials, export_model, fixed_batch
+from deepsynth_ocr.export import export_model, fixed_batch
+from deepsynth_ocr.hub import check_push_credentials
 from deepsynth_ocr.models.backends import load_base
 from deepsynth_ocr.runs import open_finished
 
@@ -24,7 +25,7 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, cfg: RunConfi
     paths = open_finished(run_dir, need_adapter=True)
     cfg = cfg or RunConfig.from_yaml(paths.config)
     if cfg.export.hub_repo_id:  # before minutes of merging and verifying, not after them
-        log.info("export: pushing to %s as %s", cfg.export.hub_repo_id, check_push_credentials(cfg.export.hub_repo_id))
+        log.info("export: pushing to %s as %s", cfg.export.hub_repo_id, check_push_credentials(cfg.export.hub_repo_id, "export.hub_repo_id"))
     if cfg.model.load_in_4bit:
         # Merging into NF4 weights would round the merged update away; the export is the adapter on the
         # unquantised base, which is also what a server loads.

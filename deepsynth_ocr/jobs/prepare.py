@@ -33,6 +33,7 @@ from deepsynth_ocr.data.prepare import (
 )
 from deepsynth_ocr.data.sources import SourceError
 from deepsynth_ocr.data.splits import assign_splits
+from deepsynth_ocr.hub import check_push_credentials
 from deepsynth_ocr.models.backends import checkpoint_source, resolve_revision
 from deepsynth_ocr.models.families import get_family
 from deepsynth_ocr.models.tiny import build_tiny_tokenizer
@@ -118,6 +119,9 @@ def prepare(cfg: RunConfig, progress: bool = True) -> PrepareResult:
     cfg.validate()
     if not cfg.prepare.sources:
         raise ConfigError("prepare.sources: give at least one source (a path, glob or hub dataset name)")
+    if cfg.prepare.hub_repo_id:  # before reading a row, not after writing them all
+        log.info("prepare: pushing to %s as %s", cfg.prepare.hub_repo_id,
+                 check_push_credentials(cfg.prepare.hub_repo_id, "prepare.hub_repo_id"))
     out = _output_dir(cfg)
     tokenizer = load_tokenizer(cfg)
     validator = RowValidator(cfg.data, tokenizer, get_family(cfg.model.family).default_prompt,
@@ -199,4 +203,8 @@ def prepare(cfg: RunConfig, progress: bool = True) -> PrepareResult:
             datasets.enable_progress_bars()
     for report in reports:
         (log.warning if report.rejected else log.info)("prepare %s", report.summary())
+    if cfg.prepare.hub_repo_id:
+        datasets.load_from_disk(str(out)).push_to_hub(cfg.prepare.hub_repo_id, private=cfg.prepare.hub_private,
+                                                       commit_message=f"deepsynth-ocr prepare (config {result.config_hash})")
+        log.info("prepare: pushed %s to %s (splits %s)", out, cfg.prepare.hub_repo_id, result.splits)
     return result
