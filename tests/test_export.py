@@ -227,11 +227,14 @@ def test_the_model_cards_usage_snippet_runs_from_the_export_folder(trained, tmp_
 
     from .conftest import SAMPLES
 
-    cfg, run_dir, loaded, batch = trained
+    cfg, run_dir, _, _ = trained
     cfg = RunConfig.from_dict(cfg.to_dict())  # the module's run stays as it was for the other tests
     cfg.export.merged, cfg.export.hub_repo_id = False, ""
+    # The run's saved adapter on a fresh base, as `deepsynth-ocr export` loads it: an earlier test merged the
+    # module's live model in place.
+    loaded = load_base(cfg).with_adapter(run_dir / "adapter")
     out = tmp_path / "export"
-    export_model(loaded, cfg, out, batch, *_card_sources(run_dir))
+    export_model(loaded, cfg, out, fixed_batch(loaded, cfg), *_card_sources(run_dir))
     card = (out / "README.md").read_text()
     snippet = re.search(r"## Usage.*?```python\n(.*?)```", card, re.S).group(1)
     monkeypatch.chdir(out)
