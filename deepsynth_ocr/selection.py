@@ -32,8 +32,8 @@ def ranking_metric(summary: dict) -> tuple[str, float, bool] | None:
 class CheckpointSelection(TrainerCallback):
     """Fed each periodic evaluation through ``observe``; acts at the end of that same step, before the Trainer saves."""
 
-    def __init__(self, keep_best: bool, patience: int, min_delta: float):
-        self.keep_best, self.patience, self.min_delta = keep_best, patience, min_delta
+    def __init__(self, patience: int, min_delta: float):
+        self.patience, self.min_delta = patience, min_delta
         self.scores: dict[int, dict] = {}  # step -> {"metric", "value", ...} of each periodic evaluation
         self.best: tuple[int, float] | None = None  # (step, value as lower-is-better) among saved steps
         self.best_any: float | None = None  # the best of every evaluation, which early stopping compares with
@@ -93,13 +93,3 @@ class CheckpointSelection(TrainerCallback):
                 "best_step": self.best[0] if self.best else None, "final_step": final_step, "adapter_from": kept,
                 "stopped_early_at": self.stopped_early_at, "patience": self.patience}
 
-
-def load_adapter_weights(model, folder: Path) -> int:
-    """Put a checkpoint's LoRA weights into ``model`` (a peft model) by exact key, as a resume does; every key must
-    land (``adapters.copy_adapter_weights``)."""
-    from safetensors.torch import load_file
-
-    from deepsynth_ocr.models.adapters import ADAPTER_WEIGHTS, copy_adapter_weights
-
-    path = folder / ADAPTER_WEIGHTS
-    return copy_adapter_weights(model, load_file(str(path)), "default", str(path))

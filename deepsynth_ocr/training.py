@@ -12,14 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from deepsynth_ocr.config import ConfigError, RunConfig
 from deepsynth_ocr.data.prepare import prepare_manifest, write_data_report
 from deepsynth_ocr.devices import host_peak_rss_gib, to_model, torch_dtype
 from deepsynth_ocr.errors import UserError
-from deepsynth_ocr.models.adapters import ADAPTER_WEIGHTS, copy_adapter_weights
+from deepsynth_ocr.models.adapters import ADAPTER_WEIGHTS, restore_checkpoint_adapter
 from deepsynth_ocr.models.families import get_family
 from deepsynth_ocr.timing import StageClock
 
@@ -126,7 +125,7 @@ class KitTrainer(Trainer):
         if not path.is_file():
             raise UserError(f"train.resume: {resume_from_checkpoint} has no {ADAPTER_WEIGHTS}; delete that checkpoint "
                             "directory to resume from the one before it")
-        n = copy_adapter_weights(model, load_file(str(path)), "default", str(path))
+        n = restore_checkpoint_adapter(model, resume_from_checkpoint)
         log.info("resume: %d adapter tensors restored by exact key from %s", n, path)
 
 

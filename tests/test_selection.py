@@ -76,7 +76,7 @@ def test_q_and_a_rows_rank_by_token_f1_where_higher_is_better():
     assert ranking_metric({"cer": None, "qa_f1": 0.7}) == ("qa_f1", 0.7, True)
     assert ranking_metric({"cer": 0.2, "qa_f1": 0.7}) == ("cer", 0.2, False)
     assert ranking_metric({"cer": None}) is None
-    selection = CheckpointSelection(keep_best=False, patience=2, min_delta=0.05)
+    selection = CheckpointSelection(patience=2, min_delta=0.05)
     for step, f1 in [(1, 0.5), (2, 0.6), (3, 0.62), (4, 0.64)]:  # +0.02 steps are under min_delta: no gain
         selection.observe({"cer": None, "qa_f1": f1}, step)
     assert selection.stale == 2 and selection.best_any == pytest.approx(-0.6)

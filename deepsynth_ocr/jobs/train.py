@@ -27,13 +27,13 @@ from deepsynth_ocr.devices import device_name, host_peak_rss_gib, host_rss_gib
 from deepsynth_ocr.errors import NonFiniteLoss, TrainingInterrupted
 from deepsynth_ocr.evaluate import PeriodicEvalCallback, evaluate_dataset
 from deepsynth_ocr.export import MERGED_RTOL
-from deepsynth_ocr.models.adapters import save_adapter
+from deepsynth_ocr.models.adapters import restore_checkpoint_adapter, save_adapter
 from deepsynth_ocr.models.backends import LoadedModel, checkpoint_source, load_model, require_transformers_for
 from deepsynth_ocr.models.families import get_family
 from deepsynth_ocr.ranks import world
 from deepsynth_ocr.report import write_report
 from deepsynth_ocr.runs import Run, signal_handlers, start_run
-from deepsynth_ocr.selection import CheckpointSelection, load_adapter_weights
+from deepsynth_ocr.selection import CheckpointSelection
 from deepsynth_ocr.tracking import Tracker
 from deepsynth_ocr.training import (
     AugmentEpoch,
@@ -100,7 +100,7 @@ def _keep_best(selection: CheckpointSelection, loaded: LoadedModel, checkpoints:
     last = selection.scores.get(step)
     if best is None or selection.best[0] == step or (last is not None and last["rank_value"] <= selection.best[1]):
         return f"step {step} (the last)"
-    load_adapter_weights(loaded.model, best)
+    restore_checkpoint_adapter(loaded.model, best)
     log.info("train.keep_best: the run's adapter is %s (%s %.4f), not step %d's", best.name, selection.metric,
              abs(selection.best[1]), step)
     return best.name
@@ -190,7 +190,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
             selection = None
             if do_eval and cfg.eval.every_steps:
                 t = cfg.train
-                selection = CheckpointSelection(t.keep_best, t.early_stopping_patience, t.early_stopping_min_delta)
+                selection = CheckpointSelection(t.early_stopping_patience, t.early_stopping_min_delta)
 
                 def log_periodic(summary: dict, step: int) -> None:
                     run.log_metrics({"step": step, "eval": "periodic", **summary})

@@ -56,6 +56,13 @@ def copy_adapter_weights(model, state: dict[str, torch.Tensor], adapter_name: st
     return len(loaded)
 
 
+def restore_checkpoint_adapter(model, checkpoint: str | Path) -> int:
+    """Put a Trainer checkpoint's LoRA weights (``ADAPTER_WEIGHTS``) into ``model``, a peft model, by exact key; every
+    key must land. What a resume and ``train.keep_best`` both do."""
+    path = Path(checkpoint) / ADAPTER_WEIGHTS
+    return copy_adapter_weights(model, load_file(str(path)), "default", str(path))
+
+
 def load_adapter(base_model, adapter_dir: str | Path, trainable: bool = False, adapter_name: str = "default"):
     """Attach the adapter saved in ``adapter_dir`` to ``base_model``; every weight is checked to land.
 
