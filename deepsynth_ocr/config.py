@@ -110,8 +110,9 @@ class DataConfig:
     prompt: str = _f("", "Prompt for OCR rows that carry none; empty means the family's OCR prompt.")
     instruction: str = _f("", "A dataset-wide instruction for rows without their own prompt, any task (e.g. 'Summarize the "
                           "article in three sentences.'); Q&A rows keep their question after it. Empty: each task's own.")
-    preset: str = _f("", "Read a public dataset as published: 'squad' (context, question, nested answers; qa) or "
-                     "'cnn_dailymail' (article, highlights; summarize). Fills only the columns and task left at defaults.")
+    preset: str = _f("", "Read a public dataset as published: 'squad', 'natural_questions' (short answers), 'ms_marco', "
+                     "'fiqa' (a BEIR folder) for qa; 'cnn_dailymail', 'xsum' for summarize (docs/data.md has each shape). "
+                     "Fills only the columns and task left at their defaults; rows without an answer are counted by reason.")
     image_column: str = _f("image", "Source column with the image (a path relative to the source, bytes, or {bytes, path}).")
     text_column: str = _f("text", "Source column with the transcription (ocr/markdown) or the document text (qa/summarize).")
     prompt_column: str = _f("prompt", "Source column with a per-row prompt (optional; overrides the task's prompt).")
@@ -165,7 +166,10 @@ class PrepareConfig:
     )
     test_size: float = _f(0.0, "Test split: a fraction in [0, 1) of the kept rows, or a whole number >= 1 of rows.")
     split_salt: str = _f("", "Mixed into the id hash that assigns splits; change it only to draw different splits.")
-    source_split: str = _f("train", "Split to read from a saved datasets directory or a hub dataset.")
+    source_split: str = _f("train", "Split to read from a saved datasets directory or a hub dataset (a BEIR folder: "
+                           "its qrels/<split>.tsv).")
+    max_rows: int = _f(0, "Stop reading each source once this many of its rows are kept (0: read all); for a sample "
+                       "of a large hub dataset, which is streamed. The report says where it stopped.")
     hub_repo_id: str = _f("", "Push the prepared dataset to this Hub dataset repository (owner/name) once written; the "
                           "token is checked before any row is read. Empty: no push.")
     hub_private: bool = _f(True, "Create the pushed dataset repository private.")
@@ -187,6 +191,7 @@ class PrepareConfig:
             v = getattr(self, name)
             _check(0 <= v < 1 or float(v).is_integer(), f"prepare.{name}",
                    f"must be a fraction in [0, 1) or a whole number of rows, got {v}")
+        _check(self.max_rows >= 0, "prepare.max_rows", f"must be >= 0 (0: all rows), got {self.max_rows}")
         _check(self.dpi >= 10, "prepare.dpi", f"must be >= 10, got {self.dpi}")
         _check(self.page_width_mm > 2 * self.margin_mm and self.page_height_mm > 2 * self.margin_mm,
                "prepare.margin_mm", "leaves no room on the page")
@@ -615,6 +620,8 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
     elif hint is str:
         if isinstance(value, str):
             return value
+        if value is None:  # `-s model.name_or_path=` or a bare `key:` in YAML: the empty setting
+            return ""
     else:
         return value
     raise ConfigError(f"{name}: expected {hint.__name__}, got {value!r}")

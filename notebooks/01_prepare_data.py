@@ -25,8 +25,11 @@ prepare_sources = []
 prepare_output_dir = ""
 prepare_validation_size = 0.1
 prepare_test_size = 0.0
+prepare_source_split = "train"
+prepare_max_rows = 0
 data_source_type = "auto"
 data_task = "ocr"
+data_preset = ""
 data_strict = False
 
 # %%

@@ -33,7 +33,7 @@ from deepsynth_ocr.config import DataConfig, PrepareConfig
 from deepsynth_ocr.data.documents import DocumentTooLong, PageStyle, render_document
 from deepsynth_ocr.data.images import RowError, check_image
 from deepsynth_ocr.data.sources import RawRow, columns_from, count_rows, read_source
-from deepsynth_ocr.data.tasks import IMAGE, TASKS, first_answer, setting, task_prompt
+from deepsynth_ocr.data.tasks import IMAGE, TASKS, first_answer, preset_of, setting, task_prompt
 from deepsynth_ocr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class PrepareReport:
     kept: int = 0
     rejections: list[Rejection] = field(default_factory=list)
     normalised: Counter = field(default_factory=Counter)  # what was fixed in kept rows (exif_rotated, target_truncated)
+    stopped_early: bool = False  # prepare.max_rows was reached before the source ended
 
     @property
     def rejected(self) -> int:
@@ -89,11 +90,14 @@ class PrepareReport:
             "rejected": self.rejected,
             "by_reason": self.by_reason(),
             "normalised": dict(sorted(self.normalised.items())),
+            "stopped_at_max_rows": self.stopped_early,
             "rejections": [vars(r) for r in self.rejections],
         }
 
     def summary(self) -> str:
         head = f"{self.source}: read {self.read} = kept {self.kept} + rejected {self.rejected}"
+        if self.stopped_early:
+            head += " (stopped at prepare.max_rows; the rest of the source was not read)"
         lines = [head] + [f"  {reason}: {n}" for reason, n in self.by_reason().items()]
         lines += [f"  {r.location}: {r.reason} ({r.detail})" for r in self.rejections[:10]]
         if self.rejected > 10:
@@ -138,6 +142,7 @@ class RowValidator:
         self.ocr_prompt = cfg.prompt or default_prompt
         self.default_task = setting(cfg, "task")
         self.columns = columns_from(cfg)
+        self.convert = getattr(preset_of(cfg), "convert", None)
         self.seen_ids: dict[str, str] = {}
         self.changes: list[str] = []  # what was fixed in the last kept row (its image, a truncated target)
 
@@ -145,6 +150,8 @@ class RowValidator:
         if raw.error:
             raise RowError(raw.error_reason, raw.error)
         fields, cfg = raw.fields, self.cfg
+        if self.convert is not None:
+            fields = self.convert(fields)
         task_name = fields.get("task") or self.default_task
         task = TASKS.get(task_name) if isinstance(task_name, str) else None
         if task is None:
@@ -166,7 +173,7 @@ class RowValidator:
         prompt = fields.get("prompt") or task_prompt(task, self.ocr_prompt, question, cfg.instruction)
         if not isinstance(prompt, str) or prompt.count(IMAGE) != 1:
             raise RowError("bad_prompt", f"prompt {prompt!r:.60} must hold exactly one {IMAGE} placeholder")
-        image = self._image(raw, task)
+        image = self._image(raw, fields, task)
         row_id = fields.get("id")
         row_id = raw.default_id if row_id is None or row_id == "" else str(row_id)
         if row_id in self.seen_ids:
@@ -176,12 +183,12 @@ class RowValidator:
         return {"id": row_id, "image": image.stored, "text": target, "prompt": unicodedata.normalize("NFC", prompt),
                 "task": task_name, "source": raw.location}
 
-    def _image(self, raw: RawRow, task):
-        value = raw.fields.get("image")
+    def _image(self, raw: RawRow, fields: dict, task):
+        value = fields.get("image")
         if value is None or value == "":
             if not task.renders_document:
                 raise RowError("missing_field", f"field 'image' (column '{self.cfg.image_column}') is missing")
-            document = _text(raw.fields, "text", self.cfg.text_column)
+            document = _text(fields, "text", self.cfg.text_column)
             try:
                 value = render_document(document, self.page_style, self.max_pages)
             except DocumentTooLong as e:

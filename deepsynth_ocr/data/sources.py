@@ -27,7 +27,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".g
 # WebDataset convention: a sample is every member sharing a key (the path up to the first dot of
 # the file name); the rest of the name says what the member holds.
 TAR_TEXT_SUFFIXES = ("gt.txt", "txt")
-SOURCE_TYPES = ("jsonl", "csv", "parquet", "folder", "webdataset", "hf_disk", "hub")
+SOURCE_TYPES = ("jsonl", "csv", "parquet", "folder", "webdataset", "hf_disk", "beir", "hub")
+BEIR_FILES = ("corpus.jsonl", "queries.jsonl")
 _HUB_NAME = re.compile(r"^(hf://)?[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -54,10 +55,12 @@ class RawRow:
 
 
 def columns_from(cfg) -> dict[str, str]:
-    """``field -> source column`` from a ``DataConfig``'s ``*_column`` settings."""
-    from deepsynth_ocr.data.tasks import setting
+    """``field -> source column`` from a ``DataConfig``'s ``*_column`` settings, plus the columns its preset's
+    converter reads under their own names."""
+    from deepsynth_ocr.data.tasks import preset_of, setting
 
-    return {name: setting(cfg, f"{name}_column") for name in FIELDS}
+    preset = preset_of(cfg)
+    return {name: setting(cfg, f"{name}_column") for name in FIELDS} | {c: c for c in (preset.passthrough if preset else ())}
 
 
 def _mapped(record: dict, columns: dict[str, str]) -> dict:
@@ -75,6 +78,8 @@ def infer_source_type(spec: str) -> str:
     if first.is_dir():
         if any((first / n).is_file() for n in ("dataset_info.json", "state.json", "dataset_dict.json")):
             return "hf_disk"
+        if all((first / n).is_file() for n in BEIR_FILES):
+            return "beir"
         names = [p.name for p in first.iterdir()]
         if any(n.endswith(".tar") for n in names):
             return "webdataset"
@@ -297,6 +302,53 @@ def read_hub(name: str, columns: dict[str, str], split: str = "train") -> Iterat
     yield from _records_of_dataset(ds, columns, f"hub:{name}", Path.cwd())
 
 
+def read_beir(spec: str, columns: dict[str, str], split: str = "train") -> Iterator[RawRow]:
+    """One row per relevant (query, document) pair of a BEIR folder (``corpus.jsonl`` ``{_id, title, text}``,
+    ``queries.jsonl`` ``{_id, text}``, ``qrels/<split>.tsv`` ``query-id corpus-id score``; FiQA is published so),
+    as the record ``{id: "<query>-<document>", query, title, text}``. Pairs scored 0 are not relevant and are
+    skipped; a pair naming a missing query or document is a row error that names it."""
+    root = Path(spec)
+    qrels = root / "qrels" / f"{split}.tsv"
+    if not qrels.is_file():
+        have = sorted(p.stem for p in (root / "qrels").glob("*.tsv"))
+        raise SourceError(f"{spec}: no qrels/{split}.tsv (has {have}); set prepare.source_split")
+    pairs: list[tuple[int, str, str]] = []
+    with qrels.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            cells = line.rstrip("\n").split("\t")
+            if lineno == 1 and cells[:2] == ["query-id", "corpus-id"] or not line.strip():
+                continue
+            if len(cells) < 3 or not cells[2].lstrip("-").isdigit():
+                pairs.append((lineno, "", f"expected 'query-id<TAB>corpus-id<TAB>score', got {line.strip()!r:.80}"))
+            elif int(cells[2]) > 0:
+                pairs.append((lineno, cells[0], cells[1]))
+
+    def table(name: str, wanted: set[str]) -> dict[str, dict]:
+        out = {}
+        with (root / name).open(encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    record = json.loads(line)
+                    if str(record.get("_id")) in wanted:
+                        out[str(record["_id"])] = record
+        return out
+
+    queries = table("queries.jsonl", {q for _, q, _ in pairs})
+    corpus = table("corpus.jsonl", {d for _, q, d in pairs if q})
+    for lineno, qid, did in pairs:
+        location = f"{qrels}:{lineno}"
+        if not qid:
+            yield RawRow(location, {}, root, error=did)
+        elif qid not in queries or did not in corpus:
+            missing = f"query {qid!r} is not in queries.jsonl" if qid not in queries else f"document {did!r} is not in corpus.jsonl"
+            yield RawRow(location, {}, root, error=missing, error_reason="missing_field")
+        else:
+            doc = corpus[did]
+            record = {"id": f"{qid}-{did}", "query": queries[qid].get("text"), "title": doc.get("title") or "",
+                      "text": doc.get("text")}
+            yield RawRow(location, _mapped(record, columns), root, f"{qid}-{did}")
+
+
 def read_source(spec: str, source_type: str, columns: dict[str, str], split: str = "train") -> tuple[str, Iterator[RawRow]]:
     """``(resolved type, rows)`` of one source; ``source_type`` 'auto' infers it from the path."""
     kind = infer_source_type(spec) if source_type == "auto" else source_type
@@ -307,6 +359,7 @@ def read_source(spec: str, source_type: str, columns: dict[str, str], split: str
         "folder": lambda: read_folder(spec),
         "webdataset": lambda: read_webdataset(spec),
         "hf_disk": lambda: read_hf_disk(spec, columns, split),
+        "beir": lambda: read_beir(spec, columns, split),
         "hub": lambda: read_hub(spec, columns, split),
     }
     if kind not in readers:

@@ -11,13 +11,19 @@ A row's own prompt (``data.prompt_column``) replaces the task's prompt; ``data.i
 task's instruction for every row without one (Q&A rows keep their question after it).
 
 ``data.preset`` reads public datasets as they are published: ``squad`` (``context``, ``question``, the nested
-``answers: {text: [...], answer_start: [...]}``; its first answer is the target) and ``cnn_dailymail``
-(``article``, ``highlights``). A preset fills only the columns and task left at their defaults.
+``answers: {text: [...], answer_start: [...]}``; its first answer is the target), ``natural_questions`` (short
+answers, the long-answer paragraph rendered), ``ms_marco`` (the selected passages rendered, the well-formed answer),
+``fiqa`` (BEIR's folder: question, answer post), ``cnn_dailymail`` (``article``, ``highlights``) and ``xsum``
+(``document``, ``summary``). A preset fills only the columns and task left at their defaults; the row converters of
+the Q&A sets are in ``converters``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from deepsynth_ocr.data import converters
 
 IMAGE = "<image>"
 
@@ -41,20 +47,43 @@ TASKS: dict[str, Task] = {
 }
 
 
-PRESETS: dict[str, dict[str, str]] = {
-    "squad": {"task": "qa", "text_column": "context", "question_column": "question", "answer_column": "answers",
-              "id_column": "id"},
-    "cnn_dailymail": {"task": "summarize", "text_column": "article", "summary_column": "highlights", "id_column": "id"},
+@dataclass(frozen=True)
+class Preset:
+    """How one public dataset is read: ``settings`` are ``DataConfig`` defaults it replaces (task, columns),
+    ``passthrough`` names source columns a converter needs beyond the kit's fields, and ``convert`` turns the
+    mapped row into plain-text fields (``converters``), or rejects it with a counted reason."""
+
+    settings: dict[str, str]
+    passthrough: tuple[str, ...] = ()
+    convert: Callable[[dict], dict] | None = None
+
+
+PRESETS: dict[str, Preset] = {
+    "squad": Preset({"task": "qa", "text_column": "context", "question_column": "question", "answer_column": "answers",
+                     "id_column": "id"}),
+    "natural_questions": Preset({"task": "qa", "text_column": "document", "question_column": "question",
+                                 "answer_column": "annotations", "id_column": "id"}, convert=converters.natural_questions),
+    "ms_marco": Preset({"task": "qa", "text_column": "passages", "question_column": "query", "answer_column": "answers",
+                        "id_column": "query_id"}, passthrough=("wellFormedAnswers",), convert=converters.ms_marco),
+    "fiqa": Preset({"task": "qa", "question_column": "query", "id_column": "id"},
+                   convert=converters.fiqa),
+    "cnn_dailymail": Preset({"task": "summarize", "text_column": "article", "summary_column": "highlights",
+                             "id_column": "id"}),
+    "xsum": Preset({"task": "summarize", "text_column": "document", "summary_column": "summary", "id_column": "id"}),
 }
+
+
+def preset_of(cfg) -> Preset | None:
+    return PRESETS.get(getattr(cfg, "preset", "") or "")
 
 
 def setting(cfg, name: str):
     """``cfg.<name>`` (a ``DataConfig``), or its preset's value when the user left the field at its default."""
     value = getattr(cfg, name)
-    preset = PRESETS.get(getattr(cfg, "preset", "") or "", {})
-    if name in preset:
+    preset = preset_of(cfg)
+    if preset is not None and name in preset.settings:
         default = type(cfg).__dataclass_fields__[name].default
-        return preset[name] if value == default else value
+        return preset.settings[name] if value == default else value
     return value
 
 

@@ -134,6 +134,9 @@ def prepare(cfg: RunConfig, progress: bool = True) -> PrepareResult:
             for row in read_rows(spec, cfg.data, validator, report, cfg.prepare.source_split, progress):
                 ids.append(row["id"])
                 yield row
+                if report.kept == cfg.prepare.max_rows:
+                    report.stopped_early = True
+                    break
 
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
