@@ -59,7 +59,7 @@ def _document_tokens(document) -> tuple[list[str], list[bool], str]:
 
 
 def _words(tokens: list[str], is_html: list[bool], start: int, end: int) -> str:
-    return " ".join(t for t, h in zip(tokens[start:end], is_html[start:end]) if not h and t)
+    return " ".join(t for t, h in zip(tokens[start:end], is_html[start:end], strict=True) if not h and t)
 
 
 def _yes_no(value) -> str:
