@@ -50,6 +50,8 @@ class ModelConfig:
         "such as the T4, float32 on a CPU), 'float32', 'bfloat16' or 'float16'."
     )
     load_in_4bit: bool = _f(False, "Quantise the language model to 4-bit NF4 (QLoRA) with bitsandbytes.")
+    load_in_8bit: bool = _f(False, "Quantise the language model to 8-bit (LLM.int8) with bitsandbytes instead: about twice "
+                            "4-bit's weight memory, closer to 16-bit outputs. Not with load_in_4bit.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
     attn_implementation: str = _f(
         "", "Attention kernel passed to from_pretrained: '' (the library's choice: sdpa where the model supports it), "
@@ -71,6 +73,13 @@ class ModelConfig:
         )
         _check(self.attn_implementation in ATTENTION_KERNELS, "model.attn_implementation",
                f"must be one of {ATTENTION_KERNELS}, got {self.attn_implementation!r}")
+        _check(not (self.load_in_4bit and self.load_in_8bit), "model.load_in_8bit",
+               "and model.load_in_4bit are both true: choose one quantisation")
+
+    @property
+    def quantised(self) -> str:
+        """'4bit', '8bit' or '' (weights as model.dtype says)."""
+        return "4bit" if self.load_in_4bit else "8bit" if self.load_in_8bit else ""
 
 
 @dataclass
@@ -491,6 +500,9 @@ class RunConfig:
             _check(not self.model.load_in_4bit, "lora.enabled",
                    "false (full fine-tuning) cannot train a 4-bit model's uint8 weights; keep lora.enabled: true "
                    "(QLoRA) or set model.load_in_4bit: false")
+            _check(not self.model.load_in_8bit, "lora.enabled",
+                   "false (full fine-tuning) cannot train an 8-bit model's int8 weights; keep lora.enabled: true "
+                   "or set model.load_in_8bit: false")
             _check(self.model.dtype != "float16", "model.dtype",
                    "float16 with full fine-tuning fails (torch refuses to unscale float16 gradients); use bfloat16 "
                    "on a GPU that computes it, or LoRA (lora.enabled: true)")

@@ -126,15 +126,16 @@ def model_card(cfg: RunConfig, verification: dict, manifest: dict | None = None,
              f"- checkpoint: `{base}`" + (f" at revision `{cfg.model.revision}`" if cfg.model.revision else ""), "",
              "## Data", ""]
     lines += [f"- `{r.get('source')}`: read {r.get('read')}, kept {r.get('kept')}, rejected {r.get('rejected')}" for r in data] or ["- (no data report)"]
-    four_bit = ((manifest.get("parameters") or {}).get("language_model_precision") or {}).get("4bit")
+    precision = (manifest.get("parameters") or {}).get("language_model_precision") or {}
+    quantised = "4-bit (NF4)" if precision.get("4bit") else "8-bit (LLM.int8)" if precision.get("8bit") else ""
     lines += ["", "## Metrics (same eval set before and after fine-tuning)", ""]
-    if four_bit:  # the run evaluated the NF4 model; the exports are the unquantised base + adapter
-        lines += ["Measured by the run on the 4-bit (NF4) base model plus the adapter. The exports below hold the "
-                  "unquantised base plus the same adapter, whose outputs differ from the 4-bit model's by the "
+    if quantised:  # the run evaluated the quantised model; the exports are the unquantised base + adapter
+        lines += [f"Measured by the run on the {quantised} base model plus the adapter. The exports below hold the "
+                  "unquantised base plus the same adapter, whose outputs differ from the quantised model's by the "
                   "quantisation error; re-run `deepsynth-ocr evaluate` on `merged/` for its own CER.", ""]
     lines += _metrics_table(manifest.get("metrics") or {})
     lines += ["", "## Export verification (reloaded in a fresh process, logits on a fixed batch)", "",
-              "Each export against the model it was made from: the " + ("unquantised " if four_bit else "")
+              "Each export against the model it was made from: the " + ("unquantised " if quantised else "")
               + "base plus the adapter.", ""]
     lines += [f"- {kind}: max logit difference {v['max_logit_diff']:.3g} (allowed {v['allowed']:.3g})"
               for kind, v in verification.items()]
@@ -148,8 +149,8 @@ def model_card(cfg: RunConfig, verification: dict, manifest: dict | None = None,
     lines += ["## Loading", "", "Load the adapter with `deepsynth_ocr.models.adapters.load_adapter(base_model, 'adapter')`. "
               "With peft 0.21 and transformers 5.x, `PeftModel.from_pretrained` silently loads none of a DeepSeek-OCR-2 "
               "adapter's weights. `merged/` loads with `AutoModelForImageTextToText.from_pretrained`.", "",
-              "## Training config", ""] + (["The run trained with `model.load_in_4bit: true`; the config below is the "
-                                            "export's, which reloads the base unquantised.", ""] if four_bit else []) + [
+              "## Training config", ""] + ([f"The run trained on the {quantised} base; the config below is the "
+                                            "export's, which reloads the base unquantised.", ""] if quantised else []) + [
               "```yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip(), "```", ""]
     return "\n".join(lines)
 

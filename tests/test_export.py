@@ -144,8 +144,10 @@ def test_cli_export_of_a_run_directory(trained, tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_4bit_run_exports_merged_weights_from_the_base_reloaded_unquantised(tmp_path):
-    """GPU_AUDIT.md item 6: the GPU recipes train on a 4-bit base; export merges into the unquantised one."""
+@pytest.mark.parametrize("bits,named", [("4bit", "4-bit (NF4)"), ("8bit", "8-bit (LLM.int8)")])
+def test_a_quantised_run_exports_merged_weights_from_the_base_reloaded_unquantised(tmp_path, bits, named):
+    """GPU_AUDIT.md item 6: the GPU recipes train on a 4-bit base; export merges into the unquantised one (so too
+    for an 8-bit run)."""
     from deepsynth_ocr.config import RunConfig
     from deepsynth_ocr.jobs.export import export as export_job
     from deepsynth_ocr.jobs.train import train
@@ -153,7 +155,8 @@ def test_a_4bit_run_exports_merged_weights_from_the_base_reloaded_unquantised(tm
     from .conftest import ROOT, SAMPLES
 
     cfg = RunConfig.from_yaml(ROOT / "configs" / "smoke.yaml")
-    cfg.model.name_or_path, cfg.model.load_in_4bit = "random", True
+    cfg.model.name_or_path = "random"
+    setattr(cfg.model, f"load_in_{bits}", True)
     cfg.output_root, cfg.data.train_path, cfg.data.eval_path = str(tmp_path / "runs"), str(SAMPLES / "train.jsonl"), ""
     cfg.train.max_steps, cfg.train.save_steps, cfg.tracking.wandb = 2, 0, "disabled"
     run_dir = train(cfg).run_dir
@@ -162,9 +165,10 @@ def test_a_4bit_run_exports_merged_weights_from_the_base_reloaded_unquantised(tm
     assert verification["merged"]["max_logit_diff"] <= verification["merged"]["allowed"]
     merged_config = json.loads((out / "merged" / "config.json").read_text())
     assert "quantization_config" not in merged_config and merged_config.get("dtype") == "float32"
-    assert RunConfig.from_yaml(out / "merged" / export.CONFIG_NAME).model.load_in_4bit is False
+    exported = RunConfig.from_yaml(out / "merged" / export.CONFIG_NAME).model
+    assert exported.load_in_4bit is False and exported.load_in_8bit is False
     card = (out / "README.md").read_text()  # says which model each number is of (GPU_AUDIT_2 W4)
-    assert "Measured by the run on the 4-bit (NF4) base model plus the adapter" in card
+    assert f"Measured by the run on the {named} base model plus the adapter" in card
     assert "Each export against the model it was made from: the unquantised base plus the adapter." in card
 
 

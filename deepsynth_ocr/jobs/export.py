@@ -26,12 +26,13 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, cfg: RunConfi
     cfg = cfg or RunConfig.from_yaml(paths.config)
     if cfg.export.hub_repo_id:  # before minutes of merging and verifying, not after them
         log.info("export: pushing to %s as %s", cfg.export.hub_repo_id, check_push_credentials(cfg.export.hub_repo_id, "export.hub_repo_id"))
-    if cfg.model.load_in_4bit:
-        # Merging into NF4 weights would round the merged update away; the export is the adapter on the
+    if cfg.model.quantised:
+        # Merging into NF4 or int8 weights would round the merged update away; the export is the adapter on the
         # unquantised base, which is also what a server loads.
-        log.info("export: the run trained on a 4-bit base; the base is reloaded unquantised (model.dtype %s) "
-                 "to merge the adapter", cfg.model.dtype)
-        cfg = RunConfig.from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "load_in_4bit": False}})
+        log.info("export: the run trained on a %s base; the base is reloaded unquantised (model.dtype %s) "
+                 "to merge the adapter", cfg.model.quantised, cfg.model.dtype)
+        cfg = RunConfig.from_dict({**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "load_in_4bit": False,
+                                                               "load_in_8bit": False}})
     out_dir = Path(out_dir) if out_dir else paths.export
     data = json.loads(paths.data_report.read_text()) if paths.data_report.is_file() else []
     tracer = telemetry.tracer_from_env("deepsynth-ocr")  # None unless OTEL_* asks for traces

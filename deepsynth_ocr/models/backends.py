@@ -76,9 +76,10 @@ class LoadedModel:
         trained): merging into 4-bit weights loses precision, and whether Unsloth's ``merged_16bit`` unpacks the
         experts it packed is unchecked (GPU_AUDIT_3 M4)."""
         out_dir = Path(out_dir)
-        if getattr(self.model, "is_loaded_in_4bit", False) or getattr(self.model.base_model, "is_loaded_in_4bit", False):
-            raise UserError("save_merged: cannot merge into 4-bit weights without loss; reload the base with "
-                            "model.load_in_4bit: false and load the adapter (what `deepsynth-ocr export` does)")
+        if any(getattr(m, f"is_loaded_in_{bits}", False) for m in (self.model, self.model.base_model) for bits in ("4bit", "8bit")):
+            raise UserError("save_merged: cannot merge into quantised weights without loss; reload the base with "
+                            "model.load_in_4bit and model.load_in_8bit false and load the adapter (what `deepsynth-ocr "
+                            "export` does)")
         self.model.merge_and_unload().save_pretrained(str(out_dir))
         self.processor.save_pretrained(str(out_dir))
         return out_dir
@@ -152,7 +153,10 @@ def warn_remote_code(cfg: RunConfig, family: Family, revision: str | None) -> No
 
 
 def bnb_config_kwargs(cfg: RunConfig, family: Family) -> dict:
-    """BitsAndBytesConfig arguments: NF4 on the language model, vision side and head left as they are."""
+    """BitsAndBytesConfig arguments: NF4 (or LLM.int8) on the language model, vision side and head left as they are."""
+    if cfg.model.load_in_8bit:
+        # llm_int8_threshold stays at bitsandbytes' 6.0: outlier features above it are computed in 16 bits.
+        return {"load_in_8bit": True, "llm_int8_skip_modules": list(family.quant_skip_modules)}
     return {
         "load_in_4bit": True,
         "bnb_4bit_quant_type": "nf4",
@@ -187,7 +191,7 @@ def hf_load_kwargs(cfg: RunConfig, family: Family) -> dict:
         kwargs["device_map"] = {"": device.index}
     if family.trust_remote_code:
         kwargs["trust_remote_code"] = True
-    if cfg.model.load_in_4bit:
+    if cfg.model.quantised:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(**bnb_config_kwargs(cfg, family))
@@ -254,7 +258,7 @@ def load_base(cfg: RunConfig) -> LoadedModel:
         tokenizer = tiny.build_tiny_tokenizer()
         processor = tiny.build_tiny_processor(tokenizer, family.tiny_geometry)
         model = tiny.build_tiny_model(tokenizer, family.tiny_geometry, seed=cfg.seed)
-        if cfg.model.load_in_4bit:
+        if cfg.model.quantised:
             with tempfile.TemporaryDirectory(prefix="deepsynth-tiny-") as tmp:
                 model.save_pretrained(tmp)
                 processor.save_pretrained(tmp)
@@ -423,22 +427,25 @@ def trained_summary(model) -> dict:
 
 
 def language_model_precision(model, family: Family) -> dict:
-    """Language-model weights stored in 4 bits and unquantised, counted by what each parameter is (a bitsandbytes
-    ``Params4bit``, by the shape it was quantised from), not by its module's type: transformers' own 4-bit load
-    quantises nn.Linear only, but under Unsloth's patches the fused routed experts are packed too."""
+    """Language-model weights stored in 4 bits, in 8 bits and unquantised, counted by what each parameter is (a
+    bitsandbytes ``Params4bit``, by the shape it was quantised from, or ``Int8Params``), not by its module's type:
+    transformers' own quantised load covers nn.Linear only, but under Unsloth's patches the fused routed experts
+    are packed too."""
     import bitsandbytes as bnb
 
-    quantised, kept = 0, 0
+    four, eight, kept = 0, 0, 0
     for name, p in model.named_parameters():
         full = name.removeprefix("base_model.model.")
         if ".lora_" in full or is_vision_param(full, family):
             continue
         if isinstance(p, bnb.nn.Params4bit):
             state = getattr(p, "quant_state", None)
-            quantised += state.shape.numel() if state is not None else 2 * p.numel()  # two 4-bit codes per byte
+            four += state.shape.numel() if state is not None else 2 * p.numel()  # two 4-bit codes per byte
+        elif isinstance(p, bnb.nn.Int8Params) and p.dtype == torch.int8:
+            eight += p.numel()
         else:
             kept += p.numel()
-    return {"4bit": quantised, "16bit": kept}
+    return {"4bit": four, "8bit": eight, "16bit": kept}
 
 
 # --- unsloth backend ---------------------------------------------------------------------------
@@ -464,6 +471,7 @@ def unsloth_load_kwargs(cfg: RunConfig, family: Family) -> dict:
         "revision": resolve_revision(cfg, family),
         "dtype": torch_dtype(cfg.model.dtype),
         "load_in_4bit": cfg.model.load_in_4bit,
+        "load_in_8bit": cfg.model.load_in_8bit,
         "full_finetuning": not cfg.lora.enabled,
         "use_gradient_checkpointing": unsloth_gradient_checkpointing(cfg),
         **attention_kernel(cfg),  # FastVisionModel reads it from its keyword arguments
@@ -543,12 +551,12 @@ def load_model(cfg: RunConfig, for_training: bool = True) -> LoadedModel:
             loaded.model, loaded.frozen_params, loaded.trainable_params = prepare_for_training(
                 loaded.model, loaded.family, cfg)
     loaded.dtype_reason = dtype_reason
-    if backend == "hf" and cfg.model.load_in_4bit:
+    if backend == "hf" and cfg.model.quantised:
         loaded.lm_precision = language_model_precision(loaded.model, loaded.family)
-        q, k = loaded.lm_precision["4bit"], loaded.lm_precision["16bit"]
-        log.info("4-bit: %d language-model parameters quantised, %d kept in %s (%.0f%%: transformers quantises "
-                 "nn.Linear only, so fused routed experts, embeddings and the head are not)", q, k,
-                 str(loaded.model.dtype).removeprefix("torch."), 100 * k / (q + k))
+        q, k = loaded.lm_precision[cfg.model.quantised], loaded.lm_precision["16bit"]
+        log.info("%s: %d language-model parameters quantised, %d kept in %s (%.0f%%: transformers quantises "
+                 "nn.Linear only, so fused routed experts, embeddings and the head are not)", cfg.model.quantised,
+                 q, k, str(loaded.model.dtype).removeprefix("torch."), 100 * k / (q + k))
     if for_training:
         log.info("parameters: %d frozen, %d trainable (%.2f%%), vision frozen",
                  loaded.frozen_params, loaded.trainable_params,

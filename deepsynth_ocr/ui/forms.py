@@ -15,7 +15,7 @@ from deepsynth_ocr.config import ConfigError, RunConfig, field_help, parse_value
 
 # What a user changes between runs; everything else comes from the preset.
 FORM_FIELDS = (
-    "name", "model.family", "model.name_or_path", "model.backend", "model.load_in_4bit", "lora.r", "lora.alpha", "lora.dropout",
+    "name", "model.family", "model.name_or_path", "model.backend", "model.load_in_4bit", "model.load_in_8bit", "lora.r", "lora.alpha", "lora.dropout",
     "data.train_path", "data.eval_path", "train.max_steps", "train.learning_rate", "train.per_device_batch_size",
     "train.gradient_accumulation_steps", "train.save_steps", "train.keep_best", "train.early_stopping_patience",
     "eval.max_samples", "eval.every_steps", "tracking.wandb",
