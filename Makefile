@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export WANDB_SILENT := true
 
-.PHONY: published-checkpoint real-size setup setup-v1 test-v1 system-deps unsloth-src gpu-smoke gpu-proof gpu-wheels test test-fast lint deepseek-ocr-smoke notebooks sample-data tiny-base smoke-domain clean report-check
+.PHONY: docker-base docker-cpu docker-gpu docker-check published-checkpoint real-size setup setup-v1 test-v1 system-deps unsloth-src gpu-smoke gpu-proof gpu-wheels test test-fast lint deepseek-ocr-smoke notebooks sample-data tiny-base smoke-domain clean report-check
 
 setup: system-deps $(VENV)/.installed unsloth-src
 
@@ -148,3 +148,19 @@ clean:
 # Usage: make report-check RUN=runs/smoke_YYYYmmdd_HHMMSS
 report-check: setup
 	$(BIN)/deepsynth-ocr report $(RUN) --screenshot artifacts/$(notdir $(RUN))_report.png
+
+# Container images with whichever engine exists: docker, or podman (vfs storage, chroot isolation) where no daemon
+# runs; the script says which it used. The base is the public image when it can be pulled, else a Debian one made
+# here from Debian packages (docker-base; BASE=public|local|auto). docker-check runs the CPU image: the smoke
+# fine-tune, serve and ui health checks from the host, state on the runs volume, and a second build's pip freeze.
+docker-base:
+	docker/build.sh base
+
+docker-cpu:
+	docker/build.sh cpu
+
+docker-gpu:
+	docker/build.sh gpu
+
+docker-check: docker-cpu
+	docker/check.sh deepsynth-ocr:cpu

@@ -66,9 +66,14 @@ def _instructions(text: str):
 
 
 def check_dockerfile(text: str, name: str) -> list[str]:
-    problems, entrypoint, cmd, user = [], None, None, None
+    problems, entrypoint, cmd, user, args = [], None, None, None, {}
     for op, rest in _instructions(text):
-        if op == "FROM" and (":" not in rest or rest.endswith(":latest")):
+        if op == "ARG" and "=" in rest:
+            key, _, default = rest.partition("=")
+            args[key] = default.strip('"')
+        if op == "FROM":  # the base as built by default: a build argument's default value
+            rest = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), rest)
+        if op == "FROM" and (":" not in rest or rest.endswith(":latest") or "$" in rest):
             problems.append(f"{name}: base image {rest!r} is not pinned to a tag")
         elif op == "COPY":
             for src in shlex.split(rest)[:-1]:
@@ -181,6 +186,7 @@ def test_the_checker_catches_a_cmd_naming_a_missing_module_or_path():
     assert check_command(["deepsynth-ocr", "no-such-subcommand"], "x")
     assert check_makefile("x:\n\t$(BIN)/python -m deepsynth_ocr.nope\nBIN := .venv/bin\n")
     assert check_dockerfile("FROM python:latest\nENTRYPOINT [\"deepsynth-ocr\"]\n", "root")  # unpinned, root
+    assert "not pinned" in " ".join(check_dockerfile("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nUSER ocr\n", "no default"))
 
 
 def _copied_paths(dockerfile) -> set[str]:
@@ -210,7 +216,7 @@ def test_torch_and_the_gpu_base_image_agree_on_one_cuda_and_xformers_is_not_pinn
     and the run then falls back to the CPU. xformers comes only as Unsloth's own dependency (GPU_AUDIT_3 N3)."""
     text = (ROOT / "docker" / "Dockerfile").read_text()
     torch_pin = re.search(r"pip install [^\n]*torch==([\d.]+)", text).group(1)
-    base_cuda = re.search(r"^FROM nvidia/cuda:(\d+\.\d+)\.\d+-", text, re.M).group(1)
+    base_cuda = re.search(r"^ARG BASE_IMAGE=nvidia/cuda:(\d+\.\d+)\.\d+-", text, re.M).group(1)
     assert PYPI_TORCH_CUDA[torch_pin] == base_cuda
     training = (ROOT / "requirements-training.txt").read_text()
     assert not re.search(r"^(torch|xformers)\b", training, re.M)  # Colab keeps its own CUDA torch
@@ -281,3 +287,22 @@ def test_the_gpu_image_installs_the_opentelemetry_packages_the_cpu_stack_pins():
         text = (ROOT / requirements).read_text()
         pins[requirements] = dict(re.findall(r"^(opentelemetry-[a-z-]+)==(\S+)", text, re.M))
     assert len(pins["requirements-cpu.txt"]) == 3 and pins["requirements-training.txt"] == pins["requirements-cpu.txt"]
+
+
+def test_the_cpu_image_lock_agrees_with_every_pin_of_requirements_cpu():
+    """docker/constraints-cpu.txt holds the CPU image to one package set; a pin bumped in requirements-cpu.txt
+    without regenerating it would make the image build fail (or drift), so the two must agree."""
+    def pins(path):
+        out = {}
+        for line in path.read_text().splitlines():
+            line = line.split("#")[0].strip()
+            if "==" in line:
+                name, _, version = line.partition("==")
+                out[re.sub(r"[-_.]+", "-", name.split("[")[0]).lower()] = version
+        return out
+
+    lock, wanted = pins(ROOT / "docker" / "constraints-cpu.txt"), pins(ROOT / "requirements-cpu.txt")
+    assert lock["torch"] == wanted["torch"] + "+cpu"
+    stale = {n: (v, lock.get(n)) for n, v in wanted.items() if n != "torch" and lock.get(n) != v}
+    assert not stale, f"regenerate docker/constraints-cpu.txt (docs/gpu.md): {stale}"
+    assert "docker/constraints-cpu.txt" in (ROOT / "docker" / "Dockerfile.cpu").read_text()
