@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export WANDB_SILENT := true
 
-.PHONY: docker-base docker-cpu docker-gpu docker-check published-checkpoint real-size setup setup-v1 test-v1 system-deps unsloth-src gpu-smoke gpu-proof gpu-wheels test test-fast lint deepseek-ocr-smoke notebooks sample-data tiny-base smoke-domain clean report-check
+.PHONY: docker-base docker-cpu docker-gpu docker-check docker-gpu-check published-checkpoint real-size setup setup-v1 test-v1 system-deps unsloth-src gpu-smoke gpu-proof gpu-wheels test test-fast lint deepseek-ocr-smoke notebooks sample-data tiny-base smoke-domain clean report-check
 
 setup: system-deps $(VENV)/.installed unsloth-src
 
@@ -164,3 +164,6 @@ docker-gpu:
 
 docker-check: docker-cpu
 	docker/check.sh deepsynth-ocr:cpu
+
+docker-gpu-check: docker-gpu
+	STACK_ONLY=1 docker/check.sh deepsynth-ocr:gpu

@@ -6,7 +6,8 @@
 # Runs containers with `docker run` where a daemon answers, else with buildah (`buildah from` + `buildah run
 # --isolation chroot`: podman run is refused in VMs that forbid setrlimit). Chroot isolation shares the host's
 # network, as `docker run --network host` does here, so the servers are probed on the host's loopback.
-# REBUILD=0 skips the second build. Exit 0 only when every check passed.
+# REBUILD=0 skips the second build; STACK_ONLY=1 only imports the training stack (make docker-gpu-check, for the GPU
+# image on a machine without a GPU). Exit 0 only when every check passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${1:-deepsynth-ocr:cpu}
@@ -58,6 +59,18 @@ healthy() {
     if [ $ok = 1 ]; then echo "PASS $name: $url answered 200 from the host after $((SECONDS - start)) s"
     else echo "FAIL $name: $url did not answer within $wait s; its log:"; tail -20 "$work/$name.log"; return 1; fi
 }
+
+if [ "${STACK_ONLY:-0}" = 1 ]; then  # the GPU image on a machine without a GPU: its stack imports, versions listed
+    echo "== the training stack imports inside $IMAGE (Unsloth with UNSLOTH_ALLOW_CPU=1: no GPU here)"
+    in_image -e UNSLOTH_ALLOW_CPU=1 -e HF_HUB_OFFLINE=1 python -c "
+import importlib, sys
+import torch, transformers, peft, bitsandbytes, trl, accelerate, opentelemetry.sdk, unsloth, deepsynth_ocr
+for name in ('torch', 'transformers', 'peft', 'bitsandbytes', 'trl', 'accelerate', 'unsloth', 'unsloth_zoo'):
+    print(f'{name} {importlib.import_module(name).__version__}')
+print('python', sys.version.split()[0], '| torch CUDA', torch.version.cuda, '| GPU visible:', torch.cuda.is_available())
+" && echo "PASS stack: every package imported" && exit 0
+    echo "FAIL stack: an import failed (above)"; exit 1
+fi
 
 start=$SECONDS
 echo "== smoke fine-tune inside the image"

@@ -256,3 +256,34 @@ def test_prepare_a_source_on_the_data_page_and_read_an_image_on_the_try_it_page(
     text = _wait(lambda: _find(browser, "#try-result pre"), 120, "the text read")[0].text
     assert text.strip() and _find(browser, "#try-status")[0].text == "read with base"
     shots(browser, "try")
+
+
+def test_clone_a_run_into_the_form_preview_its_command_and_see_a_bad_override_refused(ui, browser, shots):
+    """Issue 30: the run page's Clone link fills the launch form from that run's config; the overrides box and the
+    command preview; a bad override is refused next to the box and nothing starts."""
+    from deepsynth_ocr.config import RunConfig
+
+    run_dir = ui.root / "invoices_20261205_100000"
+    run_dir.mkdir(parents=True)
+    update_manifest(run_dir, name="invoices", kind="train", status="ok", created_at="2026-12-05T10:00:00", versions={})
+    cfg = RunConfig.from_yaml(ROOT / "configs" / "smoke.yaml")
+    cfg.name, cfg.train.max_steps = "invoices", 77
+    cfg.to_yaml(run_dir / "config.yaml")
+    browser.get(ui.url + "/runs/" + run_dir.name)
+    _wait(lambda: _find(browser, "#clone"), 30, "the run page")[0].click()
+    box = _wait(lambda: [b for b in _find(browser, "#field-train-max_steps") if b.get_attribute("value") == "77"], 30,
+                "the cloned run's fields")[0]
+    assert _find(browser, "#clone-of")[0].text == run_dir.name and not _find(browser, "#preset")
+    box.clear()
+    box.send_keys("90")
+    _find(browser, "#overrides")[0].send_keys("data.task=qa\naugment.enabled=true")
+    _find(browser, "#preview")[0].click()
+    command = _wait(lambda: _find(browser, "#command")[0].text, 30, "the command preview")
+    assert f"-c {run_dir / 'config.yaml'}" in command and "-s train.max_steps=90" in command
+    assert "augment.enabled=true" in command
+    shots(browser, "launch-clone-preview")
+    _find(browser, "#overrides")[0].send_keys("\nlora.r=-3")
+    _find(browser, "#launch")[0].click()
+    error = _wait(lambda: _find(browser, '[data-error-for="overrides"]')[0].text, 30, "the override's error")
+    assert error.startswith("line 3: lora.r")
+    assert [r.dir.name for r in list_runs(ui.root)] == [run_dir.name]  # nothing started

@@ -4,6 +4,7 @@ export launched with the right command lines, delete refused while a run is live
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -251,3 +252,55 @@ def test_a_checkpoint_is_evaluated_from_the_run_page_as_a_new_evaluation_run(ui,
     assert main([*launch.args, "-s", "eval.max_samples=4", "-s", "eval.baselines=[]", "-s", "tracking.wandb=disabled"]) in (0, None)
     metrics = read_run(launch.run_dir).manifest["metrics"]
     assert metrics["after"]["n"] == 4 and metrics["before"]["n"] == 4
+
+
+def test_the_overrides_box_and_the_command_preview_are_checked_as_a_launch_is(ui, monkeypatch):
+    """Issue 30: any key=value beyond the form's fields, validated like -s, and the exact command shown before
+    anything starts; a bad line, a path outside the data roots or a UI-owned key is refused by line."""
+    client, state, data = ui
+    started = _capture(monkeypatch)
+    body = {"preset": "smoke.yaml", "fields": {"train.max_steps": "20"},
+            "overrides": "# comments and blank lines are skipped\n\ndata.task=qa\naugment.enabled=true\n"}
+    preview = client.post("/api/launch/preview", json=body)
+    assert preview.status_code == 200 and not started  # a preview starts nothing
+    command = preview.json()["command"]
+    assert "-m deepsynth_ocr.cli train -c " in command and "-s train.max_steps=20" in command
+    assert "-s 'data.task=\"qa\"'" in command and "-s augment.enabled=true" in command
+    launched = client.post("/api/launch", json=body).json()
+    assert shlex.split(command)[:-1] == started[0].command[:-1]  # the same command; only the run's time stamp moves
+    assert started[0].args[:3] == ["train", "-c", str(ROOT / "configs" / "smoke.yaml")]
+    assert 'data.task="qa"' in started[0].args and "augment.enabled=true" in started[0].args
+    assert launched["state"] == "started"
+    for bad, says in [("data.task=nope", "line 1: data.task"), ("no equals sign", "line 1: write section.field=value"),
+                      ("output_root=/tmp/elsewhere", "set by the UI"), ("ui.host=0.0.0.0", "set by the UI"),
+                      ("train.max_steps=5", "has its own field"), ("\nprepare.output_dir=/etc", "line 2: prepare.output_dir"),
+                      ("data.eval_path=/etc/passwd", "has its own field"), ("lora.r=-1", "lora.r")]:
+        refused = client.post("/api/launch/preview", json={**body, "overrides": bad})
+        assert refused.status_code == 400 and says in refused.json()["errors"]["overrides"], (bad, refused.json())
+    model_outside = client.post("/api/launch/preview", json={**body, "overrides": "", "fields": {"model.name_or_path": "/etc"}})
+    assert "outside the UI's data roots" in model_outside.json()["errors"]["model.name_or_path"]
+    hub_id = client.post("/api/launch/preview", json={**body, "overrides": "", "fields": {"model.name_or_path": "owner/model"}})
+    assert hub_id.status_code == 200  # a hub id names no local path
+    assert len(started) == 1
+
+
+def test_a_run_is_cloned_into_the_form_with_its_own_config(ui, monkeypatch):
+    client, state, _ = ui
+    started = _capture(monkeypatch)
+    run_dir = state.root / "invoices_20261205_100000"
+    run_dir.mkdir(parents=True)
+    update_manifest(run_dir, name="invoices", kind="train", status="ok", versions={})
+    cfg = RunConfig.from_yaml(ROOT / "configs" / "smoke.yaml")
+    cfg.name, cfg.train.max_steps, cfg.lora.r = "invoices", 77, 8
+    cfg.to_yaml(run_dir / "config.yaml")
+    assert 'href="/launch?clone=invoices_20261205_100000"' in client.get(f"/runs/{run_dir.name}").text
+    page = client.get(f"/launch?clone={run_dir.name}")
+    assert page.status_code == 200 and 'data-clone="invoices_20261205_100000"' in page.text
+    assert client.get("/launch?clone=../../etc").status_code == 404
+    fields = {f["name"]: f["value"] for f in client.get(f"/api/runs/{run_dir.name}/form").json()["fields"]}
+    assert (fields["name"], fields["train.max_steps"], fields["lora.r"]) == ("invoices", 77, 8)
+    r = client.post("/api/launch", json={"clone": run_dir.name, "fields": {"name": "invoices-v2", "train.max_steps": "90"}})
+    assert r.status_code == 200 and r.json()["run"].startswith("invoices-v2_")
+    args = started[0].args
+    assert args[:3] == ["train", "-c", str(run_dir / "config.yaml")] and "train.max_steps=90" in args
+    assert "lora.r=8" not in " ".join(args)  # kept from the clone's config, not re-sent

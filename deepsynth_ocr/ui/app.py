@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -73,8 +74,11 @@ def launch_page(request: Request):
     state = ui_state(request)
     presets = sorted(p.name for p in state.configs.glob("*.yaml"))
     spaces = sorted(p.name for p in (state.configs / "sweeps").glob("*.yaml"))
+    clone = request.query_params.get("clone") or ""
+    if clone:
+        _run_dir(request, clone)  # 404 for a name that is not a run
     return page(request, "launch.html", presets=presets, spaces=spaces, gpus=state.gpus,
-                 data_roots=[str(r) for r in state.data_roots])
+                 data_roots=[str(r) for r in state.data_roots], clone=clone)
 
 
 @router.get("/compare", response_class=HTMLResponse)
@@ -275,16 +279,40 @@ def api_estimate(request: Request, family: str, backend: str = "auto", load_in_4
             "gpu": gpus[0]["name"] if gpus else None}
 
 
-@router.post("/api/launch")
-async def api_launch(request: Request):
-    """Launch (or queue) a training run or a sweep from the form; per-field errors start nothing."""
+@router.get("/api/runs/{name}/form")
+def api_run_form(request: Request, name: str):
+    """The launch form filled from a run's own config.yaml, to clone it."""
+    config = RunPaths(_run_dir(request, name)).config
+    if not config.is_file():
+        raise HTTPException(404, f"{name} has no config.yaml to clone")
+    try:
+        cfg = RunConfig.from_yaml(config)
+    except ConfigError as e:
+        return _user_error(e)
+    return {"fields": redact(forms.fields(cfg)), "clone": name}
+
+
+def _launch_base(request: Request, body: dict) -> Path:
+    """The config a launch starts from: a preset of the configs folder, or (``clone``) a run's own config.yaml."""
+    if body.get("clone"):
+        config = RunPaths(_run_dir(request, str(body["clone"]))).config
+        if not config.is_file():
+            raise HTTPException(404, f"{body['clone']} has no config.yaml to clone")
+        return config
+    return _preset(request, str(body.get("preset", "")))
+
+
+def _launch_of(request: Request, body: dict):
+    """The job the form describes, or the response that refuses it (per-field errors; nothing starts)."""
     state = ui_state(request)
-    body = await request.json()
-    preset = _preset(request, str(body.get("preset", "")))
-    overrides, errors = forms.overrides(preset, body.get("fields") or {}, state.data_roots, state.root)
+    base = _launch_base(request, body)
+    overrides, errors = forms.overrides(base, body.get("fields") or {}, state.data_roots, state.root)
+    extra, extra_error = forms.extra_overrides(str(body.get("overrides") or ""), base, state.data_roots)
+    if extra_error:
+        errors["overrides"] = extra_error
     if errors:
         return JSONResponse({"errors": redact(errors)}, status_code=400)
-    _limited(state.launch_limit, "launches")
+    overrides += extra
     try:
         if body.get("kind") == "sweep":
             space = inside(state.configs / "sweeps", str(body.get("space", "")))
@@ -293,12 +321,30 @@ async def api_launch(request: Request):
                 return JSONResponse({"errors": {"space": "choose a search space from configs/sweeps/"}}, status_code=400)
             if not isinstance(trials, int) or trials < 1:
                 return JSONResponse({"errors": {"trials": "trials: a whole number >= 1"}}, status_code=400)
-            cfg = RunConfig.load(preset, overrides)
-            launch = launches.sweep_launch(preset, space, trials, overrides, new_run_path(state.root, f"sweep-{cfg.name}"))
-        else:
-            launch = launches.train_launch(preset, overrides)
+            cfg = RunConfig.load(base, overrides)
+            return launches.sweep_launch(base, space, trials, overrides, new_run_path(state.root, f"sweep-{cfg.name}"))
+        return launches.train_launch(base, overrides)
     except UserError as e:
         return JSONResponse({"errors": {"form": redact(str(e))}}, status_code=400)
+
+
+@router.post("/api/launch/preview")
+async def api_launch_preview(request: Request):
+    """The exact command the form would run (validated as a launch is), without starting it."""
+    launch = _launch_of(request, await request.json())
+    if isinstance(launch, JSONResponse):
+        return launch
+    return {"command": redact(shlex.join(launch.command)), "run": launch.run_dir.name}
+
+
+@router.post("/api/launch")
+async def api_launch(request: Request):
+    """Launch (or queue) a training run or a sweep from the form; per-field errors start nothing."""
+    launch = _launch_of(request, await request.json())
+    if isinstance(launch, JSONResponse):
+        return launch
+    state = ui_state(request)
+    _limited(state.launch_limit, "launches")
     return {"run": launch.run_dir.name, "state": state.scheduler.submit(launch)}
 
 

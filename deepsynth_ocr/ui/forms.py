@@ -20,7 +20,6 @@ FORM_FIELDS = (
     "train.gradient_accumulation_steps", "train.save_steps", "train.keep_best", "train.early_stopping_patience",
     "eval.max_samples", "eval.every_steps", "tracking.wandb",
 )
-DATA_FIELDS = ("data.train_path", "data.eval_path")
 CHOICES = {"model.family": ["tiny", "deepseek-ocr-2", "deepseek-ocr"], "model.backend": ["auto", "hf", "unsloth"],
            "tracking.wandb": ["offline", "online", "disabled"]}
 
@@ -56,6 +55,19 @@ def _field_of(message: str) -> str:
     return head if head in FORM_FIELDS else next((f for f in FORM_FIELDS if message.startswith(f)), "form")
 
 
+# Keys whose value is a local path: allowed only under the data roots (a hub id for the model is fine).
+PATH_KEYS = ("data.train_path", "data.eval_path", "model.name_or_path", "prepare.output_dir")
+
+
+def path_refused(key: str, value, roots: list[Path]) -> bool:
+    """Whether ``key=value`` names a local path outside the data roots (the model's name may be a hub id)."""
+    if key not in PATH_KEYS or not value:
+        return False
+    if key == "model.name_or_path" and not Path(str(value)).exists():
+        return False
+    return not allowed_data_path(str(value), roots)
+
+
 def allowed_data_path(value: str, roots: list[Path]) -> bool:
     if not value:
         return True
@@ -74,7 +86,7 @@ def overrides(preset: Path, values: dict[str, str], data_roots: list[Path], runs
             continue
         raw = values[name].strip() if isinstance(values[name], str) else values[name]
         value = raw if _type(name) is str else parse_value(raw) if isinstance(raw, str) else raw
-        if name in DATA_FIELDS and not allowed_data_path(str(value or ""), data_roots):
+        if path_refused(name, value, data_roots):
             errors[name] = f"{name}: {value} is outside the UI's data roots ({', '.join(map(str, data_roots))})"
             continue
         if value == _get(base, name):
@@ -93,3 +105,36 @@ def overrides(preset: Path, values: dict[str, str], data_roots: list[Path], runs
             errors[_field_of(str(e))] = str(e)
     return out, errors
 
+
+
+# Keys the overrides box refuses: where runs go and the server/UI's own settings are the UI's, not a run's.
+LOCKED_PREFIXES = ("output_root", "ui.", "serve.")
+
+
+def extra_overrides(text: str, preset: Path, data_roots: list[Path]) -> tuple[list[str], str]:
+    """The overrides box: one ``section.field=value`` per line, validated as ``-s`` is, on top of ``preset``.
+    Returns the items and an error naming the first bad line ('' when all are good)."""
+    items = []
+    base = RunConfig.from_yaml(preset)
+    for n, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, eq, raw = line.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            return [], f"line {n}: write section.field=value, got {line!r}"
+        if key.startswith(LOCKED_PREFIXES):
+            return [], f"line {n}: {key} is set by the UI, not per run"
+        if key in FORM_FIELDS:
+            return [], f"line {n}: {key} has its own field above; set it there"
+        value = parse_value(raw.strip())
+        if path_refused(key, value, data_roots):
+            return [], f"line {n}: {key}: {value} is outside the UI's data roots"
+        item = f"{key}={json.dumps(value)}"
+        try:
+            base = base.with_overrides([item])
+        except ConfigError as e:
+            return [], f"line {n}: {e}"
+        items.append(item)
+    return items, ""

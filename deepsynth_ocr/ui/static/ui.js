@@ -165,6 +165,7 @@ function runPage(name) {
 function launchPage() {
   const form = document.getElementById("launch-form"), box = document.getElementById("fields");
   const preset = document.getElementById("preset"), estimate = document.getElementById("estimate");
+  const cloneOf = document.getElementById("clone-of"), clone = cloneOf ? cloneOf.dataset.clone : "";
   const kind = () => form.querySelector('input[name="kind"]:checked').value;
   function errorsShow(errors) {
     document.querySelectorAll("[data-error-for]").forEach((n) => { n.textContent = errors[n.dataset.errorFor] || ""; });
@@ -184,7 +185,7 @@ function launchPage() {
     estimate.textContent = (data.fits ? "Fits: " : "Will not fit: ") + data.note + (data.gpu ? ` (${data.gpu})` : "");
   }
   async function loadPreset() {
-    const { ok, data } = await api("GET", "/api/presets/" + encodeURIComponent(preset.value));
+    const { ok, data } = await api("GET", clone ? `/api/runs/${encodeURIComponent(clone)}/form` : "/api/presets/" + encodeURIComponent(preset.value));
     if (!ok) { errorsShow({ form: data.error }); return; }
     box.replaceChildren(...data.fields.map((f) => {
       const row = el("div", undefined, { class: "field" });
@@ -203,12 +204,20 @@ function launchPage() {
     refreshEstimate();
   }
   form.querySelectorAll('input[name="kind"]').forEach((r) => { r.onchange = () => { form.querySelector(".sweep-only").hidden = kind() !== "sweep"; }; });
-  preset.onchange = loadPreset;
+  if (preset) preset.onchange = loadPreset;
+  const body = () => ({ kind: kind(), preset: preset ? preset.value : "", clone, fields: values(),
+                        overrides: document.getElementById("overrides").value,
+                        space: document.getElementById("space").value, trials: Number(document.getElementById("trials").value) });
+  document.getElementById("preview").onclick = async () => {
+    const { ok, status, data } = await api("POST", "/api/launch/preview", body());
+    const out = document.getElementById("command");
+    if (!ok) { errorsShow(data.errors || { form: data.detail || data.error || `refused (${status})` }); out.hidden = true; return; }
+    errorsShow({});
+    out.textContent = data.command; out.hidden = false;
+  };
   form.onsubmit = async (e) => {
     e.preventDefault();
-    const body = { kind: kind(), preset: preset.value, fields: values(), space: document.getElementById("space").value,
-                   trials: Number(document.getElementById("trials").value) };
-    const { ok, status, data } = await api("POST", "/api/launch", body);
+    const { ok, status, data } = await api("POST", "/api/launch", body());
     const result = document.getElementById("launch-result");
     if (!ok) { errorsShow(data.errors || { form: data.detail || data.error || `refused (${status})` }); result.textContent = ""; return; }
     errorsShow({});
