@@ -258,7 +258,7 @@ def test_prepare_a_source_on_the_data_page_and_read_an_image_on_the_try_it_page(
     shots(browser, "try")
 
 
-def test_clone_a_run_into_the_form_preview_its_command_and_see_a_bad_override_refused(ui, browser, shots):
+def test_clone_a_run_into_the_form_preview_its_command_and_see_a_bad_override_refused(ui, browser):
     """Issue 30: the run page's Clone link fills the launch form from that run's config; the overrides box and the
     command preview; a bad override is refused next to the box and nothing starts."""
     from deepsynth_ocr.config import RunConfig
@@ -281,9 +281,32 @@ def test_clone_a_run_into_the_form_preview_its_command_and_see_a_bad_override_re
     command = _wait(lambda: _find(browser, "#command")[0].text, 30, "the command preview")
     assert f"-c {run_dir / 'config.yaml'}" in command and "-s train.max_steps=90" in command
     assert "augment.enabled=true" in command
-    shots(browser, "launch-clone-preview")
     _find(browser, "#overrides")[0].send_keys("\nlora.r=-3")
     _find(browser, "#launch")[0].click()
     error = _wait(lambda: _find(browser, '[data-error-for="overrides"]')[0].text, 30, "the override's error")
     assert error.startswith("line 3: lora.r")
     assert [r.dir.name for r in list_runs(ui.root)] == [run_dir.name]  # nothing started
+
+
+def test_the_charts_have_ticks_hover_titles_lr_and_grad_norm_curves_and_a_centred_single_point(ui, browser, shots):
+    """Issue 30 item 7: five ticks per axis instead of min/max only, a title on every point (the browser's hover),
+    learning-rate and gradient-norm curves beside the loss, and a one-point CER chart drawn mid-plot."""
+    run_dir = ui.root / "curves_20261205_100000"
+    run_dir.mkdir(parents=True)
+    update_manifest(run_dir, name="curves", kind="train", status="ok", created_at="2026-12-05T10:00:00", versions={})
+    rows = [{"step": s, "loss": 2.0 / s, "learning_rate": 1e-3 * (1 - s / 100), "grad_norm": 0.5 + s / 100} for s in range(1, 61)]
+    rows.append({"step": 60, "eval": "after", "cer": 0.25})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    browser.get(ui.url + "/runs/" + run_dir.name)
+    _wait(lambda: _loss_points(browser) == 60, 30, "the loss curve")
+    for chart in ("lr-chart", "grad-norm-chart"):
+        (line,) = _find(browser, f"#{chart} polyline")
+        assert line.get_attribute("data-count") == "60"
+    assert len(_find(browser, "#loss-chart .y-tick")) == 5 and len(_find(browser, "#loss-chart .x-tick")) == 5
+    titles = [t.get_attribute("textContent") for t in _find(browser, "#grad-norm-chart circle.point title")]
+    assert len(titles) == 60 and titles[9] == "step 10: 0.600"
+    assert [t.text for t in _find(browser, "#cer-chart .x-tick")] == ["59", "60", "61"]  # no tick twice
+    (point,) = _find(browser, "#cer-chart circle.point")
+    assert abs(float(point.get_attribute("cx")) - (58 + 347 / 2)) < 1 and 15 < float(point.get_attribute("cy")) < 195
+    browser.execute_script("document.querySelector('.charts').scrollIntoView()")
+    shots(browser, "run-charts")

@@ -22,17 +22,22 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # terminal colour and cursor codes
 METRIC_LABELS = {"cer": "CER", "qa_f1": "Q&A token F1", "summarize_rouge_l": "ROUGE-L"}
 
 
+TRAIN_CURVES = {"loss": "loss", "lr": "learning_rate", "grad_norm": "grad_norm"}
+
+
 def series(run_dir: Path) -> dict:
-    """``{"loss": [[step, loss], ...], "cer": [[step, cer, tag], ...]}`` from metrics.jsonl; a resumed run's
-    later rows replace the earlier ones of the same step."""
-    loss: dict[int, float] = {}
+    """``{"loss" | "lr" | "grad_norm": [[step, value], ...], "cer": [[step, cer, tag], ...]}`` from metrics.jsonl; a
+    resumed run's later rows replace the earlier ones of the same step."""
+    curves: dict[str, dict[int, float]] = {name: {} for name in TRAIN_CURVES}
     cer: dict[tuple, float] = {}
     for row in RunPaths(run_dir).read_jsonl(RunPaths(run_dir).metrics):
         if "loss" in row and "eval" not in row and isinstance(row.get("step"), int):
-            loss[row["step"]] = row["loss"]
+            for name, key in TRAIN_CURVES.items():
+                if isinstance(row.get(key), (int, float)):
+                    curves[name][row["step"]] = row[key]
         elif row.get("eval") in ("before", "periodic", "after") and row.get("cer") is not None:
             cer[(row["step"], row["eval"])] = row["cer"]
-    return {"loss": sorted([s, v] for s, v in loss.items()),
+    return {**{name: sorted([s, v] for s, v in points.items()) for name, points in curves.items()},
             "cer": sorted([s, v, tag] for (s, tag), v in cer.items())}
 
 

@@ -25,38 +25,49 @@ const fmt = (v, digits = 4) => (v === null || v === undefined ? "-" : Number(v).
 const duration = (s) => (s === null || s === undefined ? "" : s >= 3600 ? `${(s / 3600).toFixed(1)} h` : s >= 60 ? `${Math.round(s / 60)} min` : `${Math.round(s)} s`);
 const progress = (r) => (r.step === null && r.total === null ? "" : `${r.step ?? 0} / ${r.total ?? "?"}`);
 
-// --- charts: polylines in an SVG, axes labelled with the data's range -----------------------------------
+// --- charts: polylines in an SVG, five ticks on each axis, every point titled (the browser shows it on hover) ---
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea"];
+const tick = (v) => (Math.abs(v) >= 1000 || (Math.abs(v) < 0.001 && v !== 0) ? Number(v).toExponential(1) : fmt(v, 3));
 
 function drawChart(svg, lines) {
   while (svg.firstChild) svg.removeChild(svg.firstChild);
   const ns = "http://www.w3.org/2000/svg";
   const points = lines.flatMap((l) => l.points);
-  const add = (tag, attrs, text) => {
+  const add = (tag, attrs, text, parent) => {
     const n = document.createElementNS(ns, tag);
     for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
     if (text !== undefined) n.textContent = text;
-    svg.appendChild(n);
+    (parent || svg).appendChild(n);
     return n;
   };
   if (!points.length) { add("text", { x: 140, y: 110, fill: "#888" }, "no data yet"); return; }
   const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
-  const [x0, x1] = [Math.min(...xs), Math.max(...xs, Math.min(...xs) + 1)];
+  let [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+  if (x1 === x0) { x0 -= 1; x1 += 1; }  // one step: the point sits in the middle, not on the axis
   let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
-  if (y1 - y0 < 1e-9) { y0 -= 0.5; y1 += 0.5; }
-  const X = (x) => 50 + ((x - x0) / (x1 - x0)) * 355, Y = (y) => 195 - ((y - y0) / (y1 - y0)) * 180;
-  add("line", { x1: 50, y1: 195, x2: 405, y2: 195, stroke: "#999" });
-  add("line", { x1: 50, y1: 15, x2: 50, y2: 195, stroke: "#999" });
-  add("text", { x: 4, y: 20, "font-size": 11 }, fmt(y1, 3));
-  add("text", { x: 4, y: 195, "font-size": 11 }, fmt(y0, 3));
-  add("text", { x: 50, y: 212, "font-size": 11 }, `step ${x0}`);
-  add("text", { x: 340, y: 212, "font-size": 11 }, `step ${x1}`);
+  if (y1 - y0 < 1e-12) { const pad = Math.abs(y0) * 0.1 || 0.5; y0 -= pad; y1 += pad; }
+  const X = (x) => 58 + ((x - x0) / (x1 - x0)) * 347, Y = (y) => 195 - ((y - y0) / (y1 - y0)) * 180;
+  add("line", { x1: 58, y1: 195, x2: 405, y2: 195, stroke: "#999" });
+  add("line", { x1: 58, y1: 15, x2: 58, y2: 195, stroke: "#999" });
+  const steps = new Set();  // steps are whole numbers: a narrow range gets fewer ticks, never one twice
+  for (let i = 0; i <= 4; i++) {
+    const yv = y0 + ((y1 - y0) * i) / 4, xv = Math.round(x0 + ((x1 - x0) * i) / 4);
+    add("line", { x1: 58, y1: Y(yv), x2: 405, y2: Y(yv), stroke: "#eee" });
+    add("text", { x: 54, y: Y(yv) + 4, "font-size": 10, "text-anchor": "end", class: "y-tick" }, tick(yv));
+    if (!steps.has(xv)) add("text", { x: X(xv), y: 210, "font-size": 10, "text-anchor": "middle", class: "x-tick" }, String(xv));
+    steps.add(xv);
+  }
+  add("text", { x: 405, y: 220, "font-size": 10, "text-anchor": "end", fill: "#666" }, "step");
   lines.forEach((line, i) => {
     const color = COLORS[i % COLORS.length];
     const pts = line.points.map((p) => `${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(" ");
     add("polyline", { points: pts, fill: "none", stroke: color, "stroke-width": 1.6, "data-series": line.name, "data-count": line.points.length });
-    line.points.forEach((p) => { if (line.points.length < 40) add("circle", { cx: X(p[0]), cy: Y(p[1]), r: 2.2, fill: color }); });
-    if (lines.length > 1) add("text", { x: 60, y: 28 + 13 * i, "font-size": 11, fill: color }, line.name);
+    const dots = line.points.length < 40;
+    line.points.forEach((p) => {
+      const dot = add("circle", { cx: X(p[0]), cy: Y(p[1]), r: dots ? 2.4 : 3, fill: dots ? color : "transparent", class: "point" });
+      add("title", {}, `${lines.length > 1 ? line.name + " · " : ""}step ${p[0]}: ${tick(p[1])}`, dot);
+    });
+    if (lines.length > 1) add("text", { x: 68, y: 28 + 13 * i, "font-size": 11, fill: color }, line.name);
   });
 }
 
@@ -64,6 +75,10 @@ function drawSeries(byRun) {
   const names = Object.keys(byRun);
   drawChart(document.getElementById("loss-chart"), names.map((n) => ({ name: n, points: byRun[n].loss })));
   drawChart(document.getElementById("cer-chart"), names.map((n) => ({ name: n, points: byRun[n].cer.map((p) => [p[0], p[1]]) })));
+  for (const [id, key] of [["lr-chart", "lr"], ["grad-norm-chart", "grad_norm"]]) {
+    const svg = document.getElementById(id);
+    if (svg) drawChart(svg, names.map((n) => ({ name: n, points: byRun[n][key] || [] })));
+  }
 }
 
 // --- the runs list ------------------------------------------------------------------------------------------
