@@ -227,6 +227,11 @@ class TrainConfig:
         False, "Resume from the last checkpoint of the newest run directory of this name: adapter (checked key by key), "
         "optimizer, scheduler, RNG state and position in the data."
     )
+    resume_from: str = _f(
+        "", "Start this new run from one checkpoint directory (e.g. another run's checkpoints/checkpoint-200): its "
+        "adapter, optimizer, scheduler, RNG state and data position; training goes on to train.max_steps in this "
+        "run's own directory, and the run it came from is left as it is. Not with train.resume."
+    )
     keep_best: bool = _f(
         False, "Rank checkpoints by the periodic eval (CER; token F1 or ROUGE-L where the rows hold no OCR), keep the "
         "best one from rotation, and make it the run's adapter at the end instead of the last step's. Needs "
@@ -250,6 +255,9 @@ class TrainConfig:
     )
 
     def validate(self) -> None:
+        _check(not (self.resume and self.resume_from), "train.resume_from",
+               "and train.resume are both set: resume continues this run's own last checkpoint, resume_from starts a "
+               "new run from the checkpoint you name; choose one")
         for name in ("max_steps", "per_device_batch_size", "gradient_accumulation_steps", "logging_steps", "save_total_limit"):
             _check(getattr(self, name) > 0, f"train.{name}", f"must be > 0, got {getattr(self, name)}")
         _check(self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")

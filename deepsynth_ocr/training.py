@@ -263,16 +263,22 @@ class StageTimer(TrainerCallback):
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
+def checkpoint_missing(path: Path) -> list[str]:
+    """The files a resume reads that ``path`` lacks (empty for a complete checkpoint)."""
+    weights = [ADAPTER_WEIGHTS, "model.safetensors"]
+    missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
+    if not any((path / w).is_file() for w in weights):
+        missing.append(" or ".join(weights))
+    return missing
+
+
 def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     """The newest ``checkpoint-N`` that holds everything a resume reads; a newer one cut short by a kill is
     skipped, and the log says so."""
     found = sorted((p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1]), reverse=True) if checkpoints.is_dir() else []
     for path in found:
-        weights = [ADAPTER_WEIGHTS, "model.safetensors"]
-        missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
-        if not any((path / w).is_file() for w in weights):
-            missing.append(" or ".join(weights))
+        missing = checkpoint_missing(path)
         if not missing:
             return path
         log.warning("resume: %s is incomplete (no %s), probably cut short by a kill; using the one before it",

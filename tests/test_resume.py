@@ -49,6 +49,15 @@ def test_a_run_killed_after_a_checkpoint_reads_died_and_resumes_by_directory_to_
     listed = json.loads(cli("runs", "--root", str(killed), "--json").stdout)
     assert [(r["dir"], r["status"], r["pids"]) for r in listed] == [(str(killed_dir), "died", [])]
     assert max(losses(killed_dir)) < STEPS
+    # train.resume_from: a new run in its own directory continues from the killed run's checkpoint, which stays put.
+    checkpoint = killed_dir / "checkpoints" / f"checkpoint-{KILL_AFTER}"
+    fork = smoke_launch(tmp_path / "fork", AUGMENTED, f"train.resume_from={checkpoint}")
+    forked = subprocess.run(fork.command, cwd=ROOT, env=child_env(), capture_output=True, text=True)
+    assert forked.returncode == 0, forked.stderr[-3000:]
+    assert sorted(losses(fork.run_dir)) == list(range(KILL_AFTER + 1, STEPS + 1))  # nothing before the checkpoint
+    assert [losses(fork.run_dir)[s] for s in range(KILL_AFTER + 1, STEPS + 1)] == pytest.approx(
+        [losses(plain.run_dir)[s] for s in range(KILL_AFTER + 1, STEPS + 1)], rel=1e-5)
+    assert (checkpoint / "trainer_state.json").is_file() and max(losses(killed_dir)) < STEPS  # the source untouched
     resumed = cli("resume", str(killed_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert only_run_dir(killed) == killed_dir  # the same run directory, continued
@@ -92,3 +101,21 @@ def test_resume_refuses_a_checkpoint_whose_adapter_keys_do_not_match(tmp_path, s
     manifest = json.loads((first.run_dir / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "matches no parameter" in manifest["error"]
     assert torch.equal(load_file(str(weights))[next(iter(renamed))], next(iter(renamed.values())))
+
+
+def test_resume_from_names_what_is_wrong_with_the_checkpoint_before_anything_loads(tmp_path):
+    checkpoint = tmp_path / "checkpoint-10"
+    for setup, says in [(lambda: None, "is not a directory"),
+                        (lambda: checkpoint.mkdir(), "is not a complete checkpoint (no trainer_state.json"),
+                        (lambda: [(checkpoint / f).write_text("{}" if f.endswith(".json") else "x") for f in
+                                  ("trainer_state.json", "optimizer.pt", "scheduler.pt", "adapter_model.safetensors")]
+                         and (checkpoint / "trainer_state.json").write_text('{"global_step": 40}'),
+                         "is at step 40, and train.max_steps is 30")]:
+        setup()
+        r = cli("train", "-c", str(ROOT / "configs" / "smoke.yaml"), "-s", f"output_root={tmp_path / 'runs'}",
+                "-s", "train.max_steps=30", "-s", f"train.resume_from={checkpoint}")
+        assert r.returncode == 2 and says in r.stderr, r.stderr[-500:]
+        assert not (tmp_path / "runs").exists()  # refused before a run directory was made
+    both = cli("train", "-c", str(ROOT / "configs" / "smoke.yaml"), "-s", "train.resume=true", "-s",
+               f"train.resume_from={checkpoint}")
+    assert both.returncode == 2 and "choose one" in both.stderr

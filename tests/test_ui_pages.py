@@ -208,8 +208,15 @@ def test_the_run_page_ranks_checkpoints_by_their_eval_score_and_marks_the_runs_a
     assert list(rows) == ["checkpoint-100", "checkpoint-200", "checkpoint-300", "checkpoint-400"]
     assert "CER 0.2200" in rows["checkpoint-200"] and "1 (best)" in rows["checkpoint-200"]
     assert 'class="best"' in rows["checkpoint-200"] and "the run's adapter" in rows["checkpoint-200"]
-    assert "CER 0.3100" in rows["checkpoint-100"] and ">3<" in rows["checkpoint-100"] and "adapter" not in rows["checkpoint-100"]
+    assert "CER 0.3100" in rows["checkpoint-100"] and ">3<" in rows["checkpoint-100"] and "the run's adapter" not in rows["checkpoint-100"]
     assert "not scored" in rows["checkpoint-400"]
+    # "Resume from it": the launch form over this run's config with train.resume_from on that checkpoint
+    assert f'href="/launch?clone={run.name}&amp;resume_from=checkpoint-200"' in rows["checkpoint-200"]
+    assert "data-resume-from" not in rows["checkpoint-400"]  # no trainer state: nothing to resume from
+    form = client.get(f"/launch?clone={run.name}&resume_from=checkpoint-200").text
+    assert f"train.resume_from={run / 'checkpoints' / 'checkpoint-200'}</textarea>" in form
+    assert client.get(f"/launch?clone={run.name}&resume_from=checkpoint-9").status_code == 404
+    assert client.get(f"/launch?clone={run.name}&resume_from=../../x").status_code == 404
 
 
 def test_the_console_log_reaches_the_page_without_terminal_colour_codes(tmp_path):
@@ -274,7 +281,8 @@ def test_the_overrides_box_and_the_command_preview_are_checked_as_a_launch_is(ui
     for bad, says in [("data.task=nope", "line 1: data.task"), ("no equals sign", "line 1: write section.field=value"),
                       ("output_root=/tmp/elsewhere", "set by the UI"), ("ui.host=0.0.0.0", "set by the UI"),
                       ("train.max_steps=5", "has its own field"), ("\nprepare.output_dir=/etc", "line 2: prepare.output_dir"),
-                      ("data.eval_path=/etc/passwd", "has its own field"), ("lora.r=-1", "lora.r")]:
+                      ("data.eval_path=/etc/passwd", "has its own field"), ("lora.r=-1", "lora.r"),
+                      ("train.resume_from=/etc", "not a checkpoint under the runs root")]:
         refused = client.post("/api/launch/preview", json={**body, "overrides": bad})
         assert refused.status_code == 400 and says in refused.json()["errors"]["overrides"], (bad, refused.json())
     model_outside = client.post("/api/launch/preview", json={**body, "overrides": "", "fields": {"model.name_or_path": "/etc"}})

@@ -7,6 +7,7 @@ manifest says how it ended.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ from deepsynth_ocr.collate import make_collator
 from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.data.augment import Augmentations, AugmentingCollator
 from deepsynth_ocr.devices import device_name, host_peak_rss_gib, host_rss_gib
-from deepsynth_ocr.errors import NonFiniteLoss, TrainingInterrupted
+from deepsynth_ocr.errors import NonFiniteLoss, TrainingInterrupted, UserError
 from deepsynth_ocr.evaluate import PeriodicEvalCallback, evaluate_dataset
 from deepsynth_ocr.export import MERGED_RTOL
 from deepsynth_ocr.models.adapters import restore_checkpoint_adapter, save_adapter
@@ -39,6 +40,7 @@ from deepsynth_ocr.training import (
     AugmentEpoch,
     KitTrainer,
     MetricsCallback,
+    checkpoint_missing,
     last_complete_checkpoint,
     load_data,
     require_cuda_for_real_checkpoints,
@@ -115,6 +117,22 @@ def checkpointing_mode(loaded: LoadedModel, cfg: RunConfig) -> str:
     return "non-reentrant (torch.utils.checkpoint)"
 
 
+def checked_start_checkpoint(cfg: RunConfig) -> Path | None:
+    """``train.resume_from`` as a complete checkpoint before ``train.max_steps``, or None when it is unset."""
+    if not cfg.train.resume_from:
+        return None
+    path = Path(cfg.train.resume_from)
+    if not path.is_dir():
+        raise UserError(f"train.resume_from: {path} is not a directory (give a checkpoint, e.g. runs/<run>/checkpoints/checkpoint-200)")
+    if missing := checkpoint_missing(path):
+        raise UserError(f"train.resume_from: {path} is not a complete checkpoint (no {', '.join(missing)})")
+    step = json.loads((path / "trainer_state.json").read_text()).get("global_step", 0)
+    if step >= cfg.train.max_steps:
+        raise UserError(f"train.resume_from: {path} is at step {step}, and train.max_steps is {cfg.train.max_steps}: "
+                        f"raise train.max_steps above {step} to train on from it")
+    return path
+
+
 def train(cfg: RunConfig, run_dir: str | Path | None = None,
           on_periodic: Callable[[dict, int], None] | None = None) -> TrainResult:
     """Fine-tune as ``cfg`` says into ``run_dir`` (default: a new ``<output_root>/<name>_<timestamp>``).
@@ -125,6 +143,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
     cfg.validate()
     require_transformers_for(get_family(cfg.model.family))
     require_cuda_for_real_checkpoints(cfg)
+    start_from = checked_start_checkpoint(cfg)  # before anything loads or a run directory is made
     tracker = None
     try:
         with start_run(cfg, run_dir) as run:
@@ -203,9 +222,11 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
                 trainer.add_callback(periodic)
                 trainer.add_callback(selection)  # after the evaluation of the same step, before the save
             checkpoints = run.paths.checkpoints
-            resume = last_complete_checkpoint(checkpoints) if cfg.train.resume else None
+            resume = last_complete_checkpoint(checkpoints) if cfg.train.resume else start_from
             if cfg.train.resume:
                 log.info("resuming from %s", resume or "scratch (no checkpoint found)")
+            elif start_from:
+                log.info("starting from %s (train.resume_from)", start_from)
             with run.stage("train"), stop_on_signals(trainer):
                 loaded.for_training()
                 output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)

@@ -74,11 +74,16 @@ def launch_page(request: Request):
     state = ui_state(request)
     presets = sorted(p.name for p in state.configs.glob("*.yaml"))
     spaces = sorted(p.name for p in (state.configs / "sweeps").glob("*.yaml"))
-    clone = request.query_params.get("clone") or ""
+    clone, start = request.query_params.get("clone") or "", request.query_params.get("resume_from") or ""
+    overrides = ""
     if clone:
-        _run_dir(request, clone)  # 404 for a name that is not a run
+        run_dir = _run_dir(request, clone)  # 404 for a name that is not a run
+        if start:  # a checkpoint's "Resume from it": a new run that starts from that checkpoint
+            if not re.fullmatch(r"checkpoint-\d+", start) or not (RunPaths(run_dir).checkpoints / start).is_dir():
+                raise HTTPException(404, f"{clone} has no checkpoint {start!r}")
+            overrides = f"train.resume_from={RunPaths(run_dir).checkpoints / start}"
     return page(request, "launch.html", presets=presets, spaces=spaces, gpus=state.gpus,
-                 data_roots=[str(r) for r in state.data_roots], clone=clone)
+                 data_roots=[str(r) for r in state.data_roots], clone=clone, overrides=overrides)
 
 
 @router.get("/compare", response_class=HTMLResponse)
@@ -307,7 +312,7 @@ def _launch_of(request: Request, body: dict):
     state = ui_state(request)
     base = _launch_base(request, body)
     overrides, errors = forms.overrides(base, body.get("fields") or {}, state.data_roots, state.root)
-    extra, extra_error = forms.extra_overrides(str(body.get("overrides") or ""), base, state.data_roots)
+    extra, extra_error = forms.extra_overrides(str(body.get("overrides") or ""), base, state.data_roots, state.root)
     if extra_error:
         errors["overrides"] = extra_error
     if errors:

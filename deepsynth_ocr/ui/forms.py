@@ -111,7 +111,7 @@ def overrides(preset: Path, values: dict[str, str], data_roots: list[Path], runs
 LOCKED_PREFIXES = ("output_root", "ui.", "serve.")
 
 
-def extra_overrides(text: str, preset: Path, data_roots: list[Path]) -> tuple[list[str], str]:
+def extra_overrides(text: str, preset: Path, data_roots: list[Path], runs_root: Path) -> tuple[list[str], str]:
     """The overrides box: one ``section.field=value`` per line, validated as ``-s`` is, on top of ``preset``.
     Returns the items and an error naming the first bad line ('' when all are good)."""
     items = []
@@ -131,6 +131,8 @@ def extra_overrides(text: str, preset: Path, data_roots: list[Path]) -> tuple[li
         value = parse_value(raw.strip())
         if path_refused(key, value, data_roots):
             return [], f"line {n}: {key}: {value} is outside the UI's data roots"
+        if key == "train.resume_from" and value and not allowed_data_path(str(value), [runs_root]):
+            return [], f"line {n}: train.resume_from: {value} is not a checkpoint under the runs root ({runs_root})"
         item = f"{key}={json.dumps(value)}"
         try:
             base = base.with_overrides([item])
