@@ -5,6 +5,7 @@ No run directory here: ``jobs.train`` composes these and owns where everything i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import time
@@ -113,7 +114,8 @@ class KitTrainer(Trainer):
                 super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
+        with cpu_map_location(self.args.device):
+            super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None and (n := restore_paged_states(self.optimizer)):
             log.info("resume: %d paged optimizer states restored as paged (or placed beside their parameters)", n)
 
@@ -161,6 +163,29 @@ def restore_paged_states(optimizer) -> int:
     return fixed
 
 
+@contextlib.contextmanager
+def cpu_map_location(device: torch.device):
+    """Under several CPU processes Trainer loads the optimizer with ``map_location=self.args.device``
+    (transformers/trainer.py, ``_load_optimizer_and_scheduler``: the device when world_size > 1), which is
+    ``cpu:<rank>``; torch.serialization cannot restore a storage tagged ``cpu:0`` and the resume fails. While the
+    block runs, ``torch.load`` gets plain ``cpu`` for such a device; nothing else changes."""
+    if device.type != "cpu" or device.index is None:
+        yield
+        return
+    load = torch.load
+
+    def plain_cpu(*args, **kwargs):
+        if kwargs.get("map_location") == device:
+            kwargs["map_location"] = "cpu"
+        return load(*args, **kwargs)
+
+    torch.load = plain_cpu
+    try:
+        yield
+    finally:
+        torch.load = load
+
+
 class StopGuard(TrainerCallback):
     """Ends training cleanly at a step boundary: after a stop request with a checkpoint of that step, after a
     non-finite loss or gradient norm without one (the previous complete checkpoint stays the last)."""
@@ -169,11 +194,29 @@ class StopGuard(TrainerCallback):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
+        self._agree(state.global_step)
         if self.trainer.nonfinite is not None:
             control.should_training_stop, control.should_save = True, False
         elif self.trainer.stop_request is not None:
             control.should_training_stop = control.should_save = True
         return control
+
+    def _agree(self, step: int) -> None:
+        """Under several processes every rank stops at the same step: a signal that reached one rank a step before
+        another would leave the other waiting in the next step's gradient all-reduce (or the checkpoint's barrier)
+        for ever. One MAX all-reduce of two flags per step, on the process group's own device."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        flags = torch.tensor([self.trainer.stop_request is not None, self.trainer.nonfinite is not None],
+                             dtype=torch.int32, device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[1] and self.trainer.nonfinite is None:
+            self.trainer.nonfinite = ("loss or gradient norm (on another rank)", step)
+        elif flags[0] and self.trainer.stop_request is None:
+            self.trainer.stop_request = "SIGTERM"  # on another rank; what each rank's handler names
+            log.warning("a stop signal reached another rank: saving a checkpoint at the end of this step, then stopping")
 
 
 class AugmentEpoch(TrainerCallback):

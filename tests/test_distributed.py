@@ -65,3 +65,39 @@ def test_unsloth_is_refused_under_a_launcher_and_auto_picks_hf(monkeypatch):
     with pytest.raises(backends.UserError, match="trains on one GPU"):
         backends.choose_backend("unsloth")
     assert backends.choose_backend("auto")[0] == "hf"
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_both_ranks_at_one_checkpoint_and_the_resume_matches_one_process(single, tmp_path):
+    """Issue 32: SIGTERM to the launcher (which forwards it to every rank) ends both ranks at the same step with one
+    complete checkpoint of it and status interrupted, no rank left waiting; the resume under torchrun from that
+    checkpoint then follows the one-process loss curve."""
+    import signal
+
+    from deepsynth_ocr.jobs.launch import resume_launch
+
+    from .runs_helpers import logged, signal_when
+
+    launch = smoke_launch(tmp_path / "ddp", f"train.max_steps={STEPS}", "train.per_device_batch_size=8", "train.save_steps=50")
+    launcher = [*LAUNCHERS["torchrun"][:-1], "29535"]
+    proc = subprocess.Popen([*launcher, *launch.command[1:]], cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    run_dir, err = signal_when(proc, lambda: logged(launch.run_dir, 2), signal.SIGTERM)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted", (manifest.get("error"), err[-2000:])
+    stopped = max(losses(run_dir))
+    assert stopped < STEPS
+    checkpoint = run_dir / "checkpoints" / f"checkpoint-{stopped}"  # save_steps 50: only the stop saved one
+    assert {p.name for p in checkpoint.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    assert (checkpoint / "trainer_state.json").is_file()
+    leftovers = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert not leftovers, f"ranks still running after the launcher ended: {leftovers}"
+
+    resume = resume_launch(run_dir)
+    resumed = subprocess.run([*launcher, *resume.command[1:]], cwd=ROOT, env=child_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = losses(single), losses(run_dir)
+    assert sorted(b) == list(range(1, STEPS + 1))
+    worst = max(abs(a[s] - b[s]) / abs(a[s]) for s in range(stopped + 1, STEPS + 1))
+    assert worst <= TOLERANCE, worst
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "ok"
