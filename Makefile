@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export WANDB_SILENT := true
 
-.PHONY: docker-base docker-cpu docker-gpu docker-check docker-gpu-check published-checkpoint real-size setup setup-v1 test-v1 system-deps unsloth-src gpu-smoke gpu-proof gpu-wheels test test-fast lint deepseek-ocr-smoke notebooks sample-data tiny-base smoke-domain clean report-check
+.PHONY: test-deepspeed docker-base docker-cpu docker-gpu docker-check docker-gpu-check published-checkpoint real-size setup setup-v1 test-v1 system-deps unsloth-src gpu-smoke gpu-proof gpu-wheels test test-fast lint deepseek-ocr-smoke notebooks sample-data tiny-base smoke-domain clean report-check
 
 setup: system-deps $(VENV)/.installed unsloth-src
 
@@ -167,3 +167,10 @@ docker-check: docker-cpu
 
 docker-gpu-check: docker-gpu
 	STACK_ONLY=1 docker/check.sh deepsynth-ocr:gpu
+
+# DeepSpeed is not in the CPU stack (it builds its communication op at first use); this installs it beside the venv
+# and runs the DeepSpeed test: ZeRO-2 on 2 CPU processes against one process, ZeRO-3 refused before loading.
+DEEPSPEED_SITE := .cache/deepspeed-site
+test-deepspeed: setup
+	$(BIN)/pip install -q --no-deps --target $(DEEPSPEED_SITE) deepspeed==0.19.8 hjson==3.1.0 msgpack==1.2.4 ninja==1.13.2 py-cpuinfo==9.0.0 einops==0.8.2
+	PYTHONPATH=$(DEEPSPEED_SITE) $(BIN)/python -m pytest -m "slow or not slow" tests/test_distributed.py -k deepspeed

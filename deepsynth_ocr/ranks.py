@@ -11,3 +11,15 @@ import os
 def world() -> tuple[int, int]:
     """(rank, world size) of this process under torchrun / accelerate launch; (0, 1) otherwise."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def refuse_unsupported_sharding() -> None:
+    """Stop at once, before any weight loads, under a sharding the kit's end of run cannot follow. DeepSpeed ZeRO-3
+    partitions every parameter: training runs (measured on 2 CPU processes), but the adapter is saved and verified
+    with a forward pass on rank 0 alone, which waits for the other ranks' shards after they have left."""
+    from deepsynth_ocr.errors import UserError
+
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        raise UserError("DeepSpeed ZeRO-3 is not supported: the run would train and then fail saving its adapter "
+                        "(a rank-0 forward over partitioned weights). Use configs/accelerate/deepspeed-zero2.yaml or "
+                        "ddp.yaml; with LoRA the sharded states are the adapter's, so ZeRO-2 keeps almost all the gain")

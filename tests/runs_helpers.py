@@ -25,7 +25,9 @@ def smoke_launch(output_root: Path, *overrides: str, run_dir: Path | None = None
 
 
 def child_env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT)}
+    """The environment of a job the tests start: the checkout first on the path, then what the caller added
+    (``make test-deepspeed`` puts DeepSpeed's folder there)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def losses(run_dir: Path) -> dict[int, float]:

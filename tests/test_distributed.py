@@ -2,6 +2,7 @@
 config, 2 CPU processes over gloo, one run directory written by the main process, and the loss curve of the
 single-process run at the same global batch."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -101,3 +102,34 @@ def test_sigterm_to_torchrun_stops_both_ranks_at_one_checkpoint_and_the_resume_m
     worst = max(abs(a[s] - b[s]) / abs(a[s]) for s in range(stopped + 1, STEPS + 1))
     assert worst <= TOLERANCE, worst
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "ok"
+
+
+DEEPSPEED = [os.path.join(BIN, "accelerate"), "launch", "--main_process_port", "29537", "--mixed_precision", "no",
+             "--config_file"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                    reason="DeepSpeed is not in the CPU stack: `make test-deepspeed` installs it beside and runs this")
+def test_deepspeed_zero2_matches_one_process_and_zero3_is_refused_before_loading(tmp_path):
+    """Issue 32: the shipped ZeRO-2 config through accelerate launch, DeepSpeed's CPU accelerator over gloo, against
+    one process with the same optimizer (DeepSpeed wraps torch's AdamW, not bitsandbytes')."""
+    adamw = ("train.optim=adamw_torch",)
+    single = smoke_launch(tmp_path / "single", f"train.max_steps={STEPS}", "train.per_device_batch_size=16", *adamw)
+    subprocess.run(single.command, cwd=ROOT, env=child_env(), check=True, capture_output=True)
+    zero2 = smoke_launch(tmp_path / "zero2", f"train.max_steps={STEPS}", "train.per_device_batch_size=8",
+                         "train.save_steps=5", *adamw)
+    cmd = [*DEEPSPEED, str(ROOT / "configs" / "accelerate" / "deepspeed-zero2.yaml"), *zero2.command[1:]]
+    proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = losses(single.run_dir), losses(zero2.run_dir)
+    assert sorted(b) == list(range(1, STEPS + 1))
+    assert max(abs(a[s] - b[s]) / abs(a[s]) for s in a) <= TOLERANCE
+    checkpoint = zero2.run_dir / "checkpoints" / "checkpoint-5"
+    assert (checkpoint / "latest").is_file() and (checkpoint / "adapter_model.safetensors").is_file()  # DeepSpeed's own
+    assert (zero2.run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    zero3 = smoke_launch(tmp_path / "zero3", f"train.max_steps={STEPS}", *adamw)
+    cmd = [*DEEPSPEED, str(ROOT / "configs" / "accelerate" / "deepspeed-zero3.yaml"), *zero3.command[1:]]
+    refused = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True)
+    assert refused.returncode != 0 and "DeepSpeed ZeRO-3 is not supported" in refused.stderr
+    assert not list((tmp_path / "zero3").glob("*/manifest.json"))  # refused before a run directory was made

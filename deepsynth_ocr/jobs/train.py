@@ -31,7 +31,7 @@ from deepsynth_ocr.export import MERGED_RTOL
 from deepsynth_ocr.models.adapters import restore_checkpoint_adapter, save_adapter
 from deepsynth_ocr.models.backends import LoadedModel, checkpoint_source, load_model, require_transformers_for
 from deepsynth_ocr.models.families import get_family
-from deepsynth_ocr.ranks import world
+from deepsynth_ocr.ranks import refuse_unsupported_sharding, world
 from deepsynth_ocr.report import write_report
 from deepsynth_ocr.runs import Run, signal_handlers, start_run
 from deepsynth_ocr.selection import CheckpointSelection
@@ -143,6 +143,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None,
     cfg.validate()
     require_transformers_for(get_family(cfg.model.family))
     require_cuda_for_real_checkpoints(cfg)
+    refuse_unsupported_sharding()
     start_from = checked_start_checkpoint(cfg)  # before anything loads or a run directory is made
     tracker = None
     try:
