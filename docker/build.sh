@@ -16,6 +16,13 @@ what=${1:?usage: docker/build.sh base|cpu|gpu [TAG]}
 LOCAL_BASE=localhost/deepsynth-base:bookworm
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
+# A fresh Debian machine has neither engine: as root with apt (as `make setup` installs its system packages),
+# install Debian's podman, buildah and mmdebstrap first, saying so.
+if ! { command -v docker >/dev/null && docker info >/dev/null 2>&1; } && ! command -v podman >/dev/null \
+        && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "docker/build.sh: no container engine; installing Debian's podman, buildah and mmdebstrap (apt)"
+    apt-get install -y -q podman buildah mmdebstrap >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q podman buildah mmdebstrap >/dev/null; }
+fi
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
     ENGINE=(docker); BUILD=(docker build)
 elif command -v podman >/dev/null; then
