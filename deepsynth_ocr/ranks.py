@@ -19,6 +19,13 @@ def refuse_unsupported_sharding() -> None:
     with a forward pass on rank 0 alone, which waits for the other ranks' shards after they have left."""
     from deepsynth_ocr.errors import UserError
 
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        import torch
+
+        if not torch.cuda.is_available():  # accelerate/state.py: FSDP is chosen for MULTI_GPU-like types, not MULTI_CPU
+            raise UserError("FSDP without a GPU: accelerate 1.15 engages FSDP only on accelerator devices, so on CPU "
+                            "processes the run would quietly train with plain DDP and shard nothing. Launch with "
+                            "configs/accelerate/ddp.yaml here (the same results), FSDP on GPUs")
     if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
         raise UserError("DeepSpeed ZeRO-3 is not supported: the run would train and then fail saving its adapter "
                         "(a rank-0 forward over partitioned weights). Use configs/accelerate/deepspeed-zero2.yaml or "

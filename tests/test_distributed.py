@@ -133,3 +133,21 @@ def test_deepspeed_zero2_matches_one_process_and_zero3_is_refused_before_loading
     refused = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True)
     assert refused.returncode != 0 and "DeepSpeed ZeRO-3 is not supported" in refused.stderr
     assert not list((tmp_path / "zero3").glob("*/manifest.json"))  # refused before a run directory was made
+
+
+def test_fsdp_on_cpu_and_zero3_are_refused_in_one_line_before_anything_loads(monkeypatch):
+    """accelerate engages FSDP only on accelerator devices: on CPU processes the shipped fsdp config trained with DDP
+    and sharded nothing (seen in the log), so the kit says so instead; ZeRO-3 cannot save its adapter."""
+    from deepsynth_ocr.errors import UserError
+    from deepsynth_ocr.ranks import refuse_unsupported_sharding
+
+    refuse_unsupported_sharding()  # nothing asked for: nothing refused
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(UserError, match="FSDP without a GPU.*ddp.yaml"):
+        refuse_unsupported_sharding()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(UserError, match="ZeRO-3 is not supported"):
+        refuse_unsupported_sharding()
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    refuse_unsupported_sharding()
