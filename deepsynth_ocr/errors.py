@@ -60,3 +60,12 @@ class RunPruned(RunStopped):
     def __init__(self, step: int, value: float):
         super().__init__(f"pruned at step {step} (periodic CER {value:.4f})")
         self.step, self.value = step, value
+
+
+class RowError(Exception):
+    """A data row is rejected: ``reason`` is a short code (``truncated_image``, ``no_short_answer``), ``detail`` says
+    what to fix. ``prepare`` counts it in the report by row; it is not a job failure."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail

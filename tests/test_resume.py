@@ -6,6 +6,7 @@ significant digit (BLAS kernels chosen by alignment and thread timing). What tel
 silent restart is that the resumed attempt logs no step at or before the checkpoint."""
 
 import json
+import re
 import signal
 import subprocess
 
@@ -103,8 +104,14 @@ def test_resume_refuses_a_checkpoint_whose_adapter_keys_do_not_match(tmp_path, s
     assert torch.equal(load_file(str(weights))[next(iter(renamed))], next(iter(renamed.values())))
 
 
-def test_resume_from_names_what_is_wrong_with_the_checkpoint_before_anything_loads(tmp_path):
+def test_resume_from_names_what_is_wrong_with_the_checkpoint_before_anything_loads(tmp_path, smoke_cfg):
+    from deepsynth_ocr.config import ConfigError
+    from deepsynth_ocr.errors import UserError
+    from deepsynth_ocr.jobs.train import train
+
     checkpoint = tmp_path / "checkpoint-10"
+    cfg = smoke_cfg
+    cfg.output_root, cfg.train.max_steps, cfg.train.resume_from = str(tmp_path / "runs"), 30, str(checkpoint)
     for setup, says in [(lambda: None, "is not a directory"),
                         (lambda: checkpoint.mkdir(), "is not a complete checkpoint (no trainer_state.json"),
                         (lambda: [(checkpoint / f).write_text("{}" if f.endswith(".json") else "x") for f in
@@ -112,10 +119,9 @@ def test_resume_from_names_what_is_wrong_with_the_checkpoint_before_anything_loa
                          and (checkpoint / "trainer_state.json").write_text('{"global_step": 40}'),
                          "is at step 40, and train.max_steps is 30")]:
         setup()
-        r = cli("train", "-c", str(ROOT / "configs" / "smoke.yaml"), "-s", f"output_root={tmp_path / 'runs'}",
-                "-s", "train.max_steps=30", "-s", f"train.resume_from={checkpoint}")
-        assert r.returncode == 2 and says in r.stderr, r.stderr[-500:]
+        with pytest.raises(UserError, match=re.escape(says)):
+            train(cfg)
         assert not (tmp_path / "runs").exists()  # refused before a run directory was made
-    both = cli("train", "-c", str(ROOT / "configs" / "smoke.yaml"), "-s", "train.resume=true", "-s",
-               f"train.resume_from={checkpoint}")
-    assert both.returncode == 2 and "choose one" in both.stderr
+    cfg.train.resume = True
+    with pytest.raises(ConfigError, match="choose one"):
+        cfg.validate()

@@ -21,7 +21,7 @@ of lists, and both forms are accepted):
 
 from __future__ import annotations
 
-from deepsynth_ocr.data.images import RowError
+from deepsynth_ocr.errors import RowError
 
 # Tokens kept either side of a short answer when an annotation has no long answer span.
 SHORT_ANSWER_WINDOW = 100

@@ -15,16 +15,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deepsynth_ocr.config import DataConfig
+from deepsynth_ocr.errors import RowError
 
 EXIF_ORIENTATION = 0x0112
-
-
-class RowError(Exception):
-    """A row is rejected: ``reason`` is a short code (``truncated_image``), ``detail`` says what to fix."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 @dataclass

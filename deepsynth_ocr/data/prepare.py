@@ -31,10 +31,10 @@ from tqdm.auto import tqdm
 
 from deepsynth_ocr.config import DataConfig, PrepareConfig
 from deepsynth_ocr.data.documents import DocumentTooLong, PageStyle, render_document
-from deepsynth_ocr.data.images import RowError, check_image
+from deepsynth_ocr.data.images import check_image
 from deepsynth_ocr.data.sources import RawRow, columns_from, count_rows, read_source
 from deepsynth_ocr.data.tasks import IMAGE, TASKS, first_answer, preset_of, setting, task_prompt
-from deepsynth_ocr.errors import UserError
+from deepsynth_ocr.errors import RowError, UserError
 
 log = logging.getLogger(__name__)
 

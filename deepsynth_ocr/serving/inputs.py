@@ -17,7 +17,8 @@ from urllib.parse import unquote, urlparse
 from PIL import Image
 
 from deepsynth_ocr.config import DataConfig, ServeConfig
-from deepsynth_ocr.data.images import RowError, load_image, render_pdf_page
+from deepsynth_ocr.data.images import load_image, render_pdf_page
+from deepsynth_ocr.errors import RowError
 
 # Request fields of OpenAI's chat schema the server cannot honour, with the values that mean "off".
 # Sampling is refused rather than ignored: a client asking for it would silently get greedy text.
