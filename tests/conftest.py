@@ -49,6 +49,13 @@ def tiny_parts():
     return tokenizer, processor, family
 
 
+@pytest.fixture(scope="session")
+def shared_tmp(tmp_path_factory) -> Path:
+    """A folder every xdist worker of this session sees (the base temp folder's parent under xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture
 def smoke_cfg(tmp_path):
     """The smoke config on the random tiny model and the 48 px samples, writing into a temporary runs directory.

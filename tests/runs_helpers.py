@@ -1,8 +1,10 @@
 """What the tests of runs as processes share: the smoke training's launch, the environment of a child
 process, reading a run's losses, and signalling a process once its run reaches a point."""
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +24,24 @@ QUICK = (f"train.max_steps={STEPS}", "train.save_steps=10", "train.logging_steps
 def smoke_launch(output_root: Path, *overrides: str, run_dir: Path | None = None) -> Launch:
     """``deepsynth-ocr train`` of configs/smoke.yaml into a new run directory under ``output_root``."""
     return train_launch(ROOT / "configs" / "smoke.yaml", [f"output_root={output_root}", *QUICK, *overrides], run_dir)
+
+
+def reference_run(shared: Path, *overrides: str) -> Path:
+    """The run directory of an uninterrupted smoke training with ``overrides``, trained once per test session: the
+    resume tests of several files compare against the same reference, and the xdist workers share it through
+    ``shared`` (a lock makes a second worker wait for the first instead of training it again)."""
+    from filelock import FileLock
+
+    key = hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:12]
+    root = shared / f"reference-{key}"
+    with FileLock(str(root) + ".lock"):
+        done = [p for p in root.iterdir() if (p / "adapter").is_dir()] if root.is_dir() else []
+        if done:
+            return done[0]
+        shutil.rmtree(root, ignore_errors=True)  # a reference cut short by a failed test is trained again
+        launch = smoke_launch(root, *overrides)
+        subprocess.run(launch.command, cwd=ROOT, env=child_env(), check=True, capture_output=True)
+        return launch.run_dir
 
 
 def child_env() -> dict:

@@ -17,7 +17,17 @@ from deepsynth_ocr.jobs.train import train
 from deepsynth_ocr.runs import RunLocked
 
 from .conftest import ROOT
-from .runs_helpers import child_env, cli, logged, losses, only_run_dir, signal_when, smoke_launch, wait_for
+from .runs_helpers import (
+    child_env,
+    cli,
+    logged,
+    losses,
+    only_run_dir,
+    reference_run,
+    signal_when,
+    smoke_launch,
+    wait_for,
+)
 
 
 def _quick(cfg, steps=4, save=2):
@@ -93,11 +103,10 @@ def test_a_checkpoint_cut_short_is_skipped_for_the_one_before(tmp_path, smoke_cf
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_marks_the_run_interrupted_and_resumes_to_the_uninterrupted_result(tmp_path):
+def test_sigterm_saves_a_checkpoint_marks_the_run_interrupted_and_resumes_to_the_uninterrupted_result(tmp_path, shared_tmp):
     no_periodic = "train.save_steps=1000"  # the only checkpoint is the one the signal asks for
-    plain = smoke_launch(tmp_path / "plain", no_periodic)
-    subprocess.run(plain.command, cwd=ROOT, env=child_env(), check=True, capture_output=True)
-    expected = losses(plain.run_dir)
+    plain = reference_run(shared_tmp, no_periodic)
+    expected = losses(plain)
 
     stopped = smoke_launch(tmp_path / "stopped", no_periodic)
     proc = subprocess.Popen(stopped.command, cwd=ROOT, env=child_env(),
@@ -115,7 +124,7 @@ def test_sigterm_saves_a_checkpoint_marks_the_run_interrupted_and_resumes_to_the
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     got = losses(run_dir)
     assert [got[s] for s in range(step + 1, 31)] == [expected[s] for s in range(step + 1, 31)]
-    a = load_file(str(plain.run_dir / "adapter" / "adapter_model.safetensors"))
+    a = load_file(str(plain / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) <= 1e-6
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "ok"
@@ -166,10 +175,8 @@ def test_planted_secrets_appear_nowhere_in_a_notebook_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_to_a_papermill_run_checkpoints_and_the_notebook_resumes_to_the_uninterrupted_result(tmp_path):
-    plain = smoke_launch(tmp_path / "plain", "train.save_steps=1000")
-    subprocess.run(plain.command, cwd=ROOT, env=child_env(), check=True, capture_output=True)
-    expected = losses(plain.run_dir)
+def test_sigterm_to_a_papermill_run_checkpoints_and_the_notebook_resumes_to_the_uninterrupted_result(tmp_path, shared_tmp):
+    expected = losses(reference_run(shared_tmp, "train.save_steps=1000"))
     params = {"train_max_steps": 30, "train_save_steps": 1000, "train_logging_steps": 1,
               # evaluation stays on (the notebook shows it) but small; greedy decoding leaves the training RNG alone
               "eval_max_samples": 4, "eval_every_steps": 0, "tracking_wandb": "disabled"}

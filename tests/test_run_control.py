@@ -29,7 +29,7 @@ from deepsynth_ocr.runs import (
 )
 
 from .conftest import ROOT
-from .runs_helpers import child_env, cli, logged, losses, smoke_launch, wait_for
+from .runs_helpers import child_env, cli, logged, losses, reference_run, smoke_launch, wait_for
 
 HOST = socket.gethostname()
 
@@ -190,9 +190,8 @@ def test_reading_runs_imports_no_torch_transformers_or_unsloth():
 
 
 @pytest.mark.slow
-def test_launch_list_stop_and_resume_a_smoke_training_to_the_uninterrupted_adapter(tmp_path):
-    plain = smoke_launch(tmp_path / "plain", "train.save_steps=1000")
-    subprocess.run(plain.command, cwd=ROOT, env=child_env(), check=True, capture_output=True)
+def test_launch_list_stop_and_resume_a_smoke_training_to_the_uninterrupted_adapter(tmp_path, shared_tmp):
+    plain = reference_run(shared_tmp, "train.save_steps=1000")
 
     launch = smoke_launch(tmp_path / "runs", "train.save_steps=1000")
     proc = start(launch, env=child_env(), cwd=ROOT)
@@ -212,10 +211,10 @@ def test_launch_list_stop_and_resume_a_smoke_training_to_the_uninterrupted_adapt
     info = read_run(launch.run_dir)
     assert (info.status, info.step, info.total) == ("ok", 30, 30)
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [launch.run_dir.name]  # the same directory, no other
-    a = load_file(str(plain.run_dir / "adapter" / "adapter_model.safetensors"))
+    a = load_file(str(plain / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(launch.run_dir / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
-    got, expected = losses(launch.run_dir), losses(plain.run_dir)
+    got, expected = losses(launch.run_dir), losses(plain)
     assert [got[s] for s in range(step + 1, 31)] == pytest.approx([expected[s] for s in range(step + 1, 31)], rel=1e-5)
     log = (launch.run_dir / "console.log").read_text()
     assert log.count("run interrupted: SIGTERM at step") == 1  # the process's output and the kit's log, once each
