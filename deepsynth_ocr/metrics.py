@@ -286,6 +286,35 @@ def sample_label(row: dict, digits: int = 4) -> str:
     return " ".join(f"{name.upper()} {row[name]:.{digits}f}" for name in ("cer", "wer") if row.get(name) is not None)
 
 
+def badness(row: dict) -> float:
+    """How wrong an eval row is on its task's own scale (higher is worse): 1 - F1 for Q&A, 1 - ROUGE-L for
+    summaries, else CER."""
+    if "f1" in row:
+        return 1 - row["f1"]
+    if "rouge_l" in row:
+        return 1 - row["rouge_l"]
+    return row["cer"]
+
+
+FAILURE_KINDS = {
+    "empty": "nothing read where the reference has text",
+    "repetition": "the output ended in a repetition loop",
+    "catastrophic": "CER above 1 or a repetition loop",
+}
+
+
+def failure_kinds(row: dict) -> list[str]:
+    """Which of ``FAILURE_KINDS`` an eval row shows (none for a reading that is merely imperfect)."""
+    kinds = []
+    if not str(row.get("prediction") or "").strip() and str(row.get("reference") or "").strip():
+        kinds.append("empty")
+    if row.get("looped"):
+        kinds.append("repetition")
+    if row.get("failure"):
+        kinds.append("catastrophic")
+    return kinds
+
+
 def char_diff(reference: str, hypothesis: str) -> list[tuple[str, str]]:
     """(op, text) runs turning ``reference`` into ``hypothesis``; op in equal/delete/insert."""
     import difflib

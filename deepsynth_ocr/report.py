@@ -107,16 +107,6 @@ def _task_table(summaries: dict[str, dict]) -> list[str]:
     return out
 
 
-def _badness(r: dict) -> float:
-    """How wrong a sample is on its task's own scale (higher is worse)."""
-    if "f1" in r:
-        return 1 - r["f1"]
-    if "rouge_l" in r:
-        return 1 - r["rouge_l"]
-    return r["cer"]
-
-
-
 
 
 def _thumbnail(path: str | None) -> str:
@@ -203,7 +193,7 @@ def build_html(run_dir: Path) -> str:
     if privacy:
         parts.append("<p class='muted'>hidden: tracking.log_images is false (privacy), so no images or texts are shown.</p>")
     elif worst_source:
-        worst = sorted(evals[worst_source], key=lambda r: -_badness(r))[:WORST_N]
+        worst = sorted(evals[worst_source], key=lambda r: -metrics.badness(r))[:WORST_N]
         for r in worst:
             flags = " <b>loop</b>" if r.get("looped") else ""
             task = f" [{html.escape(r['task'])}]" if r.get("task", "ocr") != "ocr" else ""

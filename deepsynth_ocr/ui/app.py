@@ -25,22 +25,12 @@ from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.jobs import launch as launches
 from deepsynth_ocr.runs import LIVE, RunDirError, RunPaths, list_runs, new_run_path, read_run, stop_run
 from deepsynth_ocr.secrets import redact
-from deepsynth_ocr.ui import details, forms, workbench
-from deepsynth_ocr.ui.common import UiState, page, ui_state
+from deepsynth_ocr.ui import analysis, details, forms, workbench
+from deepsynth_ocr.ui.common import UiState, page, run_dir_of, ui_state
 from deepsynth_ocr.ui.guard import Guard, RateLimit, csrf_token, inside, ui_secret
 from deepsynth_ocr.ui.scheduler import Scheduler, detect_gpus
 
 router = APIRouter()
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
-
-
-def _run_dir(request: Request, name: str) -> Path:
-    """A run directory directly under the runs root, by name; 404 for anything else (traversal included)."""
-    root = ui_state(request).root
-    path = inside(root, name)
-    if path is None or path.parent != root.resolve() or not (RunPaths(path).manifest.is_file() or RunPaths(path).launch.is_file()):
-        raise HTTPException(404, f"no run {name!r}")
-    return path
 
 
 def _limited(limit: RateLimit | None, what: str) -> None:
@@ -61,11 +51,11 @@ def runs_page(request: Request):
 
 @router.get("/runs/{name}", response_class=HTMLResponse)
 def run_page(request: Request, name: str):
-    info = read_run(_run_dir(request, name))
+    info = read_run(run_dir_of(request, name))
     return page(request, "run.html", run=details.summary(info), config=details.config_text(info.dir),
                  checkpoints=details.checkpoints(info.dir), samples=details.samples(info.dir),
                  trials=details.sweep_trials(info.dir) if info.kind == "sweep" else [],
-                 has_report=RunPaths(info.dir).report.is_file(), has_adapter=RunPaths(info.dir).adapter.is_dir(),
+                 has_report=RunPaths(info.dir).report.is_file(), has_eval=bool(analysis.eval_tags(info.dir)), has_adapter=RunPaths(info.dir).adapter.is_dir(),
                  has_best=(info.dir / "best_config.yaml").is_file(), exported=(RunPaths(info.dir).export / "merged").is_dir())
 
 
@@ -77,19 +67,23 @@ def launch_page(request: Request):
     clone, start = request.query_params.get("clone") or "", request.query_params.get("resume_from") or ""
     overrides = ""
     if clone:
-        run_dir = _run_dir(request, clone)  # 404 for a name that is not a run
+        run_dir = run_dir_of(request, clone)  # 404 for a name that is not a run
         if start:  # a checkpoint's "Resume from it": a new run that starts from that checkpoint
             if not re.fullmatch(r"checkpoint-\d+", start) or not (RunPaths(run_dir).checkpoints / start).is_dir():
                 raise HTTPException(404, f"{clone} has no checkpoint {start!r}")
             overrides = f"train.resume_from={RunPaths(run_dir).checkpoints / start}"
+    train_path = request.query_params.get("train_path") or ""  # "Fine-tune on it" from a corrections dataset
+    if not forms.allowed_data_path(train_path, state.data_roots):  # checked again, like every field, at launch
+        raise HTTPException(404, f"{train_path} is outside the UI's data roots")
     return page(request, "launch.html", presets=presets, spaces=spaces, gpus=state.gpus,
-                 data_roots=[str(r) for r in state.data_roots], clone=clone, overrides=overrides)
+                 data_roots=[str(r) for r in state.data_roots], clone=clone, overrides=overrides,
+                 train_path=train_path)
 
 
 @router.get("/compare", response_class=HTMLResponse)
 def compare_page(request: Request):
     names = request.query_params.getlist("run")[:4]
-    infos = [read_run(_run_dir(request, n)) for n in names]
+    infos = [read_run(run_dir_of(request, n)) for n in names]
     return page(request, "compare.html", data=details.compare(infos) if len(infos) >= 2 else None,
                  choices=[i.dir.name for i in list_runs(ui_state(request).root)], chosen=names)
 
@@ -113,7 +107,7 @@ def api_runs(request: Request, status: str | None = None, name: str | None = Non
 
 @router.get("/api/runs/{name}")
 def api_run(request: Request, name: str):
-    run_dir = _run_dir(request, name)
+    run_dir = run_dir_of(request, name)
     return {**details.summary(read_run(run_dir)), "series": details.series(run_dir)}
 
 
@@ -121,7 +115,7 @@ def api_run(request: Request, name: str):
 async def run_events(request: Request, name: str):
     """Server-sent events: ``log`` (new console lines; the id is the byte offset, so a reconnecting browser
     continues where it was), ``run`` (status, progress and curves whenever they change)."""
-    run_dir = _run_dir(request, name)
+    run_dir = run_dir_of(request, name)
     last = request.headers.get("last-event-id")
     offset = int(last) if last and last.isdigit() else None
 
@@ -150,7 +144,7 @@ async def run_events(request: Request, name: str):
 
 @router.post("/api/runs/{name}/stop")
 def api_stop(request: Request, name: str):
-    run_dir = _run_dir(request, name)
+    run_dir = run_dir_of(request, name)
     if ui_state(request).scheduler.cancel(run_dir):
         return {"stopped": "cancelled while queued"}
     try:
@@ -164,7 +158,7 @@ def api_resume(request: Request, name: str):
     state = ui_state(request)
     _limited(state.launch_limit, "launches")
     try:
-        launch = launches.resume_launch(_run_dir(request, name))
+        launch = launches.resume_launch(run_dir_of(request, name))
     except UserError as e:
         return _user_error(e)
     return {"run": launch.run_dir.name, "state": state.scheduler.submit(launch)}
@@ -172,7 +166,7 @@ def api_resume(request: Request, name: str):
 
 @router.post("/api/runs/{name}/delete")
 def api_delete(request: Request, name: str):
-    run_dir = _run_dir(request, name)
+    run_dir = run_dir_of(request, name)
     status = read_run(run_dir).status
     if status in LIVE or status == "queued":
         return _user_error(RunDirError(f"{name} is {status}: stop it before deleting it"))
@@ -184,7 +178,7 @@ def api_delete(request: Request, name: str):
 def api_export(request: Request, name: str):
     state = ui_state(request)
     _limited(state.launch_limit, "launches")
-    run_dir = _run_dir(request, name)
+    run_dir = run_dir_of(request, name)
     if not RunPaths(run_dir).adapter.is_dir():
         return _user_error(RunDirError(f"{name} has no adapter/ to export (status {read_run(run_dir).status})"))
     launch = launches.export_launch(run_dir)
@@ -196,7 +190,7 @@ async def api_evaluate(request: Request, name: str):
     """Evaluate the run's adapter or one of its checkpoints (``checkpoint``: ``adapter`` or ``checkpoint-N``) on the
     run's eval set, or on ``eval_path`` under the data roots: a new evaluation run in the list, base beside it."""
     state = ui_state(request)
-    run_dir = _run_dir(request, name)
+    run_dir = run_dir_of(request, name)
     body = await request.json() if (await request.body()) else {}
     which = str(body.get("checkpoint") or "adapter")
     paths = RunPaths(run_dir)
@@ -237,20 +231,6 @@ def files(request: Request, path: str):
     return FileResponse(found)
 
 
-@router.get("/runs/{name}/image/{tag}/{index}")
-def eval_image(request: Request, name: str, tag: str, index: int):
-    """The image of an eval row, when it lies under the runs root or a data root (never any other file)."""
-    state = ui_state(request)
-    rows = details.eval_rows(_run_dir(request, name), tag) if tag in ("before", "after") else []
-    image = rows[index].get("image") if 0 <= index < len(rows) else None
-    if image:
-        path = Path(image).resolve()  # symlinks resolved: a link out of the roots is outside them
-        allowed = any(path.is_relative_to(r.resolve()) for r in (state.root, *state.data_roots))
-        if allowed and path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            return FileResponse(path)
-    raise HTTPException(404, "no image for this row")
-
-
 # --- launching --------------------------------------------------------------------------------------------
 
 def _preset(request: Request, name: str) -> Path:
@@ -287,7 +267,7 @@ def api_estimate(request: Request, family: str, backend: str = "auto", load_in_4
 @router.get("/api/runs/{name}/form")
 def api_run_form(request: Request, name: str):
     """The launch form filled from a run's own config.yaml, to clone it."""
-    config = RunPaths(_run_dir(request, name)).config
+    config = RunPaths(run_dir_of(request, name)).config
     if not config.is_file():
         raise HTTPException(404, f"{name} has no config.yaml to clone")
     try:
@@ -300,7 +280,7 @@ def api_run_form(request: Request, name: str):
 def _launch_base(request: Request, body: dict) -> Path:
     """The config a launch starts from: a preset of the configs folder, or (``clone``) a run's own config.yaml."""
     if body.get("clone"):
-        config = RunPaths(_run_dir(request, str(body["clone"]))).config
+        config = RunPaths(run_dir_of(request, str(body["clone"]))).config
         if not config.is_file():
             raise HTTPException(404, f"{body['clone']} has no config.yaml to clone")
         return config
@@ -368,4 +348,5 @@ def create_ui_app(cfg: RunConfig, token: str = "", cwd: Path | None = None) -> F
     app.mount("/static", StaticFiles(directory=str(Path(__file__).resolve().parent / "static")), name="static")
     app.include_router(router)
     app.include_router(workbench.router)
+    app.include_router(analysis.router)
     return app

@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.ui.guard import RateLimit
+from deepsynth_ocr.runs import RunPaths
+from deepsynth_ocr.ui.guard import RateLimit, inside
 from deepsynth_ocr.ui.scheduler import Scheduler
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))  # autoescaped: values render as text
 
 
@@ -32,6 +34,15 @@ class UiState:
 
 def ui_state(request: Request) -> UiState:
     return request.app.state.ui
+
+
+def run_dir_of(request: Request, name: str) -> Path:
+    """A run directory directly under the runs root, by name; 404 for anything else (traversal included)."""
+    root = ui_state(request).root
+    path = inside(root, name)
+    if path is None or path.parent != root.resolve() or not (RunPaths(path).manifest.is_file() or RunPaths(path).launch.is_file()):
+        raise HTTPException(404, f"no run {name!r}")
+    return path
 
 
 def page(request: Request, template: str, **context) -> HTMLResponse:

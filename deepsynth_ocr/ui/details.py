@@ -6,6 +6,7 @@ Everything returned here is text a page shows, so every string passes ``secrets.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -92,8 +93,22 @@ def flat_config(run_dir: Path) -> dict:
     return redact(flat)
 
 
-def eval_rows(run_dir: Path, tag: str) -> list[dict]:
-    return RunPaths(run_dir).read_jsonl(RunPaths(run_dir).eval_file(tag))
+TAG = re.compile(r"[A-Za-z0-9_]{1,64}")  # an evaluation's name: eval/<tag>.jsonl
+
+
+@functools.lru_cache(maxsize=16)
+def _read_eval(path: str, mtime_ns: int, size: int) -> tuple[dict, ...]:
+    return tuple(RunPaths(Path(path).parent.parent).read_jsonl(Path(path)))
+
+
+def eval_rows(run_dir: Path, tag: str) -> tuple[dict, ...]:
+    """An evaluation's rows in file order, parsed once per version of the file (a page's thumbnails and its export
+    read the same rows)."""
+    path = RunPaths(run_dir).eval_file(tag)
+    if not TAG.fullmatch(tag) or not path.is_file():
+        return ()
+    stat = path.stat()
+    return _read_eval(str(path), stat.st_mtime_ns, stat.st_size)
 
 
 def samples(run_dir: Path, n: int = 8) -> list[dict]:

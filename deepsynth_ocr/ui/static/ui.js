@@ -215,6 +215,8 @@ function launchPage() {
       row.append(input, el("span", f.help, { class: "help" }), el("div", "", { class: "field-error", "data-error-for": f.name }));
       return row;
     }));
+    const trainPath = form.dataset.trainPath;  // "Fine-tune on it": the corrections dataset's version fills its field
+    if (trainPath) document.getElementById("field-data-train_path").value = trainPath;
     errorsShow({});
     refreshEstimate();
   }
@@ -279,4 +281,46 @@ function tryPage() {
       return block;
     }));
   };
+}
+
+// --- error analysis: tick rows, save them as an eval slice or add their corrected text to a corrections dataset ---
+function errorsPage() {
+  const table = document.getElementById("error-rows");
+  if (!table) return;
+  const result = document.getElementById("errors-result");
+  const ticked = () => [...table.querySelectorAll("tbody tr")].filter((tr) => tr.querySelector(".tick").checked);
+  const buttons = [document.getElementById("save-slice"), document.getElementById("add-corrections")];
+  const refresh = () => {
+    const n = ticked().length;
+    document.getElementById("ticked").textContent = n;
+    buttons.forEach((b) => { b.disabled = n === 0; });
+  };
+  table.querySelectorAll(".tick").forEach((box) => { box.onchange = refresh; });
+  table.querySelectorAll(".use-reference").forEach((b) => {
+    b.onclick = () => { b.closest("tr").querySelector(".correction").value = b.dataset.reference; };
+  });
+  table.querySelectorAll(".correction").forEach((area) => {
+    area.oninput = () => { const box = area.closest("tr").querySelector(".tick"); box.checked = true; refresh(); };
+  });
+  const run = table.dataset.run, tag = table.dataset.tag;
+  const show = (ok, status, data, good) => {
+    result.className = ok ? "muted" : "error";
+    result.textContent = ok ? good(data) : data.error || data.detail || `refused (${status})`;
+  };
+  document.getElementById("save-slice").onclick = async () => {
+    const rows = ticked().map((tr) => Number(tr.dataset.index));
+    const { ok, status, data } = await api("POST", `/api/runs/${encodeURIComponent(run)}/slice`,
+      { tag, rows, name: document.getElementById("slice-name").value });
+    show(ok, status, data, (d) => `saved ${d.rows} rows as ${d.slice}`);
+  };
+  document.getElementById("add-corrections").onclick = async () => {
+    const chosen = ticked();
+    const texts = Object.fromEntries(chosen.map((tr) => [tr.dataset.index, tr.querySelector(".correction").value]));
+    const { ok, status, data } = await api("POST", `/api/runs/${encodeURIComponent(run)}/corrections`,
+      { tag, rows: chosen.map((tr) => Number(tr.dataset.index)), texts, dataset: document.getElementById("dataset-name").value });
+    show(ok, status, data, (d) => `${d.dataset}: ${d.version.split("/").pop()} with ${d.rows} rows (${d.added.length} added` +
+      (d.refused.length ? `; refused: ${d.refused.join("; ")}` : "") + ")");
+    if (ok) setTimeout(() => location.reload(), 1200);  // the datasets table gains the new version and its Fine-tune link
+  };
+  refresh();
 }
