@@ -1,8 +1,10 @@
-"""How long the jobs UI's pages take with 200 runs listed (target: every page under 1 s).
+"""How long the jobs UI's pages take with 200 runs listed (target: every page under 1 s), and the error-analysis
+page over an evaluation of 2,000 rows (target: under 1 s).
 
-Builds the 200 run directories of ``runs_list.py``, starts ``deepsynth-ocr ui`` over them, and measures
-in this one run: each page's server time over HTTP (median of 10), and in headless Chromium the time
-from navigation to the runs table showing all 200 rows (median of 5).
+Builds the 200 run directories of ``runs_list.py`` (two of them with 2,000 eval rows each), starts ``deepsynth-ocr
+ui`` over them, and measures in this one run: each page's server time over HTTP (median of 10; the error page's
+first, uncached request too), and in headless Chromium the time from navigation to the runs table showing all 200
+rows (median of 5).
 
     python benchmarks/ui_pages.py [--n 200] [--out benchmarks/out/ui_pages]
 """
@@ -29,9 +31,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--out", default="benchmarks/out/ui_pages")
+    ap.add_argument("--eval-rows", type=int, default=2000)
     args = ap.parse_args()
     root = Path(args.out)
     build(root, args.n)
+    names = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+    for name, seed in ((names[1], 1), (names[2], 2)):
+        eval_rows(root / name, args.eval_rows, seed)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -46,11 +52,17 @@ def main() -> None:
                 break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        names = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+        errors = f"/runs/{names[1]}/errors"
+        start = time.perf_counter()
+        assert httpx.get(url + errors, timeout=30).status_code == 200
+        cold = time.perf_counter() - start
+        print(f"{'error analysis, first request':28s} {cold * 1000:7.1f} ms ({args.eval_rows} eval rows parsed and sorted)")
         pages = {"/": "runs list page", "/api/runs": "runs list data (200 rows)", f"/runs/{names[1]}": "a run page",
-                 f"/compare?run={names[1]}&run={names[2]}": "compare two runs", "/launch": "launch form"}
+                 f"/compare?run={names[1]}&run={names[2]}": "compare two runs", "/launch": "launch form",
+                 errors: f"errors, {args.eval_rows} rows", f"{errors}?kind=error&vs={names[2]}": "errors vs another run",
+                 f"{errors}.csv?vs={names[2]}": "errors CSV export, all rows"}
         print(f"{args.n} run directories, one UI process, loopback")
-        worst = 0.0
+        worst = cold
         for path, what in pages.items():
             times = []
             for _ in range(10):
@@ -65,6 +77,24 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def eval_rows(run_dir: Path, n: int, seed: int) -> None:
+    """``eval/after.jsonl`` of ``n`` scored rows: references of 20-60 characters, a reading with a few edits."""
+    import json
+    import random
+
+    from deepsynth_ocr.metrics import RAW, SampleScore
+
+    rng = random.Random(seed)
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789 "
+    (run_dir / "eval").mkdir(exist_ok=True)
+    with (run_dir / "eval" / "after.jsonl").open("w") as f:
+        for i in range(n):
+            ref = "".join(rng.choice(alphabet) for _ in range(rng.randint(20, 60)))
+            hyp = "".join(c if rng.random() > 0.1 else rng.choice(alphabet) for c in ref)[: rng.randint(0, len(ref))]
+            f.write(json.dumps({"id": f"row{i:05d}", "image": None, "task": "ocr", "reference": ref, "prediction": hyp,
+                                **SampleScore.of(ref, hyp, RAW).to_dict()}) + "\n")
 
 
 def _browser_load(url: str, n: int) -> float:
