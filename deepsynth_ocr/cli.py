@@ -52,7 +52,7 @@ def cmd_export(args) -> int:
     cfg.export.hub_repo_id = args.push or cfg.export.hub_repo_id
     cfg.export.hub_private = cfg.export.hub_private and not args.public
     try:
-        out_dir, verification = export(args.run_dir, args.out, cfg)
+        out_dir, verification = export(args.run_dir, args.out, cfg, args.checkpoint or "")
     except ExportError as e:
         print(f"deepsynth-ocr export: verification failed: {e}", file=sys.stderr)
         return 1
@@ -297,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("export", help="adapter + merged weights + model card, each verified in a fresh process")
     p.add_argument("run_dir", help="a finished run directory with adapter/")
     p.add_argument("--out", "-o", help="output directory (default RUN_DIR/export)")
+    p.add_argument("--checkpoint", metavar="checkpoint-N", help="export this checkpoint's adapter instead of the run's "
+                   "final one (into RUN_DIR/export-checkpoint-N; the run need not have finished)")
     p.add_argument("--no-merged", action="store_true", help="export the adapter only")
     p.add_argument("--push", metavar="USER/NAME", help="also upload to this hub repo (needs HF_TOKEN)")
     p.add_argument("--public", action="store_true", help="create the hub repo public (default private)")

@@ -109,9 +109,11 @@ def _metrics_table(metrics: dict) -> list[str]:
     return lines
 
 
-def model_card(cfg: RunConfig, verification: dict, manifest: dict | None = None, data: list | None = None) -> str:
+def model_card(cfg: RunConfig, verification: dict, manifest: dict | None = None, data: list | None = None,
+               checkpoint: dict | None = None) -> str:
     """Markdown model card: base model, data summary (``data``: the run's data report), config,
-    before/after metrics (from the run's ``manifest``), verification."""
+    before/after metrics (from the run's ``manifest``), verification. ``checkpoint`` (name and periodic eval
+    score): the export is that checkpoint's adapter, whose score replaces the run's final metrics."""
     from huggingface_hub import ModelCardData
 
     source = checkpoint_source(cfg.model)
@@ -133,7 +135,13 @@ def model_card(cfg: RunConfig, verification: dict, manifest: dict | None = None,
         lines += [f"Measured by the run on the {quantised} base model plus the adapter. The exports below hold the "
                   "unquantised base plus the same adapter, whose outputs differ from the quantised model's by the "
                   "quantisation error; re-run `deepsynth-ocr evaluate` on `merged/` for its own CER.", ""]
-    lines += _metrics_table(manifest.get("metrics") or {})
+    if checkpoint:  # the run's before/after metrics are its final adapter's, not this checkpoint's
+        score = (f"{checkpoint['metric']} {checkpoint['value']:.4f} at step {checkpoint.get('step')} (periodic evaluation)"
+                 if checkpoint.get("value") is not None else "not scored (saved between periodic evaluations)")
+        lines += [f"This export is `{checkpoint['name']}` of the run, not its final adapter: {score}. Run "
+                  "`deepsynth-ocr evaluate` with this adapter for its full before/after table.", ""]
+    else:
+        lines += _metrics_table(manifest.get("metrics") or {})
     lines += ["", "## Export verification (reloaded in a fresh process, logits on a fixed batch)", "",
               "Each export against the model it was made from: the " + ("unquantised " if quantised else "")
               + "base plus the adapter.", ""]
@@ -156,7 +164,7 @@ def model_card(cfg: RunConfig, verification: dict, manifest: dict | None = None,
 
 
 def export_model(loaded: LoadedModel, cfg: RunConfig, out_dir: str | Path, batch: dict,
-                 manifest: dict | None = None, data: list | None = None) -> dict:
+                 manifest: dict | None = None, data: list | None = None, checkpoint: dict | None = None) -> dict:
     """Export the fine-tuned peft model of ``loaded`` to ``out_dir`` and verify each export in a fresh process.
 
     With ``export.merged`` the adapter is merged into the model in place (export last, or pass a copy).
@@ -178,7 +186,7 @@ def export_model(loaded: LoadedModel, cfg: RunConfig, out_dir: str | Path, batch
         verification["merged"] = verify_in_fresh_process("merged", merged_dir, batch, expected,
                                                          atol=merged_tolerance(expected, model.dtype))
     (out_dir / "verification.json").write_text(json.dumps(verification, indent=2))
-    (out_dir / "README.md").write_text(model_card(cfg, verification, manifest, data), encoding="utf-8")
+    (out_dir / "README.md").write_text(model_card(cfg, verification, manifest, data, checkpoint), encoding="utf-8")
     if cfg.export.hub_repo_id:
         push_to_hub(out_dir, cfg.export.hub_repo_id, cfg.export.hub_private)
     return verification

@@ -143,6 +143,34 @@ def test_cli_export_of_a_run_directory(trained, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "out" / "merged").exists() and (tmp_path / "out" / "README.md").is_file()
 
 
+def test_one_checkpoint_exports_its_own_adapter_with_its_score_on_the_card(trained, tmp_path, capsys):
+    """Issue 30: "export" on a checkpoint's row. The checkpoint's adapter (here: the run's with every lora_B zeroed,
+    so it differs from the final one) is what lands in the export, and the card gives its periodic score, not the
+    run's final before/after table."""
+    import shutil
+
+    from deepsynth_ocr.checkpoint_scores import write_score
+    from deepsynth_ocr.cli import main
+
+    _, run_dir, _, _ = trained
+    run = tmp_path / run_dir.name
+    shutil.copytree(run_dir, run)
+    folder = run / "checkpoints" / "checkpoint-4"
+    shutil.copytree(run / "adapter", folder)
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    save_file({k: torch.zeros_like(v) if "lora_B" in k else v for k, v in weights.items()}, str(folder / "adapter_model.safetensors"))
+    write_score(folder, {"step": 4, "metric": "cer", "value": 0.4321, "rank_value": 0.4321})
+    assert main(["export", str(run), "--checkpoint", "checkpoint-9", "--no-merged"]) == 2
+    assert "has no 'checkpoint-9' (checkpoints: checkpoint-4)" in capsys.readouterr().err
+    assert main(["export", str(run), "--checkpoint", "checkpoint-4", "--no-merged"]) == 0
+    out = run / "export-checkpoint-4"
+    exported = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert any("lora_B" in k for k in exported) and all(not v.any() for k, v in exported.items() if "lora_B" in k)
+    card = (out / "README.md").read_text()
+    assert "This export is `checkpoint-4` of the run, not its final adapter: cer 0.4321 at step 4" in card
+    assert "| OCR | CER" not in card  # the run's final metrics would describe another adapter
+
+
 @pytest.mark.slow
 def test_a_quantised_run_exports_merged_weights_from_the_base_reloaded_unquantised(tmp_path):
     """GPU_AUDIT.md item 6: the GPU recipes train on a 4-bit base; export merges into the unquantised one (the 8-bit

@@ -137,6 +137,14 @@ def test_export_needs_an_adapter_and_launches_deepsynth_ocr_export(ui, monkeypat
     assert r["state"] == "started" and started[0].args == ["export", str(run_dir)]
     assert started[0].run_dir == run_dir / "export"  # its log there; the run's own status untouched
     assert read_run(run_dir).status == "ok"
+    missing = client.post(f"/api/runs/{run_dir.name}/export", json={"checkpoint": "checkpoint-5"})
+    assert missing.status_code == 400 and "no 'checkpoint-5'" in missing.json()["error"]
+    (run_dir / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+    (run_dir / "checkpoints" / "checkpoint-5" / "adapter_model.safetensors").write_bytes(b"")
+    assert client.post(f"/api/runs/{run_dir.name}/export", json={"checkpoint": "checkpoint-5", "push": "not a repo"}).status_code == 400
+    r = client.post(f"/api/runs/{run_dir.name}/export", json={"checkpoint": "checkpoint-5", "push": "me/shelf-ocr"}).json()
+    assert started[1].args == ["export", str(run_dir), "--checkpoint", "checkpoint-5", "--push", "me/shelf-ocr"]
+    assert r["out"] == str(run_dir / "export-checkpoint-5")
 
 
 def test_the_memory_estimate_warns_when_a_recipe_will_not_fit_the_gpu(ui):

@@ -98,9 +98,13 @@ def notebook_launch(notebook: str, config: str | Path | None = None, parameters:
                   ["notebook", notebook, *_config_args(config, "-f"), *_params(parameters), "--run-dir", str(run_dir)])
 
 
-def export_launch(run_dir: str | Path) -> Launch:
-    """``deepsynth-ocr export`` of a finished run into ``RUN/export``; its output goes to ``RUN/export/console.log``."""
+def export_launch(run_dir: str | Path, checkpoint: str = "") -> Launch:
+    """``deepsynth-ocr export`` of a finished run into ``RUN/export`` (or of one checkpoint into
+    ``RUN/export-checkpoint-N``); its output goes to ``console.log`` there."""
     run_dir = Path(run_dir)
+    if checkpoint:
+        return Launch("export", run_dir.name, run_dir / f"export-{checkpoint}",
+                      ["export", str(run_dir), "--checkpoint", checkpoint])
     return Launch("export", run_dir.name, run_dir / "export", ["export", str(run_dir)])
 
 

@@ -175,13 +175,28 @@ def api_delete(request: Request, name: str):
 
 
 @router.post("/api/runs/{name}/export")
-def api_export(request: Request, name: str):
+async def api_export(request: Request, name: str):
+    """Export the run's adapter, or (``checkpoint``: ``checkpoint-N``) one checkpoint's, with merged weights and a
+    model card; ``push`` (``user/name``) uploads it to the hub as the CLI's ``--push`` does."""
+    from deepsynth_ocr.jobs.export import checkpoint_adapter
+
     state = ui_state(request)
-    _limited(state.launch_limit, "launches")
     run_dir = run_dir_of(request, name)
-    if not RunPaths(run_dir).adapter.is_dir():
-        return _user_error(RunDirError(f"{name} has no adapter/ to export (status {read_run(run_dir).status})"))
-    launch = launches.export_launch(run_dir)
+    body = await request.json() if (await request.body()) else {}
+    checkpoint, push = str(body.get("checkpoint") or ""), str(body.get("push") or "").strip()
+    try:
+        if checkpoint:
+            checkpoint_adapter(RunPaths(run_dir), checkpoint)
+        elif not RunPaths(run_dir).adapter.is_dir():
+            raise RunDirError(f"{name} has no adapter/ to export (status {read_run(run_dir).status})")
+        if push and not re.fullmatch(r"[\w.-]+/[\w.-]+", push):
+            raise RunDirError(f"push: a hub repository as user/name, got {push!r}")
+    except RunDirError as e:
+        return _user_error(e)
+    _limited(state.launch_limit, "launches")
+    launch = launches.export_launch(run_dir, checkpoint)
+    if push:
+        launch.args += ["--push", push]
     return {"run": name, "state": state.scheduler.submit(launch, takes_slot=False), "out": str(launch.run_dir)}
 
 

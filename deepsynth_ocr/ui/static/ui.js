@@ -158,7 +158,7 @@ function runPage(name) {
   async function act(action) {
     if (action === "delete" && !confirm(`Delete ${name} and everything in its directory?`)) return;
     result.textContent = action + "…";
-    const { ok, data } = await api("POST", `/api/runs/${encodeURIComponent(name)}/${action}`);
+    const { ok, data } = await api("POST", `/api/runs/${encodeURIComponent(name)}/${action}`, action === "export" ? exportBody("") : undefined);
     if (!ok) { result.textContent = (data && (data.error || data.detail)) || "refused"; return; }
     if (action === "delete") { location.href = "/"; return; }
     result.textContent = action === "stop" ? "stop sent: training saves a checkpoint, then stops"
@@ -166,7 +166,15 @@ function runPage(name) {
   }
   for (const [action, button] of Object.entries(buttons)) button.onclick = () => act(action);
   // Checkpoint rows are replaced when the run finishes, so their buttons are found through the document.
+  function exportBody(checkpoint) { return { checkpoint, push: document.getElementById("push-repo").value.trim() }; }
   document.addEventListener("click", async (e) => {
+    const exporting = e.target.closest("[data-export]");
+    if (exporting) {
+      result.textContent = "export " + exporting.dataset.export + "…";
+      const { ok, data } = await api("POST", `/api/runs/${encodeURIComponent(name)}/export`, exportBody(exporting.dataset.export));
+      result.textContent = ok ? `export ${data.state}: ${data.out}` : (data && (data.error || data.detail)) || "refused";
+      return;
+    }
     const button = e.target.closest("[data-evaluate]");
     if (!button) return;
     result.textContent = "evaluate " + button.dataset.evaluate + "…";
