@@ -430,13 +430,15 @@ class UiConfig:
     max_upload_mb: float = _f(20.0, "Largest image or PDF the Try-it page accepts, in MiB.")
     launches_per_minute: int = _f(10, "Launches, resumes and exports accepted per minute (429 beyond).")
     uploads_per_minute: int = _f(30, "Try-it uploads accepted per minute (429 beyond).")
+    try_idle_minutes: float = _f(10.0, "The Try-it playground's model holds a job slot while loaded (launches wait for it) "
+                                 "and is unloaded after this many minutes without a request.")
 
     def validate(self) -> None:
         _check(0 < self.port < 65536, "ui.port", f"must be 1..65535, got {self.port}")
         _check(isinstance(self.data_roots, list) and all(isinstance(r, str) for r in self.data_roots), "ui.data_roots",
                f"must be a list of directories, got {self.data_roots!r}")
         _check(self.gpu_slots >= 0, "ui.gpu_slots", f"must be >= 0, got {self.gpu_slots}")
-        for name in ("max_upload_mb", "launches_per_minute", "uploads_per_minute"):
+        for name in ("max_upload_mb", "launches_per_minute", "uploads_per_minute", "try_idle_minutes"):
             _check(getattr(self, name) > 0, f"ui.{name}", f"must be > 0, got {getattr(self, name)}")
 
 

@@ -375,3 +375,15 @@ def test_the_correction_loop_error_analysis_to_corrections_to_a_fine_tune_that_r
     browser.get(f"{ui.url}/runs/{run}/errors?vs={source}")
     _wait(lambda: _find(browser, "#error-rows th"), 30, "the new run's errors")
     shots(browser, "errors-after")
+
+    # Item 6: the playground reads a corrected page with the new fine-tune, the base beside it.
+    before = {json.loads(line)["id"]: json.loads(line) for line in (ui.root / run / "eval" / "before.jsonl").read_text().splitlines()}
+    after = {json.loads(line)["id"]: json.loads(line) for line in (ui.root / run / "eval" / "after.jsonl").read_text().splitlines()}
+    row = next(after[i] for i in sorted(fixed) if after[i]["exact"] and not before[i]["exact"])
+    browser.get(f"{ui.url}/try?model={run}")
+    _find(browser, "#file")[0].send_keys(row["image"])
+    _find(browser, "#try-form button")[0].click()
+    columns = _wait(lambda: _find(browser, "#try-result .reading"), 120, "the two readings")
+    texts = {c.get_attribute("data-column"): c.find_element("css selector", "pre").text for c in columns}
+    assert texts == {"fine-tune": row["reference"], "base": before[row["id"]]["prediction"]}
+    shots(browser, "try-side-by-side")

@@ -80,7 +80,7 @@ def test_try_it_reads_an_upload_with_the_same_text_as_infer(ui, tmp_path):
     cfg = RunConfig()
     infer([str(image)], tmp_path / "out.jsonl", cfg)
     expected = json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])["text"]
-    assert page["text"] == expected and page["page"] is None
+    assert [r["text"] for r in page["readings"]] == [expected] and page["page"] is None
     assert client.post("/api/try", data={"model": "nope"}, files={"file": ("a.png", image.read_bytes())}).status_code == 400
     text = client.post("/api/try", data={"model": "base"}, files={"file": ("a.txt", b"hello there, not an image")})
     assert text.status_code == 415 and "not an image format" in text.json()["error"]

@@ -225,10 +225,10 @@ async def api_correct_rows(request: Request, name: str):
     for index, row in picked:
         items.append(corrections.Correction(image_of(request, row), str(texts.get(str(index), "")),
                                             row.get("prompt") or "", f"{name} {tag} row {row.get('id')}"))
-    return _add_corrections(request, str(body.get("dataset") or ""), items)
+    return add_corrections(request, str(body.get("dataset") or ""), items)
 
 
-def _add_corrections(request: Request, dataset: str, items: list[corrections.Correction]) -> JSONResponse | dict:
+def add_corrections(request: Request, dataset: str, items: list[corrections.Correction]) -> JSONResponse | dict:
     try:
         added = corrections.add(corrections_folder(request, dataset), items)
     except corrections.CorrectionError as e:

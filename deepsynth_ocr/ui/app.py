@@ -25,7 +25,7 @@ from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.jobs import launch as launches
 from deepsynth_ocr.runs import LIVE, RunDirError, RunPaths, list_runs, new_run_path, read_run, stop_run
 from deepsynth_ocr.secrets import redact
-from deepsynth_ocr.ui import analysis, details, forms, workbench
+from deepsynth_ocr.ui import analysis, details, forms, playground, workbench
 from deepsynth_ocr.ui.common import UiState, page, run_dir_of, ui_state
 from deepsynth_ocr.ui.guard import Guard, RateLimit, csrf_token, inside, ui_secret
 from deepsynth_ocr.ui.scheduler import Scheduler, detect_gpus
@@ -359,9 +359,11 @@ def create_ui_app(cfg: RunConfig, token: str = "", cwd: Path | None = None) -> F
     app.state.ui = UiState(root, cfg, scheduler, csrf_token(secret), [Path(r).resolve() for r in cfg.ui.data_roots],
                            Path(cfg.ui.configs_dir).resolve(), gpus, RateLimit(cfg.ui.launches_per_minute),
                            RateLimit(cfg.ui.uploads_per_minute))
+    app.state.ui.playground = playground.Playground(scheduler, cfg.ui.try_idle_minutes * 60)
     app.add_middleware(Guard, token=token, csrf=csrf_token(secret))
     app.mount("/static", StaticFiles(directory=str(Path(__file__).resolve().parent / "static")), name="static")
     app.include_router(router)
     app.include_router(workbench.router)
     app.include_router(analysis.router)
+    app.include_router(playground.router)
     return app

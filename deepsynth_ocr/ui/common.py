@@ -29,7 +29,7 @@ class UiState:
     gpus: list[dict] = field(default_factory=list)
     launch_limit: RateLimit | None = None
     upload_limit: RateLimit | None = None
-    try_engines: dict = field(default_factory=dict)  # the Try-it page's loaded models, by run name
+    playground: object = None  # playground.Playground: the Try-it page's loaded model
 
 
 def ui_state(request: Request) -> UiState:

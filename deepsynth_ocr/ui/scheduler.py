@@ -52,9 +52,23 @@ class Scheduler:
         self.children: list[subprocess.Popen] = []
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
+        self.held = 0  # slots held inside the UI process (the Try-it playground's loaded model)
+        self.on_tick: list = []  # called on every tick (the playground unloads when idle)
 
     def busy(self) -> int:
-        return sum(1 for r in list_runs(self.root) if r.status in LIVE and r.kind in SLOT_KINDS)
+        return sum(1 for r in list_runs(self.root) if r.status in LIVE and r.kind in SLOT_KINDS) + self.held
+
+    def hold(self) -> bool:
+        """Take a free slot for work inside the UI process; False when every slot is busy (or runs are queued)."""
+        with self.lock:
+            if self.queued() or self.busy() >= self.slots:
+                return False
+            self.held += 1
+            return True
+
+    def release(self) -> None:
+        with self.lock:
+            self.held = max(0, self.held - 1)
 
     def queued(self) -> list[Path]:
         return sorted(self.queue_dir.glob("*.json"))
@@ -92,8 +106,10 @@ class Scheduler:
         log.info("started %s: deepsynth-ocr %s", launch.run_dir.name, " ".join(launch.args))
 
     def tick(self) -> None:
-        """Collect finished children, then start the oldest queued launch when a slot is free."""
+        """Collect finished children, run the tick hooks, then start the oldest queued launch when a slot is free."""
         self.children = [c for c in self.children if c.poll() is None]
+        for hook in self.on_tick:
+            hook()
         with self.lock:
             queued = self.queued()
             if not queued or self.busy() >= self.slots:

@@ -1,8 +1,5 @@
-"""The UI's Data and Try-it pages: run ``prepare`` on a source and read its report and samples; read an
-uploaded image or PDF with a run's fine-tune (or the base) through the server's batched generation.
-
-Sources are read only under the UI's data roots; an upload is size-limited and decoded with the kit's
-image limits (``serving.inputs``: the checks ``prepare`` applies).
+"""The UI's Data page: run ``prepare`` on a source and read its report and samples. Sources are read only under
+the UI's data roots. (Try-it is ``playground``.)
 """
 
 from __future__ import annotations
@@ -16,10 +13,8 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from deepsynth_ocr.config import RunConfig
-from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.jobs.launch import prepare_launch
-from deepsynth_ocr.runs import RunPaths, list_runs, load_config
+from deepsynth_ocr.runs import RunPaths
 from deepsynth_ocr.secrets import redact
 from deepsynth_ocr.ui import details
 from deepsynth_ocr.ui.common import page, ui_state
@@ -106,65 +101,3 @@ def dataset_image(request: Request, name: str, index: int):
     buf = io.BytesIO()
     split[index]["image"].convert("RGB").save(buf, format="PNG")
     return Response(buf.getvalue(), media_type="image/png")
-
-
-# --- try it -------------------------------------------------------------------------------------------
-
-def _models(request: Request) -> list[str]:
-    return ["base"] + [i.dir.name for i in list_runs(ui_state(request).root) if RunPaths(i.dir).adapter.is_dir()]
-
-
-@router.get("/try", response_class=HTMLResponse)
-def try_page(request: Request):
-    return page(request, "try.html", models=_models(request), max_mb=ui_state(request).cfg.ui.max_upload_mb)
-
-
-def _engine(request: Request, model: str):
-    """An ``OcrEngine`` (the server's) for the base or a run's fine-tune, loaded once per UI process."""
-    from deepsynth_ocr.jobs.serve import plan_models
-    from deepsynth_ocr.models.backends import load_base
-    from deepsynth_ocr.serving.engine import OcrEngine
-
-    ui = ui_state(request)
-    with _engines_lock:
-        if model not in ui.try_engines:
-            run_dir = None if model == "base" else ui.root / model
-            cfg = load_config(run_dir, None) if run_dir else RunConfig.from_dict(ui.cfg.to_dict())
-            plan = plan_models(cfg, str(run_dir) if run_dir else None)
-            ui.try_engines[model] = (OcrEngine(load_base(cfg), cfg, plan.base_name, plan.adapters), cfg)
-        return ui.try_engines[model]
-
-
-@router.post("/api/try")
-async def api_try(request: Request):
-    from starlette.concurrency import run_in_threadpool
-
-    from deepsynth_ocr.serving.inputs import ApiError, parse_upload
-
-    ui = ui_state(request)
-    limit = int(ui.cfg.ui.max_upload_mb * 2**20)
-    if int(request.headers.get("content-length") or 0) > limit + 4096:
-        return JSONResponse({"error": f"the upload is larger than ui.max_upload_mb={ui.cfg.ui.max_upload_mb:g} MiB"}, status_code=413)
-    if ui.upload_limit is not None and not ui.upload_limit.allow():
-        raise HTTPException(429, "too many uploads in a minute; wait a little")
-    form = await request.form(max_files=1, max_fields=4)
-    upload, model = form.get("file"), str(form.get("model") or "base")
-    if upload is None or isinstance(upload, str):
-        return JSONResponse({"error": "choose an image or a PDF"}, status_code=400)
-    if model not in _models(request):
-        return JSONResponse({"error": f"no model {model!r}: the base or a run with an adapter"}, status_code=400)
-    data = await upload.read(limit + 1)
-    if len(data) > limit:
-        return JSONResponse({"error": f"the upload is larger than ui.max_upload_mb={ui.cfg.ui.max_upload_mb:g} MiB"}, status_code=413)
-    try:
-        engine, cfg = await run_in_threadpool(_engine, request, model)
-        images, pages = parse_upload(data, upload.filename or "", cfg.serve, cfg.data, cfg.infer.pdf_dpi)
-    except ApiError as e:
-        return JSONResponse({"error": e.body()["error"]["message"]}, status_code=e.status)
-    except UserError as e:
-        return JSONResponse({"error": redact(str(e))}, status_code=400)
-    name = engine.adapters[0] if engine.adapters else engine.base_name
-    rows = [{"image": image, "prompt": engine.default_prompt} for image in images]
-    preds = await run_in_threadpool(engine.run_batch, name, rows, [cfg.infer.max_new_tokens] * len(rows))
-    return {"model": model, "pages": [{"page": p, "text": redact(pred.text), "tokens": pred.n_tokens,
-                                       "repetition_stopped": pred.looped} for p, pred in zip(pages, preds, strict=True)]}

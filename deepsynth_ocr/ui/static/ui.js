@@ -272,20 +272,47 @@ function dataPage() {
 
 function tryPage() {
   const form = document.getElementById("try-form"), out = document.getElementById("try-result");
-  const status = document.getElementById("try-status");
+  const status = document.getElementById("try-status"), mode = document.getElementById("mode");
+  mode.onchange = () => {
+    document.getElementById("prompt-label").hidden = !["question", "custom"].includes(mode.value);
+    document.getElementById("prompt-what").textContent = mode.value === "question" ? "Question" : "Prompt";
+  };
+  function correction(page, prompt, text) {  // a reading, corrected by the person, into a corrections dataset
+    const node = document.getElementById("correct-template").content.firstElementChild.cloneNode(true);
+    node.querySelector(".correction").value = text;
+    node.querySelector(".add-correction").onclick = async () => {
+      const { ok, status: code, data } = await api("POST", "/api/try/correct", { upload: page.upload, prompt,
+        text: node.querySelector(".correction").value, dataset: node.querySelector(".dataset").value });
+      const result = node.querySelector(".correct-result");
+      result.className = "correct-result " + (ok ? "muted" : "error");
+      result.textContent = ok ? `${data.dataset}: ${data.version.split("/").pop()} with ${data.rows} rows` : data.error || data.detail || `refused (${code})`;
+    };
+    return node;
+  }
   form.onsubmit = async (e) => {
     e.preventDefault();
     const file = document.getElementById("file").files[0];
     if (!file) { status.textContent = "choose a file"; return; }
     const body = new FormData();
     body.append("file", file); body.append("model", document.getElementById("model").value);
+    body.append("mode", mode.value); body.append("prompt", document.getElementById("prompt").value);
+    body.append("max_tokens", document.getElementById("max-tokens").value);
+    body.append("compare", document.getElementById("compare").checked ? "1" : "0");
     status.textContent = "reading (the first request loads the model)…";
     const { ok, data } = await api("POST", "/api/try", body);
     status.textContent = ok ? `read with ${data.model}` : "";
     if (!ok) { out.replaceChildren(el("p", data.error || data.detail || "refused", { class: "error" })); return; }
     out.replaceChildren(...data.pages.map((p) => {
-      const block = el("div");
-      block.append(el("h3", p.page === null ? "Text" : `Page ${p.page}`), el("pre", p.text, { class: "page-text" }));
+      const block = el("div", undefined, { class: "page" });
+      block.append(el("h3", p.page === null ? "Text" : `Page ${p.page}`));
+      const row = el("div", undefined, { class: "side-by-side" });
+      p.readings.forEach((r, i) => {
+        const col = el("div", undefined, { class: "reading", "data-column": data.columns[i] });
+        col.append(el("h4", `${data.columns[i]}: ${r.model}`), el("pre", r.text, { class: "page-text" }),
+          el("p", `${r.tokens} tokens${r.repetition_stopped ? " · stopped in a repetition loop" : ""}`, { class: "muted" }));
+        row.appendChild(col);
+      });
+      block.append(row, correction(p, data.prompt, p.readings[0].text));
       return block;
     }));
   };
