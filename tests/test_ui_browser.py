@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -267,9 +268,12 @@ def test_prepare_a_source_on_the_data_page_and_read_an_image_on_the_try_it_page(
     shots(browser, "try")
 
 
-def test_clone_a_run_into_the_form_preview_its_command_and_see_a_bad_override_refused(ui, browser):
-    """Issue 30: the run page's Clone link fills the launch form from that run's config; the overrides box and the
-    command preview; a bad override is refused next to the box and nothing starts."""
+def test_clone_a_run_into_the_form_with_overrides_and_launch_exactly_the_command_the_preview_showed(ui, browser):
+    """Issue 30: the run page's Clone link fills the launch form from that run's config; the task and augmentation
+    fields, the overrides box and the command preview; a bad override is refused next to the box and nothing starts;
+    fixed, the launch runs the previewed command (the run directory aside: it is named when the run starts)."""
+    from selenium.webdriver.support.ui import Select
+
     from deepsynth_ocr.config import RunConfig
 
     run_dir = ui.root / "invoices_20261205_100000"
@@ -280,21 +284,32 @@ def test_clone_a_run_into_the_form_preview_its_command_and_see_a_bad_override_re
     cfg.to_yaml(run_dir / "config.yaml")
     browser.get(ui.url + "/runs/" + run_dir.name)
     _wait(lambda: _find(browser, "#clone"), 30, "the run page")[0].click()
-    box = _wait(lambda: [b for b in _find(browser, "#field-train-max_steps") if b.get_attribute("value") == "77"], 30,
-                "the cloned run's fields")[0]
+    _wait(lambda: [b for b in _find(browser, "#field-train-max_steps") if b.get_attribute("value") == "77"], 30,
+          "the cloned run's fields")
     assert _find(browser, "#clone-of")[0].text == run_dir.name and not _find(browser, "#preset")
-    box.clear()
-    box.send_keys("90")
-    _find(browser, "#overrides")[0].send_keys("data.task=qa\naugment.enabled=true")
-    _find(browser, "#preview")[0].click()
-    command = _wait(lambda: _find(browser, "#command")[0].text, 30, "the command preview")
-    assert f"-c {run_dir / 'config.yaml'}" in command and "-s train.max_steps=90" in command
-    assert "augment.enabled=true" in command
-    _find(browser, "#overrides")[0].send_keys("\nlora.r=-3")
+    _fill(browser, {"train.max_steps": "3", "eval.max_samples": "4", "tracking.wandb": "disabled"})
+    Select(_find(browser, "#field-data-task")[0]).select_by_visible_text("markdown")
+    _find(browser, "#field-augment-enabled")[0].click()
+    _find(browser, "#overrides")[0].send_keys("eval.batch_size=4\nlora.r=-3")
     _find(browser, "#launch")[0].click()
     error = _wait(lambda: _find(browser, '[data-error-for="overrides"]')[0].text, 30, "the override's error")
-    assert error.startswith("line 3: lora.r")
+    assert error.startswith("line 2: lora.r")
     assert [r.dir.name for r in list_runs(ui.root)] == [run_dir.name]  # nothing started
+    _find(browser, "#overrides")[0].clear()
+    _find(browser, "#overrides")[0].send_keys("eval.batch_size=4\ntrain.warmup_steps=1")
+    _find(browser, "#preview")[0].click()
+    command = _wait(lambda: _find(browser, "#command")[0].text, 30, "the command preview")
+    assert f"-c {run_dir / 'config.yaml'}" in command and "-s train.max_steps=3" in command
+    assert "-s 'data.task=\"markdown\"'" in command and "-s augment.enabled=true" in command and "-s eval.batch_size=4" in command
+    _find(browser, "#launch")[0].click()
+    started = _wait(lambda: _find(browser, "#launch-result a"), 30, "the launch")[0].text
+    argv = json.loads((ui.root / started / ".launch").read_text())["argv"]
+
+    def without_run_dir(args):
+        return [a for i, a in enumerate(args) if a != "--run-dir" and (i == 0 or args[i - 1] != "--run-dir")]
+
+    assert without_run_dir(shlex.split(command))[-len(without_run_dir(argv)):] == without_run_dir(argv)
+    assert shlex.split(command)[: -len(argv)] == [sys.executable, "-m", "deepsynth_ocr.cli"]
 
 
 def test_the_charts_have_ticks_hover_titles_lr_and_grad_norm_curves_and_a_centred_single_point(ui, browser, shots):

@@ -274,8 +274,8 @@ def test_the_overrides_box_and_the_command_preview_are_checked_as_a_launch_is(ui
     anything starts; a bad line, a path outside the data roots or a UI-owned key is refused by line."""
     client, state, data = ui
     started = _capture(monkeypatch)
-    body = {"preset": "smoke.yaml", "fields": {"train.max_steps": "20"},
-            "overrides": "# comments and blank lines are skipped\n\ndata.task=qa\naugment.enabled=true\n"}
+    body = {"preset": "smoke.yaml", "fields": {"train.max_steps": "20", "data.task": "qa", "augment.enabled": "true"},
+            "overrides": "# comments and blank lines are skipped\n\neval.batch_size=4\ntrain.warmup_steps=1\n"}
     preview = client.post("/api/launch/preview", json=body)
     assert preview.status_code == 200 and not started  # a preview starts nothing
     command = preview.json()["command"]
@@ -285,8 +285,11 @@ def test_the_overrides_box_and_the_command_preview_are_checked_as_a_launch_is(ui
     assert shlex.split(command)[:-1] == started[0].command[:-1]  # the same command; only the run's time stamp moves
     assert started[0].args[:3] == ["train", "-c", str(ROOT / "configs" / "smoke.yaml")]
     assert 'data.task="qa"' in started[0].args and "augment.enabled=true" in started[0].args
+    assert "eval.batch_size=4" in started[0].args and "-s eval.batch_size=4" in command
     assert launched["state"] == "started"
-    for bad, says in [("data.task=nope", "line 1: data.task"), ("no equals sign", "line 1: write section.field=value"),
+    task = client.post("/api/launch/preview", json={**body, "fields": {"data.task": "nope"}})
+    assert "data.task" in task.json()["errors"]["data.task"]  # the form's own field names the bad value
+    for bad, says in [("eval.batch_size=nope", "line 1: eval.batch_size"), ("data.task=qa", "has its own field"), ("no equals sign", "line 1: write section.field=value"),
                       ("output_root=/tmp/elsewhere", "set by the UI"), ("ui.host=0.0.0.0", "set by the UI"),
                       ("train.max_steps=5", "has its own field"), ("\nprepare.output_dir=/etc", "line 2: prepare.output_dir"),
                       ("data.eval_path=/etc/passwd", "has its own field"), ("lora.r=-1", "lora.r"),
@@ -320,3 +323,28 @@ def test_a_run_is_cloned_into_the_form_with_its_own_config(ui, monkeypatch):
     args = started[0].args
     assert args[:3] == ["train", "-c", str(run_dir / "config.yaml")] and "train.max_steps=90" in args
     assert "lora.r=8" not in " ".join(args)  # kept from the clone's config, not re-sent
+
+
+def test_the_form_is_saved_as_a_preset_that_loads_back_and_is_never_overwritten(ui, tmp_path):
+    """Issue 30 item 5: "Save preset" writes the form (fields and overrides) as configs/NAME.yaml, resolved; the preset
+    list offers it and it fills the form with those values."""
+    client, state, data = ui
+    configs = tmp_path / "configs"
+    shutil.copytree(ROOT / "configs", configs)
+    state.configs = configs
+    body = {"preset": "smoke.yaml", "fields": {"train.max_steps": "42", "data.task": "markdown", "augment.enabled": "true"},
+            "overrides": "eval.batch_size=4", "name": "shelf-markdown"}
+    saved = client.post("/api/presets", json=body)
+    assert saved.status_code == 200 and saved.json() == {"preset": "shelf-markdown.yaml"}, saved.text
+    cfg = RunConfig.from_yaml(configs / "shelf-markdown.yaml")
+    assert (cfg.train.max_steps, cfg.data.task, cfg.augment.enabled, cfg.eval.batch_size) == (42, "markdown", True, 4)
+    assert cfg.output_root == RunConfig().output_root  # not the UI's runs root
+    assert "shelf-markdown.yaml" in client.get("/launch").text
+    fields = {f["name"]: f["value"] for f in client.get("/api/presets/shelf-markdown.yaml").json()["fields"]}
+    assert fields["train.max_steps"] == 42 and fields["data.task"] == "markdown"
+    again = client.post("/api/presets", json={**body, "fields": {"train.max_steps": "7"}})
+    assert again.status_code == 409 and "never overwritten" in again.json()["errors"]["preset_name"]
+    assert RunConfig.from_yaml(configs / "shelf-markdown.yaml").train.max_steps == 42
+    bad = client.post("/api/presets", json={**body, "name": "x", "fields": {"lora.r": "-1"}})
+    assert bad.status_code == 400 and "lora.r" in bad.json()["errors"] and not (configs / "x.yaml").exists()
+    assert client.post("/api/presets", json={**body, "name": "../up"}).status_code == 400

@@ -16,6 +16,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+import yaml
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -326,6 +327,35 @@ def _launch_of(request: Request, body: dict):
         return launches.train_launch(base, overrides)
     except UserError as e:
         return JSONResponse({"errors": {"form": redact(str(e))}}, status_code=400)
+
+
+@router.post("/api/presets")
+async def api_save_preset(request: Request):
+    """The form (a preset or a clone, its fields and overrides) as a new preset ``configs/NAME.yaml``: the resolved
+    config, without the runs root (the UI's own). An existing preset is never overwritten."""
+    state = ui_state(request)
+    body = await request.json()
+    name = str(body.get("name") or "").removesuffix(".yaml")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        return JSONResponse({"errors": {"preset_name": f"preset name {name!r}: letters, digits, '_', '-', '.'"}}, status_code=400)
+    launch = _launch_of(request, {**body, "kind": "train"})
+    if isinstance(launch, JSONResponse):
+        return launch
+    base = _launch_base(request, body)
+    overrides, _ = forms.overrides(base, body.get("fields") or {}, state.data_roots, state.root)
+    extra, _ = forms.extra_overrides(str(body.get("overrides") or ""), base, state.data_roots, state.root)
+    cfg = RunConfig.load(base, [o for o in overrides if not o.startswith("output_root=")] + extra)
+    if str(cfg.output_root) == str(state.root):
+        cfg.output_root = RunConfig().output_root
+    path = state.configs / f"{name}.yaml"
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    try:
+        with path.open("x", encoding="utf-8") as f:
+            f.write(f"# saved from the jobs UI's launch form ({'clone of ' + str(body['clone']) if body.get('clone') else body.get('preset')})\n{text}")
+    except FileExistsError:
+        return JSONResponse({"errors": {"preset_name": f"{path.name} exists already; choose another name (presets are "
+                                                       "never overwritten)"}}, status_code=409)
+    return {"preset": path.name}
 
 
 @router.post("/api/launch/preview")

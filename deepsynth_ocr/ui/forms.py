@@ -12,16 +12,18 @@ from pathlib import Path
 from typing import get_type_hints
 
 from deepsynth_ocr.config import ConfigError, RunConfig, field_help, parse_value
+from deepsynth_ocr.data.tasks import PRESETS, TASKS
 
 # What a user changes between runs; everything else comes from the preset.
 FORM_FIELDS = (
     "name", "model.family", "model.name_or_path", "model.backend", "model.load_in_4bit", "model.load_in_8bit", "lora.r", "lora.alpha", "lora.dropout",
-    "data.train_path", "data.eval_path", "train.max_steps", "train.learning_rate", "train.per_device_batch_size",
+    "data.train_path", "data.eval_path", "data.task", "data.instruction", "data.preset", "train.max_steps", "train.learning_rate", "train.per_device_batch_size",
     "train.gradient_accumulation_steps", "train.save_steps", "train.keep_best", "train.early_stopping_patience",
-    "eval.max_samples", "eval.every_steps", "tracking.wandb",
+    "eval.max_samples", "eval.every_steps", "augment.enabled", "augment.probability", "augment.rotation", "augment.blur",
+    "augment.contrast", "augment.noise", "augment.jpeg_quality", "tracking.wandb",
 )
 CHOICES = {"model.family": ["tiny", "deepseek-ocr-2", "deepseek-ocr"], "model.backend": ["auto", "hf", "unsloth"],
-           "tracking.wandb": ["offline", "online", "disabled"]}
+           "tracking.wandb": ["offline", "online", "disabled"], "data.task": list(TASKS), "data.preset": ["", *PRESETS]}
 
 
 def _type(name: str) -> type:

@@ -240,6 +240,13 @@ function launchPage() {
     errorsShow({});
     out.textContent = data.command; out.hidden = false;
   };
+  document.getElementById("save-preset").onclick = async () => {
+    const { ok, status, data } = await api("POST", "/api/presets", { ...body(), name: document.getElementById("preset-name").value });
+    const out = document.getElementById("preset-result");
+    if (!ok) { errorsShow(data.errors || { form: data.detail || data.error || `refused (${status})` }); out.textContent = ""; return; }
+    errorsShow({});
+    out.textContent = `saved ${data.preset}: it is in the preset list from now on`;
+  };
   form.onsubmit = async (e) => {
     e.preventDefault();
     const { ok, status, data } = await api("POST", "/api/launch", body());
