@@ -37,7 +37,7 @@ def ui(tmp_path, monkeypatch):
 def _capture(monkeypatch) -> list:
     started = []
 
-    def fake_start(launch, cwd=None):
+    def fake_start(launch, env=None, cwd=None):
         started.append(launch)
         return subprocess.Popen(["sleep", "30"])
 

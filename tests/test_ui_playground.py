@@ -86,7 +86,7 @@ def test_a_checkpoint_and_the_base_side_by_side_with_the_modes_prompt_and_token_
 def test_the_loaded_model_holds_a_slot_a_launch_waits_and_it_is_unloaded_when_idle(ui, trained, monkeypatch):
     client, state, _ = ui
     started = []
-    monkeypatch.setattr("deepsynth_ocr.ui.scheduler.start", lambda launch, cwd=None: started.append(launch) or subprocess.Popen(["true"]))
+    monkeypatch.setattr("deepsynth_ocr.ui.scheduler.start", lambda launch, env=None, cwd=None: started.append(launch) or subprocess.Popen(["true"]))
     image = sorted(IMAGES.iterdir())[0]
     assert _read(client, image, model="base").status_code == 200
     assert state.scheduler.held == 1

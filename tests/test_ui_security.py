@@ -129,7 +129,7 @@ def test_bad_form_values_are_refused_next_to_their_field_and_nothing_starts(tmp_
 
 def test_launches_are_rate_limited(tmp_path, monkeypatch):
     client, csrf = _ui(tmp_path, monkeypatch, launches_per_minute=2, gpu_slots=1)
-    monkeypatch.setattr("deepsynth_ocr.ui.scheduler.start", lambda launch, cwd=None: subprocess.Popen(["true"]))
+    monkeypatch.setattr("deepsynth_ocr.ui.scheduler.start", lambda launch, env=None, cwd=None: subprocess.Popen(["true"]))
     codes = [client.post("/api/launch", json={"preset": "smoke.yaml", "fields": {"train.max_steps": "5"}},
                          headers={"X-CSRF-Token": csrf}).status_code for _ in range(3)]
     assert codes == [200, 200, 429]

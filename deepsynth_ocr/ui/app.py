@@ -29,7 +29,7 @@ from deepsynth_ocr.secrets import redact
 from deepsynth_ocr.ui import analysis, details, forms, playground, workbench
 from deepsynth_ocr.ui.common import UiState, page, run_dir_of, ui_state
 from deepsynth_ocr.ui.guard import Guard, RateLimit, csrf_token, inside, ui_secret
-from deepsynth_ocr.ui.scheduler import Scheduler, detect_gpus
+from deepsynth_ocr.ui.scheduler import Scheduler, detect_gpus, gpu_use
 
 router = APIRouter()
 
@@ -369,13 +369,42 @@ async def api_launch_preview(request: Request):
 
 @router.post("/api/launch")
 async def api_launch(request: Request):
-    """Launch (or queue) a training run or a sweep from the form; per-field errors start nothing."""
-    launch = _launch_of(request, await request.json())
+    """Launch (or queue) a training run or a sweep from the form, on GPU ``gpu`` or any free one; per-field errors
+    start nothing."""
+    body = await request.json()
+    launch = _launch_of(request, body)
     if isinstance(launch, JSONResponse):
         return launch
     state = ui_state(request)
+    gpu = body.get("gpu")
+    if gpu not in (None, "") and not (str(gpu).isdigit() and int(gpu) < len(state.gpus)):
+        return JSONResponse({"errors": {"gpu": f"gpu: one of this machine's GPUs (0..{len(state.gpus) - 1}) or any"
+                                               if state.gpus else "gpu: this machine has no GPU"}}, status_code=400)
     _limited(state.launch_limit, "launches")
-    return {"run": launch.run_dir.name, "state": state.scheduler.submit(launch)}
+    return {"run": launch.run_dir.name, "state": state.scheduler.submit(launch, gpu=int(gpu) if gpu not in (None, "") else None)}
+
+
+@router.get("/api/queue")
+def api_queue(request: Request):
+    return ui_state(request).scheduler.queue()
+
+
+@router.post("/api/queue/{name}/move")
+async def api_queue_move(request: Request, name: str):
+    """Reorder the queue: ``to`` is up, down, top or bottom. (Cancel is the run's Stop.)"""
+    to = str((await request.json()).get("to") or "")
+    if to not in ("up", "down", "top", "bottom"):
+        return _user_error(RunDirError("to: up, down, top or bottom"))
+    if not ui_state(request).scheduler.move(run_dir_of(request, name), to):
+        return _user_error(RunDirError(f"{name} is not queued"))
+    return {"queue": ui_state(request).scheduler.queue()}
+
+
+@router.get("/api/gpus")
+def api_gpus(request: Request):
+    """Each GPU's use now (nvidia-smi) and which run, or the Try-it model, computes on it."""
+    used = ui_state(request).scheduler.gpus_in_use()
+    return [{**g, "job": used.get(g["index"])} for g in gpu_use()]
 
 
 def create_ui_app(cfg: RunConfig, token: str = "", cwd: Path | None = None) -> FastAPI:
@@ -384,7 +413,7 @@ def create_ui_app(cfg: RunConfig, token: str = "", cwd: Path | None = None) -> F
     root.mkdir(parents=True, exist_ok=True)
     secret = ui_secret(root / ".ui")
     gpus = detect_gpus()
-    scheduler = Scheduler(root, cfg.ui.gpu_slots or len(gpus) or 1, cwd)
+    scheduler = Scheduler(root, cfg.ui.gpu_slots or len(gpus) or 1, cwd, gpus=len(gpus))
     app = FastAPI(title="DeepSynth OCR jobs", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ui = UiState(root, cfg, scheduler, csrf_token(secret), [Path(r).resolve() for r in cfg.ui.data_roots],
                            Path(cfg.ui.configs_dir).resolve(), gpus, RateLimit(cfg.ui.launches_per_minute),

@@ -105,6 +105,40 @@ function runsPage() {
       return tr;
     }));
     document.getElementById("empty").hidden = data.length > 0;
+    refreshQueue();
+    refreshGpus();
+  }
+  async function refreshQueue() {  // the queue in start order, each job movable; Stop on its run page cancels it
+    const { ok, data } = await api("GET", "/api/queue");
+    const table = document.getElementById("queue");
+    if (!ok || !table) return;
+    table.hidden = data.length === 0;
+    table.querySelector("tbody").replaceChildren(...data.map((q, i) => {
+      const tr = el("tr", undefined, { "data-queued": q.run });
+      tr.append(el("td", String(i + 1)), el("td"), el("td", q.kind), el("td", q.gpu === null ? "any" : `GPU ${q.gpu}`), el("td"));
+      tr.children[1].appendChild(el("a", q.run, { href: "/runs/" + encodeURIComponent(q.run) }));
+      for (const [to, label] of [["top", "⤒"], ["up", "↑"], ["down", "↓"]]) {
+        const b = el("button", label, { "data-move": to, title: "move " + to });
+        b.onclick = async () => { await api("POST", `/api/queue/${encodeURIComponent(q.run)}/move`, { to }); refreshQueue(); };
+        tr.children[4].appendChild(b);
+      }
+      const cancel = el("button", "cancel", { "data-cancel": q.run });
+      cancel.onclick = async () => { await api("POST", `/api/runs/${encodeURIComponent(q.run)}/stop`); refresh(); };
+      tr.children[4].appendChild(cancel);
+      return tr;
+    }));
+  }
+  async function refreshGpus() {
+    const table = document.getElementById("gpus");
+    if (!table) return;
+    const { ok, data } = await api("GET", "/api/gpus");
+    if (!ok) return;
+    table.querySelector("tbody").replaceChildren(...data.map((g) => {
+      const tr = el("tr", undefined, { "data-gpu": g.index });
+      for (const c of [`GPU ${g.index}`, g.name, g.utilization === null ? "-" : `${g.utilization}%`,
+        `${g.memory_used_gib ?? "-"} / ${g.memory_total_gib ?? "-"} GiB`, g.job || "free"]) tr.appendChild(el("td", c));
+      return tr;
+    }));
   }
   status.onchange = refresh; name.oninput = refresh;
   refresh();
@@ -232,7 +266,8 @@ function launchPage() {
   if (preset) preset.onchange = loadPreset;
   const body = () => ({ kind: kind(), preset: preset ? preset.value : "", clone, fields: values(),
                         overrides: document.getElementById("overrides").value,
-                        space: document.getElementById("space").value, trials: Number(document.getElementById("trials").value) });
+                        space: document.getElementById("space").value, trials: Number(document.getElementById("trials").value),
+                        gpu: document.getElementById("gpu") ? document.getElementById("gpu").value : "" });
   document.getElementById("preview").onclick = async () => {
     const { ok, status, data } = await api("POST", "/api/launch/preview", body());
     const out = document.getElementById("command");
