@@ -14,6 +14,7 @@ Definitions the kit commits to (jiwer's own behaviour differs between versions):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
@@ -267,6 +268,16 @@ def summarize_tasks(tasks: list[str], scores: list[SampleScore], extra: list[dic
 
 
 TASK_METRICS = {"exact_match": "exact match", "f1": "token F1", "rouge_l": "ROUGE-L", "cer": "CER", "wer": "WER"}
+
+
+def summarize_rows(rows: list[dict], norm: dict | None = None) -> dict:
+    """``summarize_tasks`` of an evaluation's stored per-sample rows (``eval/<tag>.jsonl``), with the normalisation
+    (``TextNormalization.describe()``) they were scored under."""
+    fields = {f.name for f in dataclasses.fields(SampleScore)}
+    tasks = [r.get("task") or "ocr" for r in rows]
+    extra = [{k: r[k] for k in ("em", "f1", "rouge_l") if k in r} for r in rows]
+    return summarize_tasks(tasks, [SampleScore(**{k: r[k] for k in fields}) for r in rows], extra,
+                           TextNormalization(**(norm or TextNormalization().describe())))
 
 
 def task_metric_rows(summaries: list[dict]) -> list[tuple[str, list]]:

@@ -9,7 +9,6 @@ report holds metrics only: no images, no reference or predicted texts.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import io
 import json
@@ -30,7 +29,6 @@ log = logging.getLogger(__name__)
 
 WORST_N = 20
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-_SCORE_FIELDS = {f.name for f in dataclasses.fields(metrics.SampleScore)}
 
 
 def png_data_uri(fig) -> str:
@@ -84,13 +82,6 @@ def error_rate_figure(records: list[dict], baselines: dict[str, dict]):
 def _plots(records: list[dict], baselines: dict[str, dict]) -> dict[str, str]:
     figures = {"loss": loss_figure(records), "cer": error_rate_figure(records, baselines)}
     return {name: png_data_uri(fig) for name, fig in figures.items() if fig is not None}
-
-
-def _summary(rows: list[dict], norm: dict) -> dict:
-    tasks = [r.get("task") or "ocr" for r in rows]
-    extra = [{k: r[k] for k in ("em", "f1", "rouge_l") if k in r} for r in rows]
-    return metrics.summarize_tasks(tasks, [metrics.SampleScore(**{k: r[k] for k in _SCORE_FIELDS}) for r in rows],
-                                   extra, metrics.TextNormalization(**norm))
 
 
 def _task_table(summaries: dict[str, dict]) -> list[str]:
@@ -163,7 +154,7 @@ def build_html(run_dir: Path) -> str:
     norm = metrics.TextNormalization().describe()
     for r in records:  # the normalisation the run recorded with its eval summaries
         norm = r.get("normalization", norm)
-    summaries = {name: _summary(rows, norm) for name, rows in evals.items()}
+    summaries = {name: metrics.summarize_rows(rows, norm) for name, rows in evals.items()}
     plots = _plots(records, {k.removeprefix("baseline: "): v for k, v in summaries.items() if k.startswith("baseline")})
 
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>DeepSynth OCR report: {html.escape(run_dir.name)}</title>",

@@ -253,7 +253,7 @@ def test_a_checkpoint_is_evaluated_from_the_run_page_as_a_new_evaluation_run(ui,
     run_dir = train(cfg).run_dir
     url = f"/api/runs/{run_dir.name}/evaluate"
     assert "Evaluate</button>" in client.get(f"/runs/{run_dir.name}").text
-    for body, words in [({"checkpoint": "../adapter"}, "checkpoint-N"), ({"checkpoint": "checkpoint-9"}, "no adapter weights"),
+    for body, words in [({"checkpoint": "../adapter"}, "checkpoint-N"), ({"checkpoint": "checkpoint-9"}, "no 'checkpoint-9'"),
                         ({"checkpoint": "checkpoint-2", "eval_path": "/etc/passwd"}, "outside the UI's data roots")]:
         refused = client.post(url, json=body)
         assert refused.status_code == 400 and words in refused.text, (body, refused.text)
@@ -348,3 +348,29 @@ def test_the_form_is_saved_as_a_preset_that_loads_back_and_is_never_overwritten(
     bad = client.post("/api/presets", json={**body, "name": "x", "fields": {"lora.r": "-1"}})
     assert bad.status_code == 400 and "lora.r" in bad.json()["errors"] and not (configs / "x.yaml").exists()
     assert client.post("/api/presets", json={**body, "name": "../up"}).status_code == 400
+
+
+def test_the_evaluate_page_scores_the_base_with_a_chosen_baseline_as_a_run_with_the_scores_side_by_side(ui, monkeypatch):
+    """Issue 30 item 2: choose the base (through a preset), an eval set under the data roots, one baseline and a row
+    limit; the evaluation is a new run whose page lists the base and the baseline on the same rows."""
+    from deepsynth_ocr.cli import main
+
+    client, state, data = ui
+    started = _capture(monkeypatch)
+    page = client.get("/evaluate").text
+    assert '<option selected>base</option>' in page and 'value="tesseract"' in page
+    eval_set = str(data / "samples" / "eval.jsonl")
+    body = {"model": "base", "preset": "smoke.yaml", "eval_path": eval_set, "baselines": ["tesseract"], "max_samples": "4"}
+    for bad, field in [({"baselines": ["abbyy"]}, "baselines"), ({"eval_path": "/etc"}, "eval_path"), ({"model": "nope"}, None)]:
+        refused = client.post("/api/evaluate", json={**body, **bad})
+        assert refused.status_code in (400, 404) and (field is None or field in refused.json()["errors"]), refused.text
+    assert started == []
+    reply = client.post("/api/evaluate", json=body).json()
+    (launch,) = started
+    assert reply["state"] == "started" and launch.kind == "evaluate" and "--adapter" not in launch.args
+    assert 'eval.baselines=["tesseract"]' in launch.args and "eval.max_samples=4" in launch.args
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert main([*launch.args, "-s", "tracking.wandb=disabled"]) in (0, None)
+    run_page = client.get(f"/runs/{launch.run_dir.name}").text
+    rows = [part.split('"')[0] for part in run_page.split('data-eval="')[1:]]
+    assert rows == ["before", "baseline_tesseract"] and "tesseract (baseline)" in run_page

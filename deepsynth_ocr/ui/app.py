@@ -53,7 +53,7 @@ def runs_page(request: Request):
 @router.get("/runs/{name}", response_class=HTMLResponse)
 def run_page(request: Request, name: str):
     info = read_run(run_dir_of(request, name))
-    return page(request, "run.html", run=details.summary(info), config=details.config_text(info.dir),
+    return page(request, "run.html", run=details.summary(info), config=details.config_text(info.dir), scores=details.scores(info.dir),
                  checkpoints=details.checkpoints(info.dir), samples=details.samples(info.dir),
                  trials=details.sweep_trials(info.dir) if info.kind == "sweep" else [],
                  has_report=RunPaths(info.dir).report.is_file(), has_eval=bool(analysis.eval_tags(info.dir)), has_adapter=RunPaths(info.dir).adapter.is_dir(),
@@ -201,31 +201,88 @@ async def api_export(request: Request, name: str):
     return {"run": name, "state": state.scheduler.submit(launch, takes_slot=False), "out": str(launch.run_dir)}
 
 
+def _evaluation(request: Request, config: Path, adapter: Path | None, label: str, body: dict):
+    """Queue ``deepsynth-ocr evaluate`` of the base with ``config`` (and ``adapter``) on ``eval_path`` under the data
+    roots (else the config's), with the chosen ``baselines`` and ``max_samples``: a new evaluation run in the list."""
+    from deepsynth_ocr.config import EvalConfig
+
+    state = ui_state(request)
+    eval_path = str(body.get("eval_path") or "")
+    if not forms.allowed_data_path(eval_path, state.data_roots):
+        return JSONResponse({"errors": {"eval_path": f"eval_path: {eval_path} is outside the UI's data roots"}}, status_code=400)
+    overrides = [f"output_root={state.root}", f"name={label}"] + ([f"data.eval_path={eval_path}"] if eval_path else [])
+    if "baselines" in body:
+        known = EvalConfig.__dataclass_fields__["baselines"].default_factory()
+        chosen = body["baselines"]
+        if not isinstance(chosen, list) or any(b not in known for b in chosen):
+            return JSONResponse({"errors": {"baselines": f"baselines: any of {', '.join(known)}"}}, status_code=400)
+        overrides.append(f"eval.baselines={json.dumps(chosen)}")
+    if body.get("max_samples") not in (None, ""):
+        overrides.append(f"eval.max_samples={body['max_samples']}")
+    _limited(state.launch_limit, "launches")
+    try:
+        launch = launches.evaluate_launch(config, overrides, adapter=adapter)
+    except UserError as e:
+        return JSONResponse({"errors": {"form": redact(str(e))}}, status_code=400)
+    return {"run": launch.run_dir.name, "state": state.scheduler.submit(launch)}
+
+
+def _model_source(request: Request, model: str, preset: str) -> tuple[Path, Path | None, str]:
+    """The config, adapter and run label of a model choice: ``base`` (with a preset), ``RUN`` (its adapter) or
+    ``RUN/checkpoint-N``."""
+    from deepsynth_ocr.jobs.export import checkpoint_adapter
+
+    if model == "base":
+        return _preset(request, preset), None, "base"
+    name, _, checkpoint = model.partition("/")
+    run_dir = run_dir_of(request, name)
+    paths = RunPaths(run_dir)
+    adapter = checkpoint_adapter(paths, checkpoint) if checkpoint else paths.adapter
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise RunDirError(f"{name} has no adapter weights in {checkpoint or 'adapter/'} (status {read_run(run_dir).status})")
+    return paths.config, adapter, f"{read_run(run_dir).name or name}-{checkpoint or 'adapter'}"
+
+
 @router.post("/api/runs/{name}/evaluate")
 async def api_evaluate(request: Request, name: str):
     """Evaluate the run's adapter or one of its checkpoints (``checkpoint``: ``adapter`` or ``checkpoint-N``) on the
     run's eval set, or on ``eval_path`` under the data roots: a new evaluation run in the list, base beside it."""
-    state = ui_state(request)
-    run_dir = run_dir_of(request, name)
     body = await request.json() if (await request.body()) else {}
     which = str(body.get("checkpoint") or "adapter")
-    paths = RunPaths(run_dir)
     if which != "adapter" and not re.fullmatch(r"checkpoint-\d+", which):
         return _user_error(RunDirError(f"checkpoint: 'adapter' or 'checkpoint-N', got {which!r}"))
-    adapter = paths.adapter if which == "adapter" else paths.checkpoints / which
-    if not (adapter / "adapter_model.safetensors").is_file():
-        return _user_error(RunDirError(f"{name} has no adapter weights in {which} (status {read_run(run_dir).status})"))
-    eval_path = str(body.get("eval_path") or "")
-    if not forms.allowed_data_path(eval_path, state.data_roots):
-        return JSONResponse({"errors": {"eval_path": f"eval_path: {eval_path} is outside the UI's data roots"}}, status_code=400)
-    _limited(state.launch_limit, "launches")
-    label = read_run(run_dir).name or name
-    overrides = [f"output_root={state.root}", f"name={label}-{which}"] + ([f"data.eval_path={eval_path}"] if eval_path else [])
     try:
-        launch = launches.evaluate_launch(paths.config, overrides, adapter=adapter)
-    except UserError as e:
+        config, adapter, label = _model_source(request, name if which == "adapter" else f"{name}/{which}", "")
+    except RunDirError as e:
         return _user_error(e)
-    return {"run": launch.run_dir.name, "state": state.scheduler.submit(launch)}
+    return _evaluation(request, config, adapter, label, body)
+
+
+@router.get("/evaluate", response_class=HTMLResponse)
+def evaluate_page(request: Request):
+    from deepsynth_ocr.config import EvalConfig
+    from deepsynth_ocr.ui.analysis import correction_datasets
+    from deepsynth_ocr.ui.playground import models
+
+    state = ui_state(request)
+    slices = sorted((state.data_roots[0] / "slices").glob("*.jsonl")) if (state.data_roots[0] / "slices").is_dir() else []
+    sets = [str(p) for p in slices] + [d["latest"] for d in correction_datasets(request)]
+    return page(request, "evaluate.html", models=models(request), chosen=request.query_params.get("model") or "base",
+                presets=sorted(p.name for p in state.configs.glob("*.yaml")), eval_sets=sets,
+                baselines=EvalConfig.__dataclass_fields__["baselines"].default_factory(),
+                data_roots=[str(r) for r in state.data_roots])
+
+
+@router.post("/api/evaluate")
+async def api_evaluate_any(request: Request):
+    """The evaluate page: ``model`` (base, RUN or RUN/checkpoint-N; the base with ``preset``), ``eval_path``,
+    ``baselines`` and ``max_samples``."""
+    body = await request.json()
+    try:
+        config, adapter, label = _model_source(request, str(body.get("model") or "base"), str(body.get("preset") or ""))
+    except RunDirError as e:
+        return JSONResponse({"errors": {"model": redact(str(e))}}, status_code=400)
+    return _evaluation(request, config, adapter, label, body)
 
 
 # --- files ------------------------------------------------------------------------------------------------

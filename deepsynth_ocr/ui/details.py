@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from deepsynth_ocr.checkpoint_scores import read_score
-from deepsynth_ocr.metrics import sample_label, task_metric_rows
+from deepsynth_ocr.metrics import sample_label, summarize_rows, task_metric_rows
 from deepsynth_ocr.runs import RunInfo, RunPaths, read_run
 from deepsynth_ocr.secrets import redact
 
@@ -109,6 +109,28 @@ def eval_rows(run_dir: Path, tag: str) -> tuple[dict, ...]:
         return ()
     stat = path.stat()
     return _read_eval(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+EVAL_LABELS = {"before": "base model", "after": "fine-tuned"}
+
+
+def scores(run_dir: Path) -> list[dict]:
+    """Each evaluation of the run (base, fine-tune, each classical baseline) scored from its rows, side by side:
+    ``[{tag, label, n, cer, wer, exact_match, catastrophic_rate, tasks}]``."""
+    out = []
+    folder = RunPaths(run_dir).eval_dir
+    tags = sorted((p.stem for p in folder.glob("*.jsonl") if TAG.fullmatch(p.stem)), key=lambda t: (
+        {"before": 0, "after": 1}.get(t, 2), t)) if folder.is_dir() else []
+    for tag in tags:
+        rows = eval_rows(run_dir, tag)
+        if not rows:
+            continue
+        summary = summarize_rows(list(rows))
+        label = EVAL_LABELS.get(tag) or (f"{tag.removeprefix('baseline_')} (baseline)" if tag.startswith("baseline_") else tag)
+        out.append(redact({"tag": tag, "label": label, "n": summary["n"], "cer": summary.get("cer"), "wer": summary.get("wer"),
+                           "exact_match": summary.get("exact_match"), "catastrophic_rate": summary.get("catastrophic_rate"),
+                           "task_metrics": [(METRIC_LABELS.get(k, k), summary[k]) for k in ("qa_f1", "summarize_rouge_l") if k in summary]}))
+    return out
 
 
 def samples(run_dir: Path, n: int = 8) -> list[dict]:

@@ -157,7 +157,7 @@ function runPage(name) {
     // own rendering of this page: the page itself is never reloaded.
     const html = await (await fetch(path)).text();
     const fresh = new DOMParser().parseFromString(html, "text/html");
-    for (const id of ["links", "samples-section", "checkpoints-section"]) {
+    for (const id of ["links", "scores-section", "samples-section", "checkpoints-section"]) {
       const node = fresh.getElementById(id);
       if (node) document.getElementById(id).replaceWith(document.adoptNode(node));
     }
@@ -400,4 +400,23 @@ function errorsPage() {
     if (ok) setTimeout(() => location.reload(), 1200);  // the datasets table gains the new version and its Fine-tune link
   };
   refresh();
+}
+
+// --- evaluate: a model (base, fine-tune, checkpoint) on an eval set, with baselines, as a new evaluation run ---
+function evaluatePage() {
+  const form = document.getElementById("evaluate-form"), model = document.getElementById("model");
+  const showPreset = () => { document.getElementById("preset-label").hidden = model.value !== "base"; };
+  model.onchange = showPreset;
+  showPreset();
+  form.onsubmit = async (e) => {
+    e.preventDefault();
+    const body = { model: model.value, preset: document.getElementById("preset").value,
+      eval_path: document.getElementById("eval-path").value.trim(), max_samples: document.getElementById("max-samples").value,
+      baselines: [...document.querySelectorAll(".baseline:checked")].map((b) => b.value) };
+    const { ok, status, data } = await api("POST", "/api/evaluate", body);
+    document.querySelectorAll("[data-error-for]").forEach((n) => { n.textContent = ((data && data.errors) || {})[n.dataset.errorFor] || ""; });
+    const result = document.getElementById("evaluate-result");
+    if (!ok) { result.textContent = data.errors ? "" : data.detail || data.error || `refused (${status})`; return; }
+    result.replaceChildren(`evaluation ${data.state}: `, el("a", data.run, { href: "/runs/" + encodeURIComponent(data.run) }));
+  };
 }
