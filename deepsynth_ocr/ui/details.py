@@ -125,7 +125,10 @@ def scores(run_dir: Path) -> list[dict]:
         rows = eval_rows(run_dir, tag)
         if not rows:
             continue
-        summary = summarize_rows(list(rows))
+        try:
+            summary = summarize_rows(list(rows))
+        except (KeyError, TypeError, ValueError):  # rows without their per-sample scores: listed, not scored
+            summary = {"n": len(rows)}
         label = EVAL_LABELS.get(tag) or (f"{tag.removeprefix('baseline_')} (baseline)" if tag.startswith("baseline_") else tag)
         out.append(redact({"tag": tag, "label": label, "n": summary["n"], "cer": summary.get("cer"), "wer": summary.get("wer"),
                            "exact_match": summary.get("exact_match"), "catastrophic_rate": summary.get("catastrophic_rate"),
