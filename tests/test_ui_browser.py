@@ -402,3 +402,39 @@ def test_the_correction_loop_error_analysis_to_corrections_to_a_fine_tune_that_r
     texts = {c.get_attribute("data-column"): c.find_element("css selector", "pre").text for c in columns}
     assert texts == {"fine-tune": row["reference"], "base": before[row["id"]]["prediction"]}
     shots(browser, "try-side-by-side")
+
+
+def test_early_stopping_keeps_the_best_checkpoint_which_is_evaluated_and_exported_from_its_row(ui, browser, shots):
+    """Issue 30 item 1 in the browser: a run launched from the form with keep-best and early stopping stops early
+    (measured: CER 0.344 at step 40, then two evaluations without a gain, stopped at 48); its best checkpoint is
+    rank 1 and the run's adapter, and that row's Evaluate and Export both finish."""
+    browser.get(ui.url + "/launch")
+    _wait(lambda: _find(browser, "#field-train-max_steps"), 60, "the form")
+    _fill(browser, {**SMOKE, "name": "early", "train.max_steps": "80", "train.learning_rate": "0.01",
+                    "eval.every_steps": "4", "train.save_steps": "4", "train.early_stopping_patience": "2", "eval.max_samples": "8"})
+    _find(browser, "#field-train-keep_best")[0].click()
+    _find(browser, "#overrides")[0].send_keys("eval.periodic_samples=8\neval.baselines=[]\ntrain.save_total_limit=2")
+    _find(browser, "#launch")[0].click()
+    run = _wait(lambda: _find(browser, "#launch-result a"), 30, "the launch")[0].text
+    _wait(lambda: read_run(ui.root / run).status in ("ok", "failed"), 300, "the early-stopped run")
+    manifest = read_run(ui.root / run).manifest
+    assert manifest["status"] == "ok", (ui.root / run / "console.log").read_text()[-3000:]
+    selection = manifest["selection"]
+    best = selection["adapter_from"]
+    assert selection["stopped_early_at"] < 80 and best == f"checkpoint-{selection['best_step']}"
+    browser.get(f"{ui.url}/runs/{run}")
+    row = _wait(lambda: _find(browser, f'#checkpoints tr[data-checkpoint="{best}"]'), 30, "the checkpoints")[0]
+    assert "(best)" in row.text and "the run's adapter" in row.text
+    row.find_element("css selector", "[data-evaluate]").click()
+    evaluation = _wait(lambda: _find(browser, "#evaluate-result"), 30, "the evaluation launch")[0].text
+    _find(browser, f'[data-export="{best}"]')[0].click()
+    _wait(lambda: "export started" in _find(browser, "#action-result")[0].text, 30, "the export launch")
+    shots(browser, "checkpoints")
+    export = ui.root / run / f"export-{best}"
+    _wait(lambda: (export / "README.md").is_file() or read_run(ui.root / evaluation).status == "failed", 300, "the export")
+    assert f"This export is `{best}` of the run" in (export / "README.md").read_text()
+    _wait(lambda: read_run(ui.root / evaluation).status in ("ok", "failed"), 300, "the evaluation")
+    assert read_run(ui.root / evaluation).status == "ok"
+    # the same 8 rows as the periodic evaluation that ranked the checkpoint: the same score
+    assert read_run(ui.root / evaluation).manifest["metrics"]["after"]["cer"] == pytest.approx(
+        json.loads((ui.root / run / "checkpoints" / best / "deepsynth_eval.json").read_text())["value"], abs=1e-6)
