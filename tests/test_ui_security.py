@@ -135,6 +135,32 @@ def test_launches_are_rate_limited(tmp_path, monkeypatch):
     assert codes == [200, 200, 429]
 
 
+def test_the_issue_30_writes_need_the_csrf_token_are_rate_limited_and_escape_the_pages_they_fill(tmp_path, monkeypatch):
+    """Slices, corrections (from a row and from the playground), presets and queue moves: refused without the CSRF
+    token (nothing written), limited per minute, and a corrected text holding markup shows as text."""
+    client, csrf = _ui(tmp_path, monkeypatch, uploads_per_minute=2, data_roots=[str(tmp_path / "data")])
+    run_dir = _planted_run(tmp_path / "runs")
+    rows = [{"id": f"r{i}", "image": str(ROOT / "data" / "smoke-domain" / "images" / f"eval_000{i}.png"), "reference": "ab",
+             "prediction": MARKUP, "cer": 0.5, "task": "ocr"} for i in range(3)]
+    (run_dir / "eval" / "after.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(client.app.state.ui, "data_roots", [tmp_path / "data", ROOT / "data"])
+    writes = [(f"/api/runs/{run_dir.name}/slice", {"tag": "after", "rows": [0], "name": "s"}),
+              (f"/api/runs/{run_dir.name}/corrections", {"tag": "after", "rows": [0], "texts": {"0": MARKUP}, "dataset": "c"}),
+              ("/api/try/correct", {"upload": "0" * 32, "text": "x", "dataset": "c"}),
+              ("/api/presets", {"preset": "smoke.yaml", "fields": {}, "name": "p"}),
+              (f"/api/queue/{run_dir.name}/move", {"to": "up"})]
+    for url, body in writes:
+        assert client.post(url, json=body).status_code == 403, url
+    assert not (tmp_path / "data").exists() and not (ROOT / "configs" / "p.yaml").exists()
+    ok = client.post(writes[1][0], json=writes[1][1], headers={"X-CSRF-Token": csrf})
+    assert ok.status_code == 200, ok.text
+    page = client.get(f"/runs/{run_dir.name}/errors").text
+    assert MARKUP not in page and "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in page  # rows and diffs escaped
+    codes = [client.post(writes[0][0], json={**writes[0][1], "name": f"s{i}"}, headers={"X-CSRF-Token": csrf}).status_code
+             for i in range(2)]
+    assert codes == [200, 429]  # two data writes a minute: the corrections above and one slice
+
+
 def test_a_token_guards_every_request_and_signs_in_once(tmp_path, monkeypatch):
     token = "t" * 24
     monkeypatch.chdir(ROOT)

@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from deepsynth_ocr import corrections, metrics
 from deepsynth_ocr.runs import RunPaths, list_runs
 from deepsynth_ocr.secrets import redact
-from deepsynth_ocr.ui.common import IMAGE_SUFFIXES, page, run_dir_of, ui_state
+from deepsynth_ocr.ui.common import IMAGE_SUFFIXES, limited, page, run_dir_of, ui_state
 from deepsynth_ocr.ui.details import TAG, eval_rows
 
 router = APIRouter()
@@ -186,6 +186,7 @@ async def api_slice(request: Request, name: str):
     """The ticked rows as an eval set (``slices/NAME.jsonl`` under the first data root): image, reference, task and
     prompt, readable by ``data.eval_path``. An existing slice is never overwritten."""
     state = ui_state(request)
+    limited(state.upload_limit, "writes")
     body = await request.json()
     tag, picked = _ticked(request, name, body)
     slice_name = str(body.get("name") or "")
@@ -216,6 +217,7 @@ def corrections_folder(request: Request, dataset: str) -> Path:
 @router.post("/api/runs/{name}/corrections")
 async def api_correct_rows(request: Request, name: str):
     """Ticked eval rows with the text a person corrected them to, into a corrections dataset's next version."""
+    limited(ui_state(request).upload_limit, "writes")
     body = await request.json()
     tag, picked = _ticked(request, name, body)
     texts = body.get("texts")

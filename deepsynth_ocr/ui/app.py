@@ -27,16 +27,11 @@ from deepsynth_ocr.jobs import launch as launches
 from deepsynth_ocr.runs import LIVE, RunDirError, RunPaths, list_runs, new_run_path, read_run, stop_run
 from deepsynth_ocr.secrets import redact
 from deepsynth_ocr.ui import analysis, details, forms, playground, workbench
-from deepsynth_ocr.ui.common import UiState, page, run_dir_of, ui_state
+from deepsynth_ocr.ui.common import UiState, limited, page, run_dir_of, ui_state
 from deepsynth_ocr.ui.guard import Guard, RateLimit, csrf_token, inside, ui_secret
 from deepsynth_ocr.ui.scheduler import Scheduler, detect_gpus, gpu_use
 
 router = APIRouter()
-
-
-def _limited(limit: RateLimit | None, what: str) -> None:
-    if limit is not None and not limit.allow():
-        raise HTTPException(429, f"too many {what} in a minute; wait a little")
 
 
 def _user_error(e: Exception) -> JSONResponse:
@@ -157,7 +152,7 @@ def api_stop(request: Request, name: str):
 @router.post("/api/runs/{name}/resume")
 def api_resume(request: Request, name: str):
     state = ui_state(request)
-    _limited(state.launch_limit, "launches")
+    limited(state.launch_limit, "launches")
     try:
         launch = launches.resume_launch(run_dir_of(request, name))
     except UserError as e:
@@ -194,7 +189,7 @@ async def api_export(request: Request, name: str):
             raise RunDirError(f"push: a hub repository as user/name, got {push!r}")
     except RunDirError as e:
         return _user_error(e)
-    _limited(state.launch_limit, "launches")
+    limited(state.launch_limit, "launches")
     launch = launches.export_launch(run_dir, checkpoint)
     if push:
         launch.args += ["--push", push]
@@ -219,7 +214,7 @@ def _evaluation(request: Request, config: Path, adapter: Path | None, label: str
         overrides.append(f"eval.baselines={json.dumps(chosen)}")
     if body.get("max_samples") not in (None, ""):
         overrides.append(f"eval.max_samples={body['max_samples']}")
-    _limited(state.launch_limit, "launches")
+    limited(state.launch_limit, "launches")
     try:
         launch = launches.evaluate_launch(config, overrides, adapter=adapter)
     except UserError as e:
@@ -391,6 +386,7 @@ async def api_save_preset(request: Request):
     """The form (a preset or a clone, its fields and overrides) as a new preset ``configs/NAME.yaml``: the resolved
     config, without the runs root (the UI's own). An existing preset is never overwritten."""
     state = ui_state(request)
+    limited(state.launch_limit, "launches")
     body = await request.json()
     name = str(body.get("name") or "").removesuffix(".yaml")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
@@ -437,7 +433,7 @@ async def api_launch(request: Request):
     if gpu not in (None, "") and not (str(gpu).isdigit() and int(gpu) < len(state.gpus)):
         return JSONResponse({"errors": {"gpu": f"gpu: one of this machine's GPUs (0..{len(state.gpus) - 1}) or any"
                                                if state.gpus else "gpu: this machine has no GPU"}}, status_code=400)
-    _limited(state.launch_limit, "launches")
+    limited(state.launch_limit, "launches")
     return {"run": launch.run_dir.name, "state": state.scheduler.submit(launch, gpu=int(gpu) if gpu not in (None, "") else None)}
 
 

@@ -36,6 +36,12 @@ def ui_state(request: Request) -> UiState:
     return request.app.state.ui
 
 
+def limited(limit: RateLimit | None, what: str) -> None:
+    """429 once ``limit`` (launches, uploads, writes per minute) is used up."""
+    if limit is not None and not limit.allow():
+        raise HTTPException(429, f"too many {what} in a minute; wait a little")
+
+
 def run_dir_of(request: Request, name: str) -> Path:
     """A run directory directly under the runs root, by name; 404 for anything else (traversal included)."""
     root = ui_state(request).root

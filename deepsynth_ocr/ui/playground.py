@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from deepsynth_ocr import corrections
@@ -28,7 +28,7 @@ from deepsynth_ocr.data.tasks import IMAGE, TASKS
 from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.runs import RunPaths, list_runs, load_config
 from deepsynth_ocr.secrets import redact
-from deepsynth_ocr.ui.common import page, ui_state
+from deepsynth_ocr.ui.common import limited, page, ui_state
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -174,8 +174,7 @@ async def api_try(request: Request):
     too_big = JSONResponse({"error": f"the upload is larger than ui.max_upload_mb={ui.cfg.ui.max_upload_mb:g} MiB"}, status_code=413)
     if int(request.headers.get("content-length") or 0) > limit + 4096:
         return too_big
-    if ui.upload_limit is not None and not ui.upload_limit.allow():
-        raise HTTPException(429, "too many uploads in a minute; wait a little")
+    limited(ui.upload_limit, "uploads")
     form = await request.form(max_files=1, max_fields=8)
     upload, model = form.get("file"), _field(form, "model", "base")
     mode, text, compare = _field(form, "mode", "ocr"), _field(form, "prompt"), _field(form, "compare") in ("1", "true", "on")
@@ -250,6 +249,7 @@ async def api_try_correct(request: Request):
     """A page read on this page, with the text a person corrected it to, into a corrections dataset."""
     from deepsynth_ocr.ui.analysis import add_corrections
 
+    limited(ui_state(request).upload_limit, "writes")
     body = await request.json()
     upload, prompt = str(body.get("upload") or ""), str(body.get("prompt") or "")
     path = _uploads(ui_state(request).root) / f"{upload}.png"

@@ -17,7 +17,7 @@ from deepsynth_ocr.jobs.launch import prepare_launch
 from deepsynth_ocr.runs import RunPaths
 from deepsynth_ocr.secrets import redact
 from deepsynth_ocr.ui import details
-from deepsynth_ocr.ui.common import page, ui_state
+from deepsynth_ocr.ui.common import limited, page, ui_state
 from deepsynth_ocr.ui.forms import allowed_data_path
 from deepsynth_ocr.ui.guard import inside
 
@@ -57,8 +57,7 @@ async def api_prepare(request: Request):
     if not source or not Path(source).exists() or not allowed_data_path(source, ui.data_roots):
         return JSONResponse({"errors": {"source": f"source: {source or '(empty)'} is not a file or folder under the "
                                                   f"UI's data roots ({', '.join(map(str, ui.data_roots))})"}}, status_code=400)
-    if ui.launch_limit is not None and not ui.launch_limit.allow():
-        raise HTTPException(429, "too many launches in a minute; wait a little")
+    limited(ui.launch_limit, "launches")
     launch = prepare_launch([source], _prepared_root(request) / name)
     launch.run_dir = _log_dir(request, name)  # its console log beside, not inside, the output it creates
     ui.scheduler.submit(launch, takes_slot=False)
