@@ -66,11 +66,8 @@ def read_rows(version: Path) -> list[dict]:
 
 
 def _digest(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def add(folder: Path, corrections: list[Correction]) -> Added:

@@ -5,6 +5,7 @@ single-process run at the same global batch."""
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -68,38 +69,57 @@ def test_unsloth_is_refused_under_a_launcher_and_auto_picks_hf(monkeypatch):
     assert backends.choose_backend("auto")[0] == "hf"
 
 
-@pytest.mark.slow
-def test_sigterm_to_torchrun_stops_both_ranks_at_one_checkpoint_and_the_resume_matches_one_process(single, tmp_path):
-    """Issue 32: SIGTERM to the launcher (which forwards it to every rank) ends both ranks at the same step with one
-    complete checkpoint of it and status interrupted, no rank left waiting; the resume under torchrun from that
-    checkpoint then follows the one-process loss curve."""
-    import signal
+def _signal_torchrun(tmp_path, sig: int, port: str):
+    """A 2-rank torchrun run signalled after step 6 (SIGTERM to the launcher, which forwards it to every rank; SIGKILL
+    to the launcher and the ranks at once, as a crash of the machine would); returns the launcher and run directory."""
+    from .runs_helpers import logged, wait_for
 
-    from deepsynth_ocr.jobs.launch import resume_launch
-
-    from .runs_helpers import logged, signal_when
-
-    launch = smoke_launch(tmp_path / "ddp", f"train.max_steps={STEPS}", "train.per_device_batch_size=8", "train.save_steps=50")
-    launcher = [*LAUNCHERS["torchrun"][:-1], "29535"]
+    launch = smoke_launch(tmp_path / "ddp", f"train.max_steps={STEPS}", "train.per_device_batch_size=8", "train.save_steps=5")
+    launcher = [*LAUNCHERS["torchrun"][:-1], port]
     proc = subprocess.Popen([*launcher, *launch.command[1:]], cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-    run_dir, err = signal_when(proc, lambda: logged(launch.run_dir, 2), signal.SIGTERM)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == "interrupted", (manifest.get("error"), err[-2000:])
-    stopped = max(losses(run_dir))
-    assert stopped < STEPS
-    checkpoint = run_dir / "checkpoints" / f"checkpoint-{stopped}"  # save_steps 50: only the stop saved one
-    assert {p.name for p in checkpoint.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
-    assert (checkpoint / "trainer_state.json").is_file()
+    try:
+        run_dir = wait_for(lambda: logged(launch.run_dir, 6), proc)
+        if sig == signal.SIGKILL:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.send_signal(sig)
+    finally:
+        _, err = proc.communicate(timeout=180)
     leftovers = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert not leftovers, f"ranks still running after the launcher ended: {leftovers}"
+    return launcher, run_dir, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_signal_to_torchrun_leaves_a_checkpoint_both_ranks_wrote_and_the_resume_matches_one_process(single, tmp_path, sig):
+    """Issue 32: SIGTERM to the launcher ends both ranks at the same step with one complete checkpoint of it and
+    status interrupted, no rank left waiting; SIGKILL of every process leaves the run ``died`` with its last periodic
+    checkpoint (step 5). Either way the resume under torchrun follows the one-process loss curve."""
+    from deepsynth_ocr.jobs.launch import resume_launch
+    from deepsynth_ocr.runs import read_run
+
+    launcher, run_dir, err = _signal_torchrun(tmp_path, sig, "29535" if sig == signal.SIGTERM else "29536")
+    status = read_run(run_dir).status
+    if sig == signal.SIGTERM:
+        assert status == "interrupted", (read_run(run_dir).error, err[-2000:])
+        resume_from = max(losses(run_dir))  # the step the stop saved
+    else:
+        assert status == "died", err[-2000:]  # no process left to record anything
+        resume_from = 5
+    assert resume_from < STEPS
+    checkpoint = run_dir / "checkpoints" / f"checkpoint-{resume_from}"
+    assert {p.name for p in checkpoint.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    assert (checkpoint / "trainer_state.json").is_file()
 
     resume = resume_launch(run_dir)
     resumed = subprocess.run([*launcher, *resume.command[1:]], cwd=ROOT, env=child_env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {checkpoint}" in (run_dir / "console.log").read_text()
     a, b = losses(single), losses(run_dir)
     assert sorted(b) == list(range(1, STEPS + 1))
-    worst = max(abs(a[s] - b[s]) / abs(a[s]) for s in range(stopped + 1, STEPS + 1))
+    worst = max(abs(a[s] - b[s]) / abs(a[s]) for s in range(resume_from + 1, STEPS + 1))
     assert worst <= TOLERANCE, worst
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "ok"
 

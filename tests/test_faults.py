@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-from safetensors.torch import load_file
 
 from deepsynth_ocr.cli import main
 from deepsynth_ocr.errors import NonFiniteLoss
@@ -100,34 +99,6 @@ def test_a_checkpoint_cut_short_is_skipped_for_the_one_before(tmp_path, smoke_cf
     assert "checkpoint-4 is incomplete (no trainer_state.json)" in log
     assert f"resuming from {first.run_dir / 'checkpoints' / 'checkpoint-2'}" in log
     assert [k for k in losses(first.run_dir) if k > 2][-2:] == [5, 6]  # trained on from step 3
-
-
-@pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_marks_the_run_interrupted_and_resumes_to_the_uninterrupted_result(tmp_path, shared_tmp):
-    no_periodic = "train.save_steps=1000"  # the only checkpoint is the one the signal asks for
-    plain = reference_run(shared_tmp, no_periodic)
-    expected = losses(plain)
-
-    stopped = smoke_launch(tmp_path / "stopped", no_periodic)
-    proc = subprocess.Popen(stopped.command, cwd=ROOT, env=child_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    run_dir, err = signal_when(proc, lambda: logged(stopped.run_dir, 10), signal.SIGTERM)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert "stopped: SIGTERM at step" in err and f"deepsynth-ocr resume {run_dir}" in err
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    step = manifest["stopped_at_step"]
-    assert manifest["status"] == "interrupted" and 10 <= step < 30
-    assert (run_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").is_file()
-
-    resumed = subprocess.run(smoke_launch(tmp_path / "stopped", no_periodic, "train.resume=true", run_dir=run_dir).command,
-                             cwd=ROOT, env=child_env(), capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    got = losses(run_dir)
-    assert [got[s] for s in range(step + 1, 31)] == [expected[s] for s in range(step + 1, 31)]
-    a = load_file(str(plain / "adapter" / "adapter_model.safetensors"))
-    b = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
-    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) <= 1e-6
-    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "ok"
 
 
 def test_planted_secrets_appear_in_no_file_of_the_run_directory(tmp_path):

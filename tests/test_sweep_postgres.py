@@ -1,14 +1,12 @@
-"""Sweeps on the storage several machines share: a PostgreSQL server this test starts itself (initdb into a
-temporary directory, a unix socket there, no TCP port, stopped at the end). Two workers in separate processes share
+"""Sweeps on the storage several machines share: a throwaway PostgreSQL server (`.ci/postgres.sh`: initdb into a
+temporary directory, a unix socket there, no TCP port, stopped at the end), started by `.ci/run` for the suite or by
+this test. Two workers in separate processes share
 one study; one is SIGKILLed in the middle of a trial, and the study still ends with exactly the trials asked for,
 none lost and none counted twice. The UI's trial table reads the same database."""
 
 from __future__ import annotations
 
-import glob
 import os
-import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,34 +25,21 @@ from .test_sweep import _args, _by_state
 pytestmark = pytest.mark.slow
 
 
-def _server_binaries() -> Path:
-    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
-    assert found, "PostgreSQL's server binaries (initdb, pg_ctl) are missing: apt-get install postgresql"
-    return Path(found).parent
-
-
 @pytest.fixture(scope="module")
 def postgres():
-    """``postgresql://`` URL of a throwaway server; the server refuses to run as root, so as root it runs as nobody."""
-    bindir = _server_binaries()
+    """``postgresql://`` URL of a throwaway server: the one `.ci/run` started for the suite
+    (``$DEEPSYNTH_TEST_POSTGRES``), else one started here with the same script (.ci/postgres.sh)."""
+    if os.environ.get("DEEPSYNTH_TEST_POSTGRES"):
+        yield os.environ["DEEPSYNTH_TEST_POSTGRES"]
+        return
     folder = Path(tempfile.mkdtemp(prefix="deepsynth-pg-"))
-    as_root = os.geteuid() == 0
-    if as_root:
-        shutil.chown(folder, "nobody")
-
-    def run(*cmd) -> None:
-        line = " ".join(shlex.quote(str(c)) for c in cmd)
-        subprocess.run(["su", "nobody", "-s", "/bin/sh", "-c", line] if as_root else line, shell=not as_root,
-                       check=True, capture_output=True, timeout=60)
-
-    run(bindir / "initdb", "-D", folder / "db", "-A", "trust", "-U", "deepsynth")
-    run(bindir / "pg_ctl", "-D", folder / "db", "-o", f"-k {folder} -c listen_addresses=''", "-l", folder / "pg.log",
-        "-w", "start")
+    script = ROOT / ".ci" / "postgres.sh"
+    started = subprocess.run(["bash", str(script), "start", str(folder)], capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
     try:
-        yield f"postgresql://deepsynth@/postgres?host={folder}"
+        yield started.stdout.strip()
     finally:
-        run(bindir / "pg_ctl", "-D", folder / "db", "-m", "immediate", "-w", "stop")
-        shutil.rmtree(folder, ignore_errors=True)
+        subprocess.run(["bash", str(script), "stop", str(folder)], capture_output=True, timeout=60)
 
 
 def _study(url):

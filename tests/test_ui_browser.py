@@ -413,7 +413,9 @@ def test_early_stopping_keeps_the_best_checkpoint_which_is_evaluated_and_exporte
     _fill(browser, {**SMOKE, "name": "early", "train.max_steps": "80", "train.learning_rate": "0.01",
                     "eval.every_steps": "4", "train.save_steps": "4", "train.early_stopping_patience": "2", "eval.max_samples": "8"})
     _find(browser, "#field-train-keep_best")[0].click()
-    _find(browser, "#overrides")[0].send_keys("eval.periodic_samples=8\neval.baselines=[]\ntrain.save_total_limit=2")
+    # the adapter export only (export.merged=false): the merged weights' own export is tested in tests/test_export.py
+    _find(browser, "#overrides")[0].send_keys("eval.periodic_samples=8\neval.baselines=[]\ntrain.save_total_limit=2\n"
+                                              "export.merged=false")
     _find(browser, "#launch")[0].click()
     run = _wait(lambda: _find(browser, "#launch-result a"), 30, "the launch")[0].text
     _wait(lambda: read_run(ui.root / run).status in ("ok", "failed"), 300, "the early-stopped run")

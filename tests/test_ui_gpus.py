@@ -8,6 +8,8 @@ import os
 import signal
 import socket
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -27,6 +29,14 @@ esac
 """
 
 
+def _exec_done(proc: subprocess.Popen) -> subprocess.Popen:
+    """``proc`` once its exec has completed: Popen can return while /proc still shows the parent's environment."""
+    deadline = time.time() + 10
+    while b"CUDA_VISIBLE_DEVICES=" not in Path(f"/proc/{proc.pid}/environ").read_bytes() and time.time() < deadline:
+        time.sleep(0.01)
+    return proc
+
+
 @pytest.fixture
 def ui(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
@@ -38,7 +48,7 @@ def ui(tmp_path, monkeypatch):
     procs = []
 
     def fake_start(launch, env=None, cwd=None):  # a process that stands for the job, recorded as start() does
-        proc = subprocess.Popen(["sleep", "60"], env=env)
+        proc = _exec_done(subprocess.Popen(["sleep", "60"], env=env)) if env else subprocess.Popen(["sleep", "60"])
         procs.append(proc)
         write_launch(launch.run_dir, proc.pid, launch.kind, launch.name, launch.args)
         return proc
@@ -99,7 +109,7 @@ def test_each_job_gets_its_gpu_waits_for_it_and_the_queue_reorders(ui):
 
 def test_a_run_started_outside_the_ui_holds_the_gpu_its_process_names(ui, tmp_path):
     client, state, procs = ui
-    outside = subprocess.Popen(["sleep", "60"], env={**os.environ, "CUDA_VISIBLE_DEVICES": "1"})
+    outside = _exec_done(subprocess.Popen(["sleep", "60"], env={**os.environ, "CUDA_VISIBLE_DEVICES": "1"}))
     procs.append(outside)
     run_dir = state.root / "cli_20261206_100000"
     run_dir.mkdir(parents=True)

@@ -27,11 +27,8 @@ SKIPPED = (".lock", ".launch", ".manifest.lock")  # holders and locks: meaningle
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def archive_runs(specs: list[str], root: str | Path, dest: str | Path) -> list[Path]:
