@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,25 +70,36 @@ def test_unsloth_is_refused_under_a_launcher_and_auto_picks_hf(monkeypatch):
     assert backends.choose_backend("auto")[0] == "hf"
 
 
+def _descendants(pid: int) -> list[int]:
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [d for c in map(int, children) for d in (c, *_descendants(c))]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _signal_torchrun(tmp_path, sig: int, port: str):
-    """A 2-rank torchrun run signalled after step 6 (SIGTERM to the launcher, which forwards it to every rank; SIGKILL
-    to the launcher and the ranks at once, as a crash of the machine would); returns the launcher and run directory."""
+    """A 2-rank torchrun run signalled after step 6: SIGTERM to the launcher, which forwards it to every rank; or
+    SIGKILL to the launcher and every rank at once (torchrun starts each rank in a session of its own), as a crash of
+    the machine would. Returns the launcher, the run directory and the launcher's stderr."""
     from .runs_helpers import logged, wait_for
 
     launch = smoke_launch(tmp_path / "ddp", f"train.max_steps={STEPS}", "train.per_device_batch_size=8", "train.save_steps=5")
     launcher = [*LAUNCHERS["torchrun"][:-1], port]
     proc = subprocess.Popen([*launcher, *launch.command[1:]], cwd=ROOT, env=child_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True)
     try:
         run_dir = wait_for(lambda: logged(launch.run_dir, 6), proc)
-        if sig == signal.SIGKILL:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.send_signal(sig)
+        ranks = _descendants(proc.pid)
+        for pid in [proc.pid, *ranks] if sig == signal.SIGKILL else [proc.pid]:
+            os.kill(pid, sig)
     finally:
         _, err = proc.communicate(timeout=180)
-    leftovers = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert not leftovers, f"ranks still running after the launcher ended: {leftovers}"
+    wait_for(lambda: True if not any(map(_alive, ranks)) else None, timeout=30)  # no rank left running
     return launcher, run_dir, err
 
 
