@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export WANDB_SILENT := true
 
-.PHONY: test-deepspeed docker-base docker-cpu docker-gpu docker-check docker-gpu-check published-checkpoint real-size setup setup-v1 test-v1 system-deps unsloth-src gpu-smoke gpu-proof gpu-wheels test test-fast lint deepseek-ocr-smoke notebooks sample-data tiny-base smoke-domain clean report-check
+.PHONY: test-long test-deepspeed docker-base docker-cpu docker-gpu docker-check docker-gpu-check published-checkpoint real-size setup setup-v1 test-v1 system-deps unsloth-src gpu-smoke gpu-proof gpu-wheels test test-fast lint deepseek-ocr-smoke notebooks sample-data tiny-base smoke-domain clean report-check
 
 setup: system-deps $(VENV)/.installed unsloth-src
 
@@ -79,12 +79,17 @@ gpu-proof:
 	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(WHEELS)/site $(WHEELS)/*.whl
 	PYTHONPATH=$(CURDIR)/$(WHEELS)/site:$(CURDIR) $(GPU_PYTHON) -m deepsynth_ocr.gpu_proof run --out $(OUT) --deadline $(DEADLINE)
 
-# Everything, slow tests included (what CI runs), in TEST_WORKERS pytest-xdist processes (a test file stays on one
-# worker, so its module fixtures are built once). Three on 2 cores: the tests wait on subprocesses, browsers and
-# servers part of the time, and a third worker fills it (measured 12.7 min against 13.8 with two; docs/testing.md).
+# Everything but the tests marked long, slow tests included, in TEST_WORKERS pytest-xdist processes (a test file
+# stays on one worker, so its module fixtures are built once). Three on 2 cores: the tests wait on subprocesses,
+# browsers and servers part of the time, and a third worker fills it (measured 12.7 min against 13.8 with two;
+# docs/testing.md).
 TEST_WORKERS ?= 3
 test: setup
-	$(BIN)/python -m pytest -m "slow or not slow" -n $(TEST_WORKERS) --dist loadfile --durations=12
+	$(BIN)/python -m pytest -m "not long" -n $(TEST_WORKERS) --dist loadfile --durations=12
+
+# The tests that take minutes alone (the released geometry at 2 decoder layers); CI runs them after make test.
+test-long: setup
+	$(BIN)/python -m pytest -m long --durations=5
 
 # The quick inner loop: skips tests marked slow.
 test-fast: setup

@@ -138,6 +138,7 @@ def test_a_batch_of_pages_with_different_tile_counts_masks_everything_but_the_an
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_real_geometry_trains_two_steps_saves_reloads_and_generates_with_a_two_layer_decoder(tmp_path, monkeypatch):
     """Real width, real vision tower and real tiles, 2 decoder layers (dense + MoE), 4-bit NF4 LoRA with gradient
     checkpointing and paged 8-bit AdamW: the GPU recipe's settings through the kit's own train and infer jobs."""

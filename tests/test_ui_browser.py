@@ -431,6 +431,7 @@ def test_early_stopping_keeps_the_best_checkpoint_which_is_evaluated_and_exporte
     evaluation = _wait(lambda: _find(browser, "#evaluate-result"), 30, "the evaluation launch")[0].text
     _find(browser, f'[data-export="{best}"]')[0].click()
     _wait(lambda: "export started" in _find(browser, "#action-result")[0].text, 30, "the export launch")
+    browser.execute_script("document.getElementById('checkpoints-section').scrollIntoView()")
     shots(browser, "checkpoints")
     export = ui.root / run / f"export-{best}"
     _wait(lambda: (export / "README.md").is_file() or read_run(ui.root / evaluation).status == "failed", 300, "the export")
