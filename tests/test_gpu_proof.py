@@ -113,6 +113,7 @@ def test_peft_travels_with_the_wheels():
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_the_proof_runs_its_checks_and_hf_case_and_records_a_failing_case_with_its_log(tmp_path):
     out = tmp_path / "out"
     code = gpu_proof.main(["run", "--steps", "12", "--allow-cpu", "--output-root", str(tmp_path / "runs"),

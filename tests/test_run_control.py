@@ -233,6 +233,7 @@ def _study(sweep_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_sigterm_to_a_sweep_mid_trial_interrupts_the_study_and_a_resume_finishes_the_planned_trials_once(tmp_path):
     space = ROOT / "configs" / "sweeps" / "smoke-space.yaml"
     launch = sweep_launch(ROOT / "configs" / "smoke.yaml", space, 3, [
