@@ -83,24 +83,35 @@ def test_a_checkpoint_and_the_base_side_by_side_with_the_modes_prompt_and_token_
     assert state.scheduler.held == 1  # switching models or refusals never take a second slot
 
 
-def test_the_loaded_model_holds_a_slot_a_launch_waits_and_it_is_unloaded_when_idle(ui, trained, monkeypatch):
+def test_the_loaded_model_holds_a_slot_gives_it_to_a_launch_unless_reading_and_is_unloaded_when_idle(ui, trained, monkeypatch):
     client, state, _ = ui
     started = []
     monkeypatch.setattr("deepsynth_ocr.ui.scheduler.start", lambda launch, env=None, cwd=None: started.append(launch) or subprocess.Popen(["true"]))
     image = sorted(IMAGES.iterdir())[0]
+    body = {"preset": "smoke.yaml", "fields": {"train.max_steps": "5"}}
     assert _read(client, image, model="base").status_code == 200
-    assert state.scheduler.held == 1
-    launched = client.post("/api/launch", json={"preset": "smoke.yaml", "fields": {"train.max_steps": "5"}})
-    assert launched.json()["state"] == "queued" and started == []  # the playground's model has the only slot
-    state.playground.idle_s = 0
-    state.scheduler.tick()  # the hook unloads the idle model; the same tick starts the queued launch
+    assert state.scheduler.held == 1 and state.playground.key == "base"
+    state.playground.busy += 1  # a request reading now: the launch waits for it
+    assert client.post("/api/launch", json=body).json()["state"] == "queued" and started == []
+    state.scheduler.tick()
+    assert started == [] and state.playground.key == "base"
+    state.playground.busy -= 1  # the request ends: the next tick unloads the model and starts the launch
+    state.scheduler.tick()
     assert state.playground.key is None and state.scheduler.held == 0 and len(started) == 1
+    (state.root / started[0].run_dir.name / ".launch").unlink(missing_ok=True)  # the fake start recorded no pid
+    assert _read(client, image, model="base").status_code == 200 and state.scheduler.held == 1
+    assert client.post("/api/launch", json=body).json()["state"] == "started"  # an idle model gives its slot at once
+    assert state.playground.key is None and state.scheduler.held == 0 and len(started) == 2
+    (state.root / started[1].run_dir.name / ".launch").unlink(missing_ok=True)
+    assert _read(client, image, model="base").status_code == 200
+    state.playground.idle_s = 0
+    state.scheduler.tick()  # idle past ui.try_idle_minutes: unloaded with no launch waiting
+    assert state.playground.key is None and state.scheduler.held == 0
     # every slot training (a live run directory): the playground is refused instead of sharing the GPU
     live = state.root / "busy_20261206_100000"
     live.mkdir()
     update_manifest(live, name="busy", kind="train", status="running", created_at="2026-12-06T10:00:00", versions={})
     (live / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-    (state.root / started[0].run_dir.name / ".launch").unlink(missing_ok=True)  # the fake start recorded no pid
     busy = _read(client, image, model="base")
     assert busy.status_code == 409 and "job slot" in busy.json()["error"] and state.scheduler.held == 0
 

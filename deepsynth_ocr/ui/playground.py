@@ -2,8 +2,9 @@
 with the prompt or mode and the token limit chosen, the base beside the fine-tune on the same pages; correct a
 reading into a corrections dataset.
 
-The loaded model takes a job slot (``Scheduler.hold``: a launch waits while it is loaded, and it is refused while
-every slot trains) and is unloaded after ``ui.try_idle_minutes`` without a request. One model is loaded at a time;
+The loaded model takes a job slot (``Scheduler.hold``), so it never shares a GPU with training: it is refused while
+every slot trains, a launch that needs its slot unloads it (or waits for the request being read to end), and it is
+unloaded after ``ui.try_idle_minutes`` without a request. One model is loaded at a time;
 the base reading beside a fine-tune comes from the same copy with its adapter switched off (``OcrEngine``).
 Uploads are kept under ``<runs root>/.ui/uploads`` (by content) so that a reading can be corrected afterwards.
 """
@@ -49,6 +50,7 @@ class Playground:
         self.last_used = 0.0
         self.busy = 0  # requests reading now: never unloaded under them
         scheduler.on_tick.append(self.release_idle)
+        scheduler.on_demand.append(self.release_unless_reading)
 
     def acquire(self, key: str, load) -> tuple:
         """The engine for ``key`` (loading it with ``load()`` after unloading another); raises ``SlotsBusy``."""
@@ -77,6 +79,13 @@ class Playground:
         with self.lock:
             if self.key is not None and not self.busy and time.monotonic() - self.last_used >= self.idle_s:
                 log.info("try-it: unloaded %s after %g min idle; its job slot is free", self.key, self.idle_s / 60)
+                self._unload(keep_slot=False)
+
+    def release_unless_reading(self) -> None:
+        """A launch wants the slot: give it up now unless a request is reading (then it waits for the tick)."""
+        with self.lock:
+            if self.key is not None and not self.busy:
+                log.info("try-it: unloaded %s for a job that needs its slot", self.key)
                 self._unload(keep_slot=False)
 
     def _unload(self, keep_slot: bool) -> None:

@@ -87,6 +87,7 @@ class Scheduler:
         self.thread: threading.Thread | None = None
         self.held = 0  # slots held inside the UI process (the Try-it playground's loaded model)
         self.on_tick: list = []  # called on every tick (the playground unloads when idle)
+        self.on_demand: list = []  # called when a job wants a held slot (the playground gives it up unless reading)
 
     def _live(self) -> list:
         return [r for r in list_runs(self.root) if r.status in LIVE and r.kind in SLOT_KINDS]
@@ -129,6 +130,12 @@ class Scheduler:
             self.held += 1
             return True
 
+    def _reclaim(self) -> None:
+        """Ask what holds slots in the UI process to give them up: a job waits for a model being read with, never
+        for an idle one (called outside ``self.lock``: the holders release through it)."""
+        for hook in self.on_demand:
+            hook()
+
     def release(self) -> None:
         with self.lock:
             self.held = max(0, self.held - 1)
@@ -139,6 +146,8 @@ class Scheduler:
     def submit(self, launch: Launch, takes_slot: bool = True, gpu: int | None = None) -> str:
         """Start ``launch`` now if a slot (GPU ``gpu``, or any) is free, or it needs none; else queue it:
         ``started`` / ``queued``."""
+        if takes_slot and self.held:
+            self._reclaim()
         with self.lock:
             if not takes_slot:
                 self._start(launch)
@@ -211,6 +220,8 @@ class Scheduler:
         self.children = [c for c in self.children if c.poll() is None]
         for hook in self.on_tick:
             hook()
+        if self.held and self.queued():
+            self._reclaim()
         with self.lock:
             if self.busy() >= self.slots:
                 return
