@@ -271,6 +271,9 @@ class TrainConfig:
                f"must be >= 0, got {self.early_stopping_min_delta}")
 
 
+BASELINE_ENGINES = ("tesseract", "rapidocr")  # the classical engines eval.baselines may name
+
+
 @dataclass
 class EvalConfig:
     enabled: bool = _f(True, "Score the eval set before and after training.")
@@ -293,7 +296,7 @@ class EvalConfig:
     loop_min_span: int = _f(64, "Repetition guard: and the repetition must cover at least this many tokens (spares '0000', dot leaders).")
     every_steps: int = _f(50, "During training, score a fixed eval subset every N steps for the CER-over-steps curve (0: off).")
     periodic_samples: int = _f(16, "Size of the fixed eval subset scored every eval.every_steps.")
-    baselines: list = _f(["tesseract", "rapidocr"], "Non-DeepSeek engines scored on the same eval set when installed (skipped with a notice otherwise).")
+    baselines: list = _f(list(BASELINE_ENGINES), "Non-DeepSeek engines scored on the same eval set when installed (skipped with a notice otherwise).")
     tesseract_lang: str = _f("eng", "Tesseract language(s), e.g. 'eng', 'fas', 'eng+ara' (Debian tesseract-ocr-<lang>).")
     baseline_cache: bool = _f(True, "Reuse the baselines' readings of identical images (same pixels, engine version and "
                               "settings) kept under $DEEPSYNTH_CACHE/baselines (.cache/ in a checkout): a sweep or a "
@@ -322,9 +325,8 @@ class EvalConfig:
         _check(self.loop_min_repeats >= 2, "eval.loop_min_repeats", f"must be >= 2, got {self.loop_min_repeats}")
         _check(self.every_steps >= 0, "eval.every_steps", f"must be >= 0, got {self.every_steps}")
         _check(self.periodic_samples > 0, "eval.periodic_samples", f"must be > 0, got {self.periodic_samples}")
-        known = ("tesseract", "rapidocr")
-        _check(isinstance(self.baselines, list) and all(b in known for b in self.baselines), "eval.baselines",
-               f"must be a list of {list(known)}, got {self.baselines!r}")
+        _check(isinstance(self.baselines, list) and all(b in BASELINE_ENGINES for b in self.baselines), "eval.baselines",
+               f"must be a list of {list(BASELINE_ENGINES)}, got {self.baselines!r}")
 
 
 @dataclass

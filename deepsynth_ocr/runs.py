@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -160,6 +161,17 @@ def open_finished(directory: str | Path, need_adapter: bool = False) -> RunPaths
         status = paths.read_manifest().get("status", "unknown")
         raise RunDirError(f"{paths.dir} has no adapter/ (run status: {status}); it needs a finished LoRA training run")
     return paths
+
+
+def checkpoint_adapter(paths: RunPaths, name: str) -> Path:
+    """The adapter saved in checkpoint ``name`` of a run, or a one-line error naming what is wrong."""
+    folder = paths.checkpoints / name
+    if not re.fullmatch(r"checkpoint-\d+", name) or not folder.is_dir():
+        have = sorted(p.name for p in paths.checkpoints.glob("checkpoint-*")) if paths.checkpoints.is_dir() else []
+        raise RunDirError(f"{paths.dir} has no {name!r} (checkpoints: {', '.join(have) or 'none'})")
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise RunDirError(f"{folder} holds no adapter_model.safetensors (a full fine-tune's checkpoint, or cut short)")
+    return folder
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 
 from deepsynth_ocr import telemetry
@@ -17,7 +16,7 @@ from deepsynth_ocr.config import RunConfig
 from deepsynth_ocr.export import export_model, fixed_batch
 from deepsynth_ocr.hub import check_push_credentials
 from deepsynth_ocr.models.backends import load_base
-from deepsynth_ocr.runs import RunDirError, RunPaths, open_finished
+from deepsynth_ocr.runs import checkpoint_adapter, open_finished
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +50,3 @@ def export(run_dir: str | Path, out_dir: str | Path | None = None, cfg: RunConfi
         with telemetry.span(tracer, "export"):  # merge, save, and each export's verification in a fresh process
             return out_dir, export_model(loaded, cfg, out_dir, fixed_batch(loaded, cfg), paths.read_manifest(), data,
                                          checkpoint=picked)
-
-
-def checkpoint_adapter(paths: RunPaths, name: str) -> Path:
-    """The adapter saved in checkpoint ``name`` of a run, or a one-line error naming what is wrong."""
-    folder = paths.checkpoints / name
-    if not re.fullmatch(r"checkpoint-\d+", name) or not folder.is_dir():
-        have = sorted(p.name for p in paths.checkpoints.glob("checkpoint-*")) if paths.checkpoints.is_dir() else []
-        raise RunDirError(f"{paths.dir} has no {name!r} (checkpoints: {', '.join(have) or 'none'})")
-    if not (folder / "adapter_model.safetensors").is_file():
-        raise RunDirError(f"{folder} holds no adapter_model.safetensors (a full fine-tune's checkpoint, or cut short)")
-    return folder

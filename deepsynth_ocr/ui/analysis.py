@@ -13,27 +13,21 @@ import csv
 import html
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from deepsynth_ocr import corrections, metrics
-from deepsynth_ocr.runs import RunPaths, list_runs
+from deepsynth_ocr.runs import list_runs
 from deepsynth_ocr.secrets import redact
 from deepsynth_ocr.ui.common import IMAGE_SUFFIXES, limited, page, run_dir_of, ui_state
-from deepsynth_ocr.ui.details import TAG, eval_rows
+from deepsynth_ocr.ui.details import eval_rows, eval_tags
 
 router = APIRouter()
 ORDERS = ("worst", "best", "file")
 PER_PAGE = 50
-
-
-def eval_tags(run_dir: Path) -> list[str]:
-    """The run's evaluations that have rows: after and before first, then baselines and others by name."""
-    folder = RunPaths(run_dir).eval_dir
-    tags = [p.stem for p in folder.glob("*.jsonl") if TAG.fullmatch(p.stem)] if folder.is_dir() else []
-    return sorted(tags, key=lambda t: ({"after": 0, "before": 1}.get(t, 2), t))
 
 
 def image_of(request: Request, row: dict | None) -> Path | None:
@@ -61,7 +55,7 @@ def select(rows: tuple[dict, ...], kind: str = "", task: str = "", order: str = 
 def _filters(request: Request, run_dir: Path) -> dict:
     q = request.query_params
     tags = eval_tags(run_dir)
-    tag = q.get("tag") or (tags[0] if tags else "after")
+    tag = q.get("tag") or ("after" if "after" in tags else tags[0] if tags else "after")
     kind, task, order = q.get("kind") or "", q.get("task") or "", q.get("order") or "worst"
     if tag not in tags and tags:
         raise HTTPException(404, f"{run_dir.name} has no evaluation {tag!r} (it has {', '.join(tags)})")
@@ -79,13 +73,14 @@ def _others(request: Request, names: list[str], tag: str) -> dict[str, dict]:
 DIFF_TAGS = {"equal": "span", "delete": "del", "insert": "ins"}
 
 
-def _shown(index: int, row: dict, others: dict[str, dict]) -> dict:
+def _shown(index: int, row: dict, others: dict[str, dict], diff: bool = True) -> dict:
+    """One row as the page (with its character diff) or the export (without) shows it."""
     reference, prediction = str(row.get("reference") or ""), str(row.get("prediction") or "")
     return redact({
         "index": index, "id": row.get("id"), "task": row.get("task") or "ocr", "score": metrics.sample_label(row, 3),
         "kinds": metrics.failure_kinds(row), "reference": reference, "prediction": prediction,
         "prompt": row.get("prompt") or "", "has_image": bool(row.get("image")),
-        "diff": [(DIFF_TAGS[op], text) for op, text in metrics.char_diff(reference, prediction)],
+        "diff": [(DIFF_TAGS[op], text) for op, text in metrics.char_diff(reference, prediction)] if diff else [],
         "others": [{"run": n, "prediction": rows.get(row.get("id"), {}).get("prediction"),
                     "score": metrics.sample_label(rows[row.get("id")], 3) if row.get("id") in rows else ""}
                    for n, rows in others.items()],
@@ -111,7 +106,7 @@ def errors_page(request: Request, name: str):
                 pages=pages, query=query, filters=f, kinds=metrics.FAILURE_KINDS,
                 tasks=sorted({r.get("task") or "ocr" for r in rows}),
                 runs=[i.dir.name for i in list_runs(ui_state(request).root) if i.dir.name != name and i.kind != "sweep"],
-                counts={k: sum(k in metrics.failure_kinds(r) for r in rows) for k in metrics.FAILURE_KINDS},
+                counts=Counter(k for r in rows for k in metrics.failure_kinds(r)),
                 datasets=correction_datasets(request), corrections_root=ui_state(request).data_roots[0] / "corrections")
 
 
@@ -124,7 +119,7 @@ def _export_rows(request: Request, name: str) -> tuple[list[str], list[list[str]
         header += [f"prediction ({n})", f"score ({n})"]
     out = []
     for index, row in select(eval_rows(run_dir, f["tag"]), f["kind"], f["task"], f["order"]):
-        s = _shown(index, row, others)
+        s = _shown(index, row, others, diff=False)
         line = [s["id"], s["task"], s["score"], " ".join(s["kinds"]), s["reference"], s["prediction"]]
         for o in s["others"]:
             line += [o["prediction"] if o["prediction"] is not None else "", o["score"]]

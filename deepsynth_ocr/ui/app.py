@@ -21,10 +21,20 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from deepsynth_ocr.config import ConfigError, RunConfig
+from deepsynth_ocr import corrections
+from deepsynth_ocr.config import BASELINE_ENGINES, ConfigError, RunConfig
 from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.jobs import launch as launches
-from deepsynth_ocr.runs import LIVE, RunDirError, RunPaths, list_runs, new_run_path, read_run, stop_run
+from deepsynth_ocr.runs import (
+    LIVE,
+    RunDirError,
+    RunPaths,
+    checkpoint_adapter,
+    list_runs,
+    new_run_path,
+    read_run,
+    stop_run,
+)
 from deepsynth_ocr.secrets import redact
 from deepsynth_ocr.ui import analysis, details, forms, playground, workbench
 from deepsynth_ocr.ui.common import UiState, limited, page, run_dir_of, ui_state
@@ -51,7 +61,7 @@ def run_page(request: Request, name: str):
     return page(request, "run.html", run=details.summary(info), config=details.config_text(info.dir), scores=details.scores(info.dir),
                  checkpoints=details.checkpoints(info.dir), samples=details.samples(info.dir),
                  trials=details.sweep_trials(info.dir) if info.kind == "sweep" else [],
-                 has_report=RunPaths(info.dir).report.is_file(), has_eval=bool(analysis.eval_tags(info.dir)), has_adapter=RunPaths(info.dir).adapter.is_dir(),
+                 has_report=RunPaths(info.dir).report.is_file(), has_eval=bool(details.eval_tags(info.dir)), has_adapter=RunPaths(info.dir).adapter.is_dir(),
                  has_best=(info.dir / "best_config.yaml").is_file(), exported=(RunPaths(info.dir).export / "merged").is_dir())
 
 
@@ -174,8 +184,6 @@ def api_delete(request: Request, name: str):
 async def api_export(request: Request, name: str):
     """Export the run's adapter, or (``checkpoint``: ``checkpoint-N``) one checkpoint's, with merged weights and a
     model card; ``push`` (``user/name``) uploads it to the hub as the CLI's ``--push`` does."""
-    from deepsynth_ocr.jobs.export import checkpoint_adapter
-
     state = ui_state(request)
     run_dir = run_dir_of(request, name)
     body = await request.json() if (await request.body()) else {}
@@ -199,18 +207,15 @@ async def api_export(request: Request, name: str):
 def _evaluation(request: Request, config: Path, adapter: Path | None, label: str, body: dict):
     """Queue ``deepsynth-ocr evaluate`` of the base with ``config`` (and ``adapter``) on ``eval_path`` under the data
     roots (else the config's), with the chosen ``baselines`` and ``max_samples``: a new evaluation run in the list."""
-    from deepsynth_ocr.config import EvalConfig
-
     state = ui_state(request)
     eval_path = str(body.get("eval_path") or "")
     if not forms.allowed_data_path(eval_path, state.data_roots):
         return JSONResponse({"errors": {"eval_path": f"eval_path: {eval_path} is outside the UI's data roots"}}, status_code=400)
     overrides = [f"output_root={state.root}", f"name={label}"] + ([f"data.eval_path={eval_path}"] if eval_path else [])
     if "baselines" in body:
-        known = EvalConfig.__dataclass_fields__["baselines"].default_factory()
         chosen = body["baselines"]
-        if not isinstance(chosen, list) or any(b not in known for b in chosen):
-            return JSONResponse({"errors": {"baselines": f"baselines: any of {', '.join(known)}"}}, status_code=400)
+        if not isinstance(chosen, list) or any(b not in BASELINE_ENGINES for b in chosen):
+            return JSONResponse({"errors": {"baselines": f"baselines: any of {', '.join(BASELINE_ENGINES)}"}}, status_code=400)
         overrides.append(f"eval.baselines={json.dumps(chosen)}")
     if body.get("max_samples") not in (None, ""):
         overrides.append(f"eval.max_samples={body['max_samples']}")
@@ -225,8 +230,6 @@ def _evaluation(request: Request, config: Path, adapter: Path | None, label: str
 def _model_source(request: Request, model: str, preset: str) -> tuple[Path, Path | None, str]:
     """The config, adapter and run label of a model choice: ``base`` (with a preset), ``RUN`` (its adapter) or
     ``RUN/checkpoint-N``."""
-    from deepsynth_ocr.jobs.export import checkpoint_adapter
-
     if model == "base":
         return _preset(request, preset), None, "base"
     name, _, checkpoint = model.partition("/")
@@ -255,16 +258,12 @@ async def api_evaluate(request: Request, name: str):
 
 @router.get("/evaluate", response_class=HTMLResponse)
 def evaluate_page(request: Request):
-    from deepsynth_ocr.config import EvalConfig
-    from deepsynth_ocr.ui.analysis import correction_datasets
-    from deepsynth_ocr.ui.playground import models
-
     state = ui_state(request)
     slices = sorted((state.data_roots[0] / "slices").glob("*.jsonl")) if (state.data_roots[0] / "slices").is_dir() else []
-    sets = [str(p) for p in slices] + [d["latest"] for d in correction_datasets(request)]
-    return page(request, "evaluate.html", models=models(request), chosen=request.query_params.get("model") or "base",
+    sets = [str(p) for p in slices] + [d["latest"] for d in analysis.correction_datasets(request)]
+    return page(request, "evaluate.html", models=playground.models(request), chosen=request.query_params.get("model") or "base",
                 presets=sorted(p.name for p in state.configs.glob("*.yaml")), eval_sets=sets,
-                baselines=EvalConfig.__dataclass_fields__["baselines"].default_factory(),
+                baselines=BASELINE_ENGINES,
                 data_roots=[str(r) for r in state.data_roots])
 
 
@@ -355,8 +354,9 @@ def _launch_base(request: Request, body: dict) -> Path:
     return _preset(request, str(body.get("preset", "")))
 
 
-def _launch_of(request: Request, body: dict):
-    """The job the form describes, or the response that refuses it (per-field errors; nothing starts)."""
+def _form(request: Request, body: dict) -> tuple[Path, list[str]] | JSONResponse:
+    """The config the form starts from and its checked overrides (fields, then the overrides box), or the response
+    that refuses them field by field."""
     state = ui_state(request)
     base = _launch_base(request, body)
     overrides, errors = forms.overrides(base, body.get("fields") or {}, state.data_roots, state.root)
@@ -365,7 +365,16 @@ def _launch_of(request: Request, body: dict):
         errors["overrides"] = extra_error
     if errors:
         return JSONResponse({"errors": redact(errors)}, status_code=400)
-    overrides += extra
+    return base, overrides + extra
+
+
+def _launch_of(request: Request, body: dict):
+    """The job the form describes, or the response that refuses it (per-field errors; nothing starts)."""
+    state = ui_state(request)
+    form = _form(request, body)
+    if isinstance(form, JSONResponse):
+        return form
+    base, overrides = form
     try:
         if body.get("kind") == "sweep":
             space = inside(state.configs / "sweeps", str(body.get("space", "")))
@@ -389,15 +398,16 @@ async def api_save_preset(request: Request):
     limited(state.launch_limit, "launches")
     body = await request.json()
     name = str(body.get("name") or "").removesuffix(".yaml")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+    if not corrections.NAME.fullmatch(name):
         return JSONResponse({"errors": {"preset_name": f"preset name {name!r}: letters, digits, '_', '-', '.'"}}, status_code=400)
-    launch = _launch_of(request, {**body, "kind": "train"})
-    if isinstance(launch, JSONResponse):
-        return launch
-    base = _launch_base(request, body)
-    overrides, _ = forms.overrides(base, body.get("fields") or {}, state.data_roots, state.root)
-    extra, _ = forms.extra_overrides(str(body.get("overrides") or ""), base, state.data_roots, state.root)
-    cfg = RunConfig.load(base, [o for o in overrides if not o.startswith("output_root=")] + extra)
+    form = _form(request, body)
+    if isinstance(form, JSONResponse):
+        return form
+    base, overrides = form
+    try:
+        cfg = RunConfig.load(base, [o for o in overrides if not o.startswith("output_root=")])
+    except UserError as e:  # a combination of values (the fields each passed)
+        return JSONResponse({"errors": {"form": redact(str(e))}}, status_code=400)
     if str(cfg.output_root) == str(state.root):
         cfg.output_root = RunConfig().output_root
     path = state.configs / f"{name}.yaml"

@@ -96,6 +96,13 @@ def flat_config(run_dir: Path) -> dict:
 TAG = re.compile(r"[A-Za-z0-9_]{1,64}")  # an evaluation's name: eval/<tag>.jsonl
 
 
+def eval_tags(run_dir: Path) -> list[str]:
+    """The run's evaluations (``eval/<tag>.jsonl``): before, after, then baselines and others by name."""
+    folder = RunPaths(run_dir).eval_dir
+    tags = [p.stem for p in folder.glob("*.jsonl") if TAG.fullmatch(p.stem)] if folder.is_dir() else []
+    return sorted(tags, key=lambda t: ({"before": 0, "after": 1}.get(t, 2), t))
+
+
 @functools.lru_cache(maxsize=16)
 def _read_eval(path: str, mtime_ns: int, size: int) -> tuple[dict, ...]:
     return tuple(RunPaths(Path(path).parent.parent).read_jsonl(Path(path)))
@@ -118,10 +125,7 @@ def scores(run_dir: Path) -> list[dict]:
     """Each evaluation of the run (base, fine-tune, each classical baseline) scored from its rows, side by side:
     ``[{tag, label, n, cer, wer, exact_match, catastrophic_rate, tasks}]``."""
     out = []
-    folder = RunPaths(run_dir).eval_dir
-    tags = sorted((p.stem for p in folder.glob("*.jsonl") if TAG.fullmatch(p.stem)), key=lambda t: (
-        {"before": 0, "after": 1}.get(t, 2), t)) if folder.is_dir() else []
-    for tag in tags:
+    for tag in eval_tags(run_dir):
         rows = eval_rows(run_dir, tag)
         if not rows:
             continue

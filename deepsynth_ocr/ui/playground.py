@@ -30,6 +30,7 @@ from deepsynth_ocr.errors import UserError
 from deepsynth_ocr.runs import RunPaths, list_runs, load_config
 from deepsynth_ocr.secrets import redact
 from deepsynth_ocr.ui.common import limited, page, ui_state
+from deepsynth_ocr.ui.guard import inside
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -111,6 +112,10 @@ def playground(request: Request) -> Playground:
     return ui_state(request).playground
 
 
+def _complete(checkpoint: Path) -> bool:
+    return (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "trainer_state.json").is_file()
+
+
 def models(request: Request) -> list[str]:
     """What the page can read with: the base, each run's fine-tune, each run's complete checkpoints."""
     out = ["base"]
@@ -120,10 +125,22 @@ def models(request: Request) -> list[str]:
             out.append(info.dir.name)
         if paths.checkpoints.is_dir():
             steps = sorted((int(p.name.split("-")[1]), p.name) for p in paths.checkpoints.glob("checkpoint-*")
-                           if p.name.split("-")[1].isdigit() and (p / "adapter_model.safetensors").is_file()
-                           and (p / "trainer_state.json").is_file())
+                           if p.name.split("-")[1].isdigit() and _complete(p))
             out += [f"{info.dir.name}/{name}" for _, name in steps]
     return out
+
+
+def offered(request: Request, model: str) -> bool:
+    """Whether ``model`` is one of ``models()``, checked on its own files (a request does not list every run)."""
+    if model == "base":
+        return True
+    root = ui_state(request).root
+    found = CHECKPOINT.fullmatch(model)
+    run = inside(root, found["run"] if found else model)
+    if run is None or run.parent != root.resolve():
+        return False
+    paths = RunPaths(run)
+    return _complete(paths.checkpoints / found["checkpoint"]) if found else paths.adapter.is_dir()
 
 
 def _load(request: Request, model: str):
@@ -189,7 +206,7 @@ async def api_try(request: Request):
     mode, text, compare = _field(form, "mode", "ocr"), _field(form, "prompt"), _field(form, "compare") in ("1", "true", "on")
     if upload is None or isinstance(upload, str):
         return JSONResponse({"error": "choose an image or a PDF"}, status_code=400)
-    if model not in models(request):
+    if not offered(request, model):
         return JSONResponse({"error": f"no model {model!r}: the base, a run with an adapter, or RUN/checkpoint-N"}, status_code=400)
     if mode not in MODES:
         return JSONResponse({"error": f"mode: one of {', '.join(MODES)}"}, status_code=400)

@@ -113,9 +113,10 @@ class Scheduler:
             used.setdefault(0, "try-it")
         return used
 
-    def _free_gpu(self, wanted: int | None) -> int | None:
-        """The GPU a job asking for ``wanted`` (None: any) can start on now, or None."""
-        used = self.gpus_in_use()
+    def _free_gpu(self, wanted: int | None, used: dict[int, str] | None = None) -> int | None:
+        """The GPU a job asking for ``wanted`` (None: any) can start on now, or None; ``used``: ``gpus_in_use()``
+        when the caller has it already."""
+        used = self.gpus_in_use() if used is None else used
         free = [g for g in range(self.gpus) if g not in used]
         if len(used) >= self.slots:
             return None
@@ -223,11 +224,13 @@ class Scheduler:
         if self.held and self.queued():
             self._reclaim()
         with self.lock:
-            if self.busy() >= self.slots:
+            queued = self.queued()
+            if not queued or self.busy() >= self.slots:
                 return
-            for path in self.queued():
+            used = self.gpus_in_use() if self.gpus else {}  # read once: the queue's entries are weighed against it
+            for path in queued:
                 entry = json.loads(path.read_text())
-                gpu = self._free_gpu(entry.get("gpu")) if self.gpus else None
+                gpu = self._free_gpu(entry.get("gpu"), used) if self.gpus else None
                 if self.gpus and gpu is None:
                     continue  # its GPU is busy: a later job may fit another one
                 path.unlink()
